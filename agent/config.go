@@ -1,0 +1,437 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tokenagent/tokenagent/agent/token"
+)
+
+// Config is the agent's configuration file (SPEC §7). Load parses and validates it in full;
+// an agent is only ever built from a valid Config.
+type Config struct {
+	GRPCAddr string       `yaml:"grpc_addr"`
+	HTTPAddr string       `yaml:"http_addr"`
+	Keys     KeysConfig   `yaml:"keys"`
+	Policies PolicyGlobal `yaml:"policies"`
+	Log      LogConfig    `yaml:"log"`
+	Sites    []SiteConfig `yaml:"sites"`
+
+	// Dir is the directory of the config file; relative paths in it are resolved against it.
+	Dir string `yaml:"-"`
+}
+
+// KeysConfig selects and tunes the key source (SPEC §6).
+type KeysConfig struct {
+	// Source is "file" (the embedded key source) or "vault".
+	Source string `yaml:"source"`
+	// File is the keys file of the file source, relative to the config file.
+	File string `yaml:"file"`
+	// Refresh is how long a record is used before it is read again (default 30s).
+	Refresh Duration `yaml:"refresh"`
+	// MaxStale is how long cached records keep serving while the source is down (default 1h).
+	MaxStale Duration `yaml:"max_stale"`
+	// CacheBytes is the key cache's capacity (default 64 MiB).
+	CacheBytes int64 `yaml:"cache_bytes"`
+	// Vault configures the Vault source.
+	Vault VaultConfig `yaml:"vault"`
+}
+
+// VaultConfig is the Vault KV v2 key source's configuration. Address, token and namespace
+// also come from VAULT_ADDR, VAULT_TOKEN and VAULT_NAMESPACE.
+type VaultConfig struct {
+	Address   string    `yaml:"address"`
+	Namespace string    `yaml:"namespace"`
+	Mount     string    `yaml:"mount"`
+	Prefix    string    `yaml:"prefix"`
+	Timeout   Duration  `yaml:"timeout"`
+	Auth      VaultAuth `yaml:"auth"`
+}
+
+// VaultAuth is how the agent logs in to Vault.
+type VaultAuth struct {
+	// Method is "token" (default), "approle" or "kubernetes".
+	Method string `yaml:"method"`
+	// TokenFile holds the Vault token (method token; VAULT_TOKEN otherwise).
+	TokenFile string `yaml:"token_file"`
+	// RoleID and SecretIDFile are the AppRole credentials (method approle).
+	RoleID       string `yaml:"role_id"`
+	SecretIDFile string `yaml:"secret_id_file"`
+	// Role is the Vault role (method kubernetes); TokenFile is then the service-account token
+	// (default /var/run/secrets/kubernetes.io/serviceaccount/token).
+	Role string `yaml:"role"`
+	// MountPath is the auth method's mount path when not the default.
+	MountPath string `yaml:"mount_path"`
+}
+
+// PolicyGlobal tunes the WebAssembly policy engine.
+type PolicyGlobal struct {
+	// CacheDir keeps compiled modules across restarts (default: the user cache dir).
+	CacheDir string `yaml:"cache_dir"`
+	// Deadline is the default per-call deadline (default 5ms).
+	Deadline Duration `yaml:"deadline"`
+}
+
+// LogConfig tunes logging.
+type LogConfig struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// AllowSample logs one allowed decision in N (0: none; denials are always logged).
+	AllowSample int `yaml:"allow_sample"`
+}
+
+// SiteConfig is one site (tenant) of the config file.
+type SiteConfig struct {
+	ID                     string        `yaml:"id"`
+	Hosts                  []string      `yaml:"hosts"`
+	AuthTokenTTL           Duration      `yaml:"authtoken_ttl"`
+	AuthTokenRotationGrace Duration      `yaml:"authtoken_rotation_grace"`
+	ServerTokenWindow      Duration      `yaml:"server_token_window"`
+	ServerTokenSingleUse   bool          `yaml:"server_token_single_use"`
+	Legacy                 LegacyConfig  `yaml:"legacy"`
+	Routes                 []RouteConfig `yaml:"routes"`
+	// Policy is the path of the site's WebAssembly policy module (relative to the config).
+	Policy string `yaml:"policy"`
+	// PolicyDeadline overrides the per-call policy deadline for this site.
+	PolicyDeadline Duration `yaml:"policy_deadline"`
+}
+
+// LegacyConfig holds the legacy credential switches, all off by default.
+type LegacyConfig struct {
+	Impersonation          bool `yaml:"impersonation"`
+	APIKey                 bool `yaml:"apikey"`
+	UnprefixedServerTokens bool `yaml:"unprefixed_server_tokens"`
+}
+
+// RouteConfig is one route rule (SPEC §5).
+type RouteConfig struct {
+	Methods []string `yaml:"methods"`
+	Path    string   `yaml:"path"`
+	Require string   `yaml:"require"`
+	Scopes  []string `yaml:"scopes"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s", "156h").
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as \"30s\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (use Go syntax such as \"30s\" or \"156h\")", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// LoadConfig reads, parses and validates the config file at path. The error is one line that
+// names the file and the field at fault.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	cfg, err := ParseConfig(b, dir)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig parses and validates a config document whose relative paths are resolved
+// against dir, and fills in defaults.
+func ParseConfig(b []byte, dir string) (*Config, error) {
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, oneLine(err)
+	}
+	cfg.Dir = dir
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// oneLine flattens yaml's multi-line type errors into one line.
+func oneLine(err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		msgs := make([]string, len(te.Errors))
+		for i, e := range te.Errors {
+			msgs[i] = strings.Replace(e, "not found in type agent.", "is unknown in ", 1)
+		}
+		return errors.New(strings.Join(msgs, "; "))
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), "\n", " "))
+}
+
+// Defaults applied by validate.
+const (
+	DefaultGRPCAddr = "127.0.0.1:9191"
+	DefaultHTTPAddr = "127.0.0.1:9192"
+	DefaultRefresh  = 30 * time.Second
+	DefaultMaxStale = time.Hour
+)
+
+func (c *Config) validate() error {
+	if c.GRPCAddr == "" {
+		c.GRPCAddr = DefaultGRPCAddr
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = DefaultHTTPAddr
+	}
+	if err := checkAddr("grpc_addr", c.GRPCAddr); err != nil {
+		return err
+	}
+	if err := checkAddr("http_addr", c.HTTPAddr); err != nil {
+		return err
+	}
+	if err := c.Keys.validate(c.Dir); err != nil {
+		return err
+	}
+	if c.Policies.Deadline < 0 {
+		return fmt.Errorf("policies.deadline: must be positive")
+	}
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if c.Log.AllowSample < 0 {
+		return fmt.Errorf("log.allow_sample: must be 0 or more")
+	}
+	if len(c.Sites) == 0 {
+		return fmt.Errorf("sites: at least one site is required")
+	}
+	ids := map[string]bool{}
+	hosts := map[string]string{}
+	for i := range c.Sites {
+		s := &c.Sites[i]
+		if err := s.validate(c.Dir); err != nil {
+			return fmt.Errorf("sites[%d] (%s).%w", i, s.ID, err)
+		}
+		if ids[s.ID] {
+			return fmt.Errorf("sites[%d].id: %q is used by another site", i, s.ID)
+		}
+		ids[s.ID] = true
+		for _, h := range s.Hosts {
+			if other, ok := hosts[h]; ok {
+				return fmt.Errorf("sites[%d] (%s).hosts: %q is also a host of site %q", i, s.ID, h, other)
+			}
+			hosts[h] = s.ID
+		}
+	}
+	return nil
+}
+
+func checkAddr(field, addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%s: %q is not host:port", field, addr)
+	}
+	return nil
+}
+
+func (k *KeysConfig) validate(dir string) error {
+	if k.Refresh == 0 {
+		k.Refresh = Duration(DefaultRefresh)
+	}
+	if k.MaxStale == 0 {
+		k.MaxStale = Duration(DefaultMaxStale)
+	}
+	if k.Refresh < 0 {
+		return fmt.Errorf("keys.refresh: must be positive")
+	}
+	if k.MaxStale < k.Refresh {
+		return fmt.Errorf("keys.max_stale: must be at least keys.refresh (%s)", k.Refresh.D())
+	}
+	if k.CacheBytes < 0 {
+		return fmt.Errorf("keys.cache_bytes: must be positive")
+	}
+	switch k.Source {
+	case "file":
+		if k.File == "" {
+			return fmt.Errorf("keys.file: required when keys.source is file")
+		}
+		k.File = resolve(dir, k.File)
+	case "vault":
+		v := &k.Vault
+		if v.Mount == "" {
+			v.Mount = "secret"
+		}
+		if v.Prefix == "" {
+			v.Prefix = "tokenagent"
+		}
+		v.Mount, v.Prefix = strings.Trim(v.Mount, "/"), strings.Trim(v.Prefix, "/")
+		if v.Timeout < 0 {
+			return fmt.Errorf("keys.vault.timeout: must be positive")
+		}
+		switch v.Auth.Method {
+		case "", "token":
+			v.Auth.Method = "token"
+		case "approle":
+			if v.Auth.RoleID == "" {
+				return fmt.Errorf("keys.vault.auth.role_id: required for method approle")
+			}
+			if v.Auth.SecretIDFile == "" {
+				return fmt.Errorf("keys.vault.auth.secret_id_file: required for method approle")
+			}
+		case "kubernetes":
+			if v.Auth.Role == "" {
+				return fmt.Errorf("keys.vault.auth.role: required for method kubernetes")
+			}
+		default:
+			return fmt.Errorf("keys.vault.auth.method: %q is not one of token, approle, kubernetes", v.Auth.Method)
+		}
+		if v.Auth.SecretIDFile != "" {
+			v.Auth.SecretIDFile = resolve(dir, v.Auth.SecretIDFile)
+		}
+		if v.Auth.TokenFile != "" {
+			v.Auth.TokenFile = resolve(dir, v.Auth.TokenFile)
+		}
+	case "":
+		return fmt.Errorf("keys.source: required (file or vault)")
+	default:
+		return fmt.Errorf("keys.source: %q is not file or vault", k.Source)
+	}
+	return nil
+}
+
+func resolve(dir, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
+}
+
+func (s *SiteConfig) validate(dir string) error {
+	if !validSiteID(s.ID) {
+		return fmt.Errorf("id: %q must match [a-z0-9-]{1,63}", s.ID)
+	}
+	if len(s.Hosts) == 0 {
+		return fmt.Errorf("hosts: at least one hostname is required")
+	}
+	for i, h := range s.Hosts {
+		n, err := normalizeHostPattern(h)
+		if err != nil {
+			return fmt.Errorf("hosts[%d]: %v", i, err)
+		}
+		s.Hosts[i] = n
+	}
+	if s.AuthTokenTTL == 0 {
+		s.AuthTokenTTL = Duration(token.DefaultAuthTokenTTL)
+	}
+	if s.AuthTokenRotationGrace == 0 {
+		s.AuthTokenRotationGrace = s.AuthTokenTTL
+	}
+	if s.ServerTokenWindow == 0 {
+		s.ServerTokenWindow = Duration(token.DefaultServerTokenWindow)
+	}
+	for _, f := range []struct {
+		name string
+		d    Duration
+	}{{"authtoken_ttl", s.AuthTokenTTL}, {"authtoken_rotation_grace", s.AuthTokenRotationGrace},
+		{"server_token_window", s.ServerTokenWindow}, {"policy_deadline", s.PolicyDeadline}} {
+		if f.d < 0 {
+			return fmt.Errorf("%s: must be positive", f.name)
+		}
+	}
+	for i := range s.Routes {
+		if err := s.Routes[i].validate(); err != nil {
+			return fmt.Errorf("routes[%d].%w", i, err)
+		}
+	}
+	if s.Policy != "" {
+		s.Policy = resolve(dir, s.Policy)
+	}
+	return nil
+}
+
+func validSiteID(id string) bool {
+	if len(id) < 1 || len(id) > 63 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// normalizeHostPattern lower-cases a configured hostname ("docs.example.com" or
+// "*.docs.example.com") and checks its shape.
+func normalizeHostPattern(h string) (string, error) {
+	h = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(h)), ".")
+	name := strings.TrimPrefix(h, "*.")
+	if name == "" {
+		return "", fmt.Errorf("%q is not a hostname", h)
+	}
+	if strings.Contains(name, "*") {
+		return "", fmt.Errorf("%q: a wildcard is allowed only as a leading \"*.\"", h)
+	}
+	if strings.ContainsAny(name, ":/ ") {
+		return "", fmt.Errorf("%q: give a hostname without scheme, port or path", h)
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 {
+			return "", fmt.Errorf("%q is not a valid hostname", h)
+		}
+	}
+	return h, nil
+}
+
+// Requirements of a route rule.
+const (
+	RequireAny           = "any"
+	RequireAuthenticated = "authenticated"
+	RequireUser          = "user"
+)
+
+func (r *RouteConfig) validate() error {
+	switch r.Require {
+	case "":
+		r.Require = RequireAny
+	case RequireAny, RequireAuthenticated, RequireUser:
+	default:
+		return fmt.Errorf("require: %q is not one of any, authenticated, user", r.Require)
+	}
+	if r.Path == "" || r.Path[0] != '/' {
+		return fmt.Errorf("path: %q must start with /", r.Path)
+	}
+	if i := strings.IndexByte(r.Path, '*'); i >= 0 && i != len(r.Path)-1 {
+		return fmt.Errorf("path: %q may hold * only at its end", r.Path)
+	}
+	for i, m := range r.Methods {
+		if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " \t/") {
+			return fmt.Errorf("methods[%d]: %q must be an upper-case HTTP method", i, m)
+		}
+	}
+	for i, sc := range r.Scopes {
+		if sc == "" || strings.ContainsAny(sc, " \t\"") {
+			return fmt.Errorf("scopes[%d]: %q must be a non-empty scope name without spaces or quotes", i, sc)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,18 @@
+package agent
+
+import (
+	"context"
+
+	"github.com/tokenagent/tokenagent/agent/reason"
+	"github.com/tokenagent/tokenagent/agent/token"
+)
+
+// policyState holds the sites' WebAssembly policy modules (SPEC §5).
+type policyState struct{}
+
+func (a *Agent) initPolicy() error { return nil }
+
+// evaluatePolicy runs the site's policy last; it returns headers to add upstream, or a denial.
+func (a *Agent) evaluatePolicy(_ context.Context, _ *Site, _ *Request, _, _ string, _ *token.Identity) ([]Header, *reason.Error) {
+	return nil, reason.Newf(reason.PolicyError, "policy modules are not supported yet")
+}

@@ -1,0 +1,163 @@
+package agent
+
+import (
+	"strings"
+)
+
+// Route is a compiled route rule (SPEC §5).
+type Route struct {
+	Methods []string // empty: every method
+	Path    string   // normalised; without the trailing * when Prefix
+	Prefix  bool
+	Require string
+	Scopes  []string
+	// scopeChallenge is the WWW-Authenticate value of an insufficient_scope denial.
+	scopeChallenge string
+}
+
+func compileRoute(c RouteConfig) Route {
+	r := Route{Methods: c.Methods, Require: c.Require, Scopes: c.Scopes}
+	p := c.Path
+	if strings.HasSuffix(p, "*") {
+		r.Prefix = true
+		p = p[:len(p)-1]
+	}
+	r.Path = NormalizePath(p)
+	if r.Prefix && strings.HasSuffix(p, "/") && !strings.HasSuffix(r.Path, "/") {
+		r.Path += "/"
+	}
+	if len(c.Scopes) > 0 {
+		r.scopeChallenge = `Bearer error="insufficient_scope", scope="` + strings.Join(c.Scopes, " ") + `"`
+	}
+	return r
+}
+
+// matches reports whether the rule applies to method and the normalised path.
+func (r *Route) matches(method, path string) bool {
+	if len(r.Methods) > 0 {
+		found := false
+		for _, m := range r.Methods {
+			if m == method {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	if r.Prefix {
+		return strings.HasPrefix(path, r.Path)
+	}
+	return path == r.Path
+}
+
+// matchRoute returns the first rule of routes that applies, or nil (require: any).
+func matchRoute(routes []Route, method, path string) *Route {
+	for i := range routes {
+		if routes[i].matches(method, path) {
+			return &routes[i]
+		}
+	}
+	return nil
+}
+
+// NormalizePath normalises a request path (without its query) as SPEC §5 says: percent-
+// encoded octets decoded (RFC 3986 §6.2.2.2, and beyond it every octet but "/" and "%", since
+// upstream servers decode them too and a rule must not be bypassed by encoding), remaining
+// escapes upper-cased, repeated slashes merged, and dot segments removed (RFC 3986 §5.2.4).
+// An encoded slash (%2F) stays encoded. A path that needs no change is returned as is,
+// without allocating.
+func NormalizePath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if !needsNormalizing(p) {
+		return p
+	}
+	b := make([]byte, 0, len(p)+1)
+	if p[0] != '/' {
+		b = append(b, '/')
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '%' && i+2 < len(p) && isHex(p[i+1]) && isHex(p[i+2]) {
+			d := unhexByte(p[i+1])<<4 | unhexByte(p[i+2])
+			if d == '/' || d == '%' {
+				b = append(b, '%', upperHex(p[i+1]), upperHex(p[i+2]))
+			} else {
+				b = append(b, d)
+			}
+			i += 2
+			continue
+		}
+		b = append(b, c)
+	}
+	return removeDotSegments(string(b))
+}
+
+func needsNormalizing(p string) bool {
+	if p[0] != '/' {
+		return true
+	}
+	for i := 0; i < len(p); i++ {
+		switch p[i] {
+		case '%':
+			return true
+		case '/':
+			if i+1 < len(p) && (p[i+1] == '/' || p[i+1] == '.') {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// removeDotSegments merges repeated slashes and resolves "." and ".." segments of an
+// absolute path; ".." never climbs above the root.
+func removeDotSegments(p string) string {
+	segs := strings.Split(p[1:], "/")
+	out := make([]string, 0, len(segs))
+	trailing := false
+	for i, s := range segs {
+		last := i == len(segs)-1
+		switch s {
+		case "", ".":
+			trailing = last
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+			trailing = last
+		default:
+			out = append(out, s)
+			trailing = false
+		}
+	}
+	r := "/" + strings.Join(out, "/")
+	if trailing && len(out) > 0 {
+		r += "/"
+	}
+	return r
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhexByte(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c >= 'a':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+func upperHex(c byte) byte {
+	if 'a' <= c && c <= 'f' {
+		return c - 'a' + 'A'
+	}
+	return c
+}
