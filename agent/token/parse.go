@@ -1,0 +1,96 @@
+package token
+
+// Small allocation-free parsers shared by the MindTouch-style token kinds.
+
+// allDigits reports whether s is 1 or more ASCII digits.
+func allDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// parseUint parses up to 19 decimal digits; ok is false for anything else.
+func parseUint(s string) (n int64, ok bool) {
+	if len(s) == 0 || len(s) > 19 {
+		return 0, false
+	}
+	var v uint64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	if v > 1<<63-1 {
+		return 0, false
+	}
+	return int64(v), true
+}
+
+// isAlnum reports whether s is 1 or more ASCII letters and digits.
+func isAlnum(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// isHex64 reports whether s is exactly 64 hex digits (a SHA-256 digest), either case.
+func isHex64(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// validUser reports whether u is a user as tokens name it: a decimal id of 1 to 19 digits, or
+// "=" followed by a non-empty URL-encoded username (well-formed %XX escapes, no control
+// characters or spaces).
+func validUser(u string) bool {
+	if u == "" {
+		return false
+	}
+	if u[0] != '=' {
+		return len(u) <= 19 && allDigits(u)
+	}
+	name := u[1:]
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c == '%':
+			if i+2 >= len(name) || !isHexDigit(name[i+1]) || !isHexDigit(name[i+2]) {
+				return false
+			}
+			i += 2
+		case c <= ' ' || c == 0x7f:
+			return false
+		}
+	}
+	return true
+}
+
+func isHexDigit(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}

@@ -1,0 +1,112 @@
+package token
+
+import (
+	"hash/maphash"
+	"sync"
+	"time"
+)
+
+// ReplayCache remembers single-use Server API Tokens until their window ends, so a token is
+// accepted once per agent. It is node-local: two agents behind one load balancer each accept
+// a token once.
+//
+// # Notes
+//
+//   - Safe for concurrent use; sharded to keep lock contention low.
+//   - Exact, never lossy: unlike a cache with an admission policy, an entry is kept until it
+//     expires, so a replay is always refused. Entries are small (about 80 bytes).
+type ReplayCache struct {
+	seed   maphash.Seed
+	shards [64]replayShard
+	now    func() time.Time
+}
+
+type replayShard struct {
+	mu        sync.Mutex
+	seen      map[replayKey]int64 // -> expiry, unix nanos
+	nextSweep int                 // sweep expired entries when the map reaches this size
+}
+
+type replayKey struct {
+	site, key string
+	sig       [32]byte
+}
+
+// NewReplayCache returns an empty replay cache. now may be nil for time.Now.
+func NewReplayCache(now func() time.Time) *ReplayCache {
+	if now == nil {
+		now = time.Now
+	}
+	c := &ReplayCache{seed: maphash.MakeSeed(), now: now}
+	for i := range c.shards {
+		c.shards[i].seen = map[replayKey]int64{}
+	}
+	return c
+}
+
+// FirstUse records the token (site, key, hex signature) until expires and reports whether it
+// was not seen before.
+func (c *ReplayCache) FirstUse(site, key, sigHex string, expires time.Time) bool {
+	var k replayKey
+	if !decodeHexInto(k.sig[:], sigHex) {
+		return false
+	}
+	k.site, k.key = site, key
+	sh := &c.shards[maphash.Bytes(c.seed, k.sig[:])%uint64(len(c.shards))]
+	now := c.now().UnixNano()
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if exp, ok := sh.seen[k]; ok && exp > now {
+		return false
+	}
+	if len(sh.seen) >= sh.nextSweep {
+		// Amortised O(1): sweep only when the shard has doubled since the last sweep.
+		for kk, exp := range sh.seen {
+			if exp <= now {
+				delete(sh.seen, kk)
+			}
+		}
+		sh.nextSweep = max(256, 2*len(sh.seen))
+	}
+	// Own copies of the strings: the token's substrings would keep the whole request alive.
+	k.site, k.key = cloneString(site), cloneString(key)
+	sh.seen[k] = expires.UnixNano()
+	return true
+}
+
+// Len is the number of remembered tokens.
+func (c *ReplayCache) Len() int {
+	n := 0
+	for i := range c.shards {
+		c.shards[i].mu.Lock()
+		n += len(c.shards[i].seen)
+		c.shards[i].mu.Unlock()
+	}
+	return n
+}
+
+func decodeHexInto(dst []byte, s string) bool {
+	if len(s) != 2*len(dst) {
+		return false
+	}
+	for i := range dst {
+		hi, lo := s[2*i], s[2*i+1]
+		if !isHexDigit(hi) || !isHexDigit(lo) {
+			return false
+		}
+		dst[i] = unhex(hi)<<4 | unhex(lo)
+	}
+	return true
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c >= 'a':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+func cloneString(s string) string { return string(append([]byte(nil), s...)) }
