@@ -1,0 +1,301 @@
+// Package daemon runs tokenagent: it builds the key source and store from a Config, the
+// agent, the ext_authz gRPC server and the HTTP server (/healthz, /readyz, /metrics), serves
+// until its context ends, reloads the config on request, and shuts down gracefully (in-flight
+// checks finish).
+//
+//	d, err := daemon.New(ctx, cfg, daemon.Options{})
+//	go d.Serve()
+//	...
+//	d.Shutdown(ctx)
+//
+// # Notes
+//
+//   - New validates and builds everything before anything listens; Listen then binds the
+//     addresses, so a bad config or a taken port fails before the agent answers anything.
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+
+	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/extauthz"
+	"github.com/tokenagent/tokenagent/vault"
+)
+
+// Options tune a Daemon.
+type Options struct {
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the agent's clock (default time.Now).
+	Now func() time.Time
+	// ShutdownGrace bounds how long in-flight checks may take to finish (default 10 s).
+	ShutdownGrace time.Duration
+}
+
+// Daemon is a running tokenagent.
+type Daemon struct {
+	opts    Options
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *agent.Metrics
+	source  vault.Source
+	closer  func()
+	store   *vault.Store
+	replay  *token.ReplayCache
+
+	mu    sync.RWMutex
+	cfg   *agent.Config
+	agent *agent.Agent
+
+	ext        *extauthz.Server
+	grpc       *grpc.Server
+	http       *http.Server
+	grpcLis    net.Listener
+	httpLis    net.Listener
+	reloads    prometheus.Counter
+	reloadErrs prometheus.Counter
+	lastReload error
+}
+
+// New builds a daemon from cfg; nothing listens yet.
+func New(ctx context.Context, cfg *agent.Config, opts Options) (*Daemon, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 10 * time.Second
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d := &Daemon{opts: opts, log: opts.Logger, reg: reg, cfg: cfg,
+		metrics: agent.NewMetrics(reg), replay: token.NewReplayCache(opts.Now)}
+	d.reloads = prometheus.NewCounter(prometheus.CounterOpts{Name: "tokenagent_config_reloads_total",
+		Help: "Successful config reloads."})
+	d.reloadErrs = prometheus.NewCounter(prometheus.CounterOpts{Name: "tokenagent_config_reload_errors_total",
+		Help: "Config reloads refused because the new file is invalid; the old config keeps serving."})
+	reg.MustRegister(d.reloads, d.reloadErrs)
+
+	src, closer, err := OpenSource(ctx, cfg, reg, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	d.source, d.closer = src, closer
+	store, err := vault.NewStore(src, vault.StoreOptions{
+		Refresh: cfg.Keys.Refresh.D(), MaxStale: cfg.Keys.MaxStale.D(), MaxCost: cfg.Keys.CacheBytes,
+		Now: opts.Now, Logger: opts.Logger, Metrics: vault.NewStoreMetrics(reg),
+	})
+	if err != nil {
+		closer()
+		return nil, err
+	}
+	d.store = store
+	a, err := d.buildAgent(cfg, reg)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.agent = a
+	d.ext = extauthz.NewServer(a)
+	d.grpc = grpc.NewServer()
+	d.ext.Register(d.grpc)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", d.serveReady)
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return d, nil
+}
+
+func (d *Daemon) buildAgent(cfg *agent.Config, reg prometheus.Registerer) (*agent.Agent, error) {
+	return agent.New(cfg, agent.Options{Keys: d.store, Logger: d.log, Metrics: d.metrics,
+		Registerer: reg, Replay: d.replay, Now: d.opts.Now})
+}
+
+// OpenSource opens the key source cfg.Keys names. The returned func closes it.
+func OpenSource(ctx context.Context, cfg *agent.Config, reg prometheus.Registerer, log *slog.Logger) (vault.Source, func(), error) {
+	return openSource(ctx, cfg, reg, log)
+}
+
+// Agent returns the agent currently deciding.
+func (d *Daemon) Agent() *agent.Agent {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.agent
+}
+
+// Store returns the key store.
+func (d *Daemon) Store() *vault.Store { return d.store }
+
+// Registry returns the daemon's Prometheus registry.
+func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
+
+// Listen binds the gRPC and HTTP addresses of the config.
+func (d *Daemon) Listen() error {
+	var err error
+	if d.grpcLis, err = net.Listen("tcp", d.cfg.GRPCAddr); err != nil {
+		return fmt.Errorf("grpc_addr: %w", err)
+	}
+	if d.httpLis, err = net.Listen("tcp", d.cfg.HTTPAddr); err != nil {
+		d.grpcLis.Close()
+		return fmt.Errorf("http_addr: %w", err)
+	}
+	return nil
+}
+
+// GRPCAddr is the bound gRPC address (after Listen).
+func (d *Daemon) GRPCAddr() string { return d.grpcLis.Addr().String() }
+
+// HTTPAddr is the bound HTTP address (after Listen).
+func (d *Daemon) HTTPAddr() string { return d.httpLis.Addr().String() }
+
+// Serve serves until Shutdown; it returns the first serving error.
+func (d *Daemon) Serve() error {
+	errc := make(chan error, 2)
+	go func() { errc <- d.grpc.Serve(d.grpcLis) }()
+	go func() {
+		if err := d.http.Serve(d.httpLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+			return
+		}
+		errc <- nil
+	}()
+	d.log.Info("tokenagent serving", "grpc", d.GRPCAddr(), "http", d.HTTPAddr(),
+		"key_source", d.source.Name(), "sites", len(d.cfg.Sites))
+	err := <-errc
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
+}
+
+// Shutdown stops taking new checks, lets in-flight checks finish (up to ShutdownGrace), and
+// closes everything.
+func (d *Daemon) Shutdown(ctx context.Context) {
+	d.ext.Shutdown()
+	done := make(chan struct{})
+	go func() { d.grpc.GracefulStop(); close(done) }()
+	t := time.NewTimer(d.opts.ShutdownGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		d.log.Warn("shutdown grace ended; stopping in-flight checks")
+		d.grpc.Stop()
+	case <-ctx.Done():
+		d.grpc.Stop()
+	}
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_ = d.http.Shutdown(hctx)
+	d.Close()
+}
+
+// Close releases the key source and the cache.
+func (d *Daemon) Close() {
+	if d.store != nil {
+		d.store.Close()
+	}
+	if d.closer != nil {
+		d.closer()
+	}
+}
+
+// Reload reads the config file at path again, validates it in full and swaps it in
+// atomically; a bad file leaves the old config serving and is returned (and reported in
+// /readyz). Key source settings are not reloaded: changing them needs a restart.
+func (d *Daemon) Reload(path string) error {
+	err := d.reload(path)
+	d.mu.Lock()
+	d.lastReload = err
+	d.mu.Unlock()
+	if err != nil {
+		d.reloadErrs.Inc()
+		d.log.Error("config reload refused; the old config keeps serving", "error", err.Error())
+		return err
+	}
+	d.reloads.Inc()
+	d.log.Info("config reloaded", "path", path)
+	return nil
+}
+
+func (d *Daemon) reload(path string) error {
+	cfg, err := agent.LoadConfig(path)
+	if err != nil {
+		return err
+	}
+	d.mu.RLock()
+	old := d.cfg
+	d.mu.RUnlock()
+	if cfg.Keys.Source != old.Keys.Source || cfg.Keys.File != old.Keys.File || cfg.Keys.Vault != old.Keys.Vault {
+		d.log.Warn("config reload: keys settings changed; they take effect at the next restart")
+	}
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.Keys = old.GRPCAddr, old.HTTPAddr, old.Keys
+	a, err := d.buildAgent(cfg, nil)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.cfg, d.agent = cfg, a
+	d.mu.Unlock()
+	d.ext.SetChecker(a)
+	return nil
+}
+
+// Readiness is the body of /readyz.
+type Readiness struct {
+	Ready    bool     `json:"ready"`
+	Problems []string `json:"problems,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Ready reports whether the daemon can decide checks, with the problems that stop it and the
+// warnings that do not.
+func (d *Daemon) Ready() Readiness {
+	r := Readiness{Ready: true}
+	if err := d.store.Ready(); err != nil {
+		r.Ready = false
+		r.Problems = append(r.Problems, "key source: "+err.Error())
+	}
+	a := d.Agent()
+	r.Problems = append(r.Problems, a.Problems()...)
+	if len(r.Problems) > 0 {
+		r.Ready = false
+	}
+	r.Warnings = append(r.Warnings, d.store.Warnings()...)
+	r.Warnings = append(r.Warnings, a.Warnings()...)
+	d.mu.RLock()
+	if d.lastReload != nil {
+		r.Warnings = append(r.Warnings, "last config reload refused: "+d.lastReload.Error())
+	}
+	d.mu.RUnlock()
+	return r
+}
+
+func (d *Daemon) serveReady(w http.ResponseWriter, _ *http.Request) {
+	r := d.Ready()
+	w.Header().Set("Content-Type", "application/json")
+	if !r.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(r)
+}

@@ -1,0 +1,236 @@
+// Package extauthz is tokenagent's Envoy transport: an ext_authz v3 gRPC server
+// (`envoy.service.auth.v3.Authorization/Check`) that turns each CheckRequest into an
+// agent.Request and the agent's Decision into a CheckResponse, exactly as SPEC §4 says.
+//
+//	srv := extauthz.NewServer(checker)
+//	gs := grpc.NewServer()
+//	srv.Register(gs)
+//
+// # Notes
+//
+//   - A decision is always a CheckResponse; a gRPC error is returned only when the request
+//     cannot be read at all (no HTTP attributes).
+//   - Safe for concurrent use. The checker can be swapped at run time (config reload) with
+//     SetChecker; in-flight checks finish on the one they started with.
+package extauthz
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync/atomic"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/tokenagent/tokenagent/agent"
+)
+
+// Checker decides requests; *agent.Agent is one.
+type Checker interface {
+	Check(ctx context.Context, req *agent.Request) *agent.Decision
+}
+
+// Server is the ext_authz v3 Authorization service.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+	checker atomic.Pointer[checkerBox]
+	health  *health.Server
+}
+
+type checkerBox struct{ Checker }
+
+// NewServer returns a Server deciding with c.
+func NewServer(c Checker) *Server {
+	s := &Server{health: health.NewServer()}
+	s.SetChecker(c)
+	return s
+}
+
+// SetChecker swaps the checker (for example after a config reload).
+func (s *Server) SetChecker(c Checker) { s.checker.Store(&checkerBox{c}) }
+
+// Register registers the Authorization service and the standard gRPC health service on gs.
+func (s *Server) Register(gs *grpc.Server) {
+	authv3.RegisterAuthorizationServer(gs, s)
+	healthpb.RegisterHealthServer(gs, s.health)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+}
+
+// Shutdown marks the health service NOT_SERVING, so clients drain before the server stops.
+func (s *Server) Shutdown() { s.health.Shutdown() }
+
+// Check implements authv3.AuthorizationServer.
+func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	req, err := ToRequest(in)
+	if err != nil {
+		return nil, err
+	}
+	d := s.checker.Load().Check(ctx, req)
+	return ToCheckResponse(d), nil
+}
+
+// ToRequest turns a CheckRequest into an agent.Request. It fails only when the request has no
+// HTTP attributes.
+func ToRequest(in *authv3.CheckRequest) (*agent.Request, error) {
+	h := in.GetAttributes().GetRequest().GetHttp()
+	if h == nil {
+		return nil, status.Error(codes.InvalidArgument, "check request has no attributes.request.http")
+	}
+	headers := h.GetHeaders()
+	if len(headers) == 0 && h.GetHeaderMap() != nil {
+		headers = flattenHeaderMap(h.GetHeaderMap())
+	}
+	if headers == nil {
+		headers = map[string]string{}
+	}
+	host := h.GetHost()
+	if host == "" {
+		host = headers[":authority"]
+	}
+	if host == "" {
+		host = headers["host"]
+	}
+	path := h.GetPath()
+	if path == "" {
+		path = headers[":path"]
+	}
+	method := h.GetMethod()
+	if method == "" {
+		method = headers[":method"]
+	}
+	body := h.GetRawBody()
+	if len(body) == 0 && h.GetBody() != "" {
+		body = []byte(h.GetBody())
+	}
+	truncated := false
+	if h.GetSize() > 0 && int64(len(body)) < h.GetSize() && len(body) > 0 {
+		truncated = true
+	}
+	return &agent.Request{
+		Method: method, Scheme: h.GetScheme(), Host: host, Path: path,
+		Headers: headers, Body: body, BodyTruncated: truncated,
+	}, nil
+}
+
+// flattenHeaderMap turns Envoy's header_map (sent instead of headers when the filter encodes
+// raw headers) into lower-case names, joining repeated headers with "," (cookies with "; ").
+func flattenHeaderMap(m *corev3.HeaderMap) map[string]string {
+	out := make(map[string]string, len(m.GetHeaders()))
+	for _, hv := range m.GetHeaders() {
+		k := strings.ToLower(hv.GetKey())
+		v := hv.GetValue()
+		if v == "" && len(hv.GetRawValue()) > 0 {
+			v = string(hv.GetRawValue())
+		}
+		if prev, ok := out[k]; ok {
+			sep := ","
+			if k == "cookie" {
+				sep = "; "
+			}
+			v = prev + sep + v
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// ToCheckResponse turns a Decision into the CheckResponse of SPEC §4.
+func ToCheckResponse(d *agent.Decision) *authv3.CheckResponse {
+	if d.Allowed {
+		md := metadata(d)
+		return &authv3.CheckResponse{
+			Status: &rpcstatus.Status{Code: int32(codes.OK)},
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+				Headers:                 headerOptions(d.UpstreamHeaders),
+				HeadersToRemove:         d.RemoveHeaders,
+				QueryParametersToRemove: d.RemoveQuery,
+				ResponseHeadersToAdd:    headerOptions(d.ResponseHeaders),
+				// Deprecated in Envoy in favour of CheckResponse.dynamic_metadata, which wins
+				// when both are set; filled too for older Envoys and readers of SPEC §4.
+				DynamicMetadata: md,
+			}},
+			DynamicMetadata: md,
+		}
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(GRPCCode(d.Status, d.Answered))},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(d.Status)},
+			Headers: headerOptions(d.Headers),
+			Body:    string(d.Body),
+		}},
+		DynamicMetadata: metadata(d),
+	}
+}
+
+// GRPCCode is the CheckResponse status code for an answer with HTTP status httpStatus (SPEC
+// §4); the agent's own answers (answered) are PERMISSION_DENIED, so Envoy sends them as they
+// are.
+func GRPCCode(httpStatus int, answered bool) codes.Code {
+	if answered {
+		return codes.PermissionDenied
+	}
+	switch httpStatus {
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		return codes.InvalidArgument
+	case http.StatusUnauthorized:
+		return codes.Unauthenticated
+	case http.StatusNotFound:
+		return codes.NotFound
+	case http.StatusServiceUnavailable:
+		return codes.Unavailable
+	}
+	return codes.PermissionDenied
+}
+
+// headerOptions sets each header, overwriting anything the client sent, and says so both ways
+// Envoy understands (the deprecated append: false and append_action).
+func headerOptions(hs []agent.Header) []*corev3.HeaderValueOption {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]*corev3.HeaderValueOption, len(hs))
+	for i, h := range hs {
+		out[i] = &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			Append:       wrapperspb.Bool(false),
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}
+	}
+	return out
+}
+
+// metadata is the dynamic metadata of SPEC §4: site, kind, user, client_id and scopes as
+// strings, each only where it has a value.
+func metadata(d *agent.Decision) *structpb.Struct {
+	f := make(map[string]*structpb.Value, 5)
+	put := func(k, v string) {
+		if v != "" {
+			f[k] = structpb.NewStringValue(v)
+		}
+	}
+	put("site", d.Site)
+	if d.Allowed {
+		put("kind", string(d.Identity.Kind))
+		put("user", d.Identity.User)
+		put("client_id", d.Identity.ClientID)
+		put("scopes", strings.Join(d.Identity.Scopes, " "))
+	} else if d.Reason != "" {
+		put("reason", string(d.Reason))
+	}
+	if len(f) == 0 {
+		return nil
+	}
+	return &structpb.Struct{Fields: f}
+}
