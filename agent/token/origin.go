@@ -1,0 +1,473 @@
+package token
+
+import (
+	"errors"
+	"net/netip"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
+)
+
+// Origins: parsing the `Origin` request header and matching it against the origin patterns of
+// a Browser API Token's record and a site's own hostnames (SPEC §3.3).
+//
+// A pattern is one of
+//
+//	host                   that host, any scheme and port          docs.example.com
+//	*.suffix               any subdomain of suffix (never suffix   *.example.com
+//	                       itself), any scheme and port
+//	scheme://host[:port]   exactly that origin (http or https;     https://app.example.org
+//	                       the default port when none is given)    http://localhost:8080
+//
+// Hosts are compared in their canonical ASCII form: lower case, without a trailing dot, and
+// with Unicode labels turned into punycode (IDNA, UTS #46 lookup rules), so `Bücher.Example.`
+// and `xn--bcher-kva.example` are the same host. A host whose last label is numeric (an IPv4
+// address) or an IPv6 literal (`[::1]`) is only ever matched exactly, never by a `*.suffix`.
+
+// MaxOriginLen is the longest Origin header value looked at; a longer one is refused.
+const MaxOriginLen = 1024
+
+// Origin is a parsed, canonical `Origin` header value (RFC 6454 §7): a scheme, a host and a
+// port.
+type Origin struct {
+	// Scheme is "http" or "https".
+	Scheme string
+	// Host is the host in canonical ASCII form (lower case, punycode, no trailing dot; an IPv6
+	// address in brackets).
+	Host string
+	// Port is the explicit port, or the scheme's default (443 for https, 80 for http).
+	Port uint16
+}
+
+// String is the origin's canonical serialisation, with the port left out when it is the
+// scheme's default (the form browsers send).
+func (o Origin) String() string {
+	if o.Port == originDefaultPort(o.Scheme) {
+		return o.Scheme + "://" + o.Host
+	}
+	return o.Scheme + "://" + o.Host + ":" + strconv.Itoa(int(o.Port))
+}
+
+// errOrigin is why an origin or pattern is refused; only ever shown to operators.
+var (
+	errOriginNull      = errors.New("the null (opaque) origin is never allowed")
+	errOriginScheme    = errors.New("the scheme is not http or https")
+	errOriginSyntax    = errors.New("an origin is scheme://host[:port] with no path, query, fragment or user info")
+	errOriginPort      = errors.New("the port is not a number from 1 to 65535 without leading zeros")
+	errOriginHost      = errors.New("the host is not a valid hostname or IP address")
+	errOriginTooLong   = errors.New("the origin is too long")
+	errPatternWildcard = errors.New("a wildcard is only allowed as a leading '*.' of a pattern without scheme")
+	errPatternPort     = errors.New("a port needs a scheme: write scheme://host:port")
+	errPatternIPSuffix = errors.New("a '*.' wildcard cannot stand over an IP address")
+	errPatternEmpty    = errors.New("the pattern is empty")
+)
+
+// ParseOrigin parses an `Origin` header value. It refuses `null`, a scheme other than http or
+// https, anything after the authority (a path, even "/", a query or a fragment), user info,
+// an empty host, a host that is not a hostname or IP address, and a port that is not 1 to
+// 65535. It allocates only to lower-case a host or to convert a Unicode host to punycode.
+func ParseOrigin(s string) (Origin, error) {
+	if len(s) > MaxOriginLen {
+		return Origin{}, errOriginTooLong
+	}
+	if s == "null" {
+		return Origin{}, errOriginNull
+	}
+	i := strings.Index(s, "://")
+	if i < 0 {
+		return Origin{}, errOriginSyntax
+	}
+	var scheme string
+	switch {
+	case originSchemeIs(s[:i], "https"):
+		scheme = "https"
+	case originSchemeIs(s[:i], "http"):
+		scheme = "http"
+	default:
+		return Origin{}, errOriginScheme
+	}
+	host, port, err := splitOriginAuthority(s[i+3:])
+	if err != nil {
+		return Origin{}, err
+	}
+	if port == 0 {
+		port = originDefaultPort(scheme)
+	}
+	h, err := canonicalOriginHost(host)
+	if err != nil {
+		return Origin{}, err
+	}
+	return Origin{Scheme: scheme, Host: h, Port: port}, nil
+}
+
+// splitOriginAuthority splits an origin's authority into host and port (0 when none is given). It
+// refuses every character that cannot stand in an origin's authority.
+func splitOriginAuthority(a string) (host string, port uint16, err error) {
+	if a == "" {
+		return "", 0, errOriginHost
+	}
+	for i := 0; i < len(a); i++ {
+		switch c := a[i]; {
+		case c <= ' ' || c == 0x7f:
+			return "", 0, errOriginSyntax
+		case c == '/' || c == '?' || c == '#' || c == '@' || c == '\\' || c == '%':
+			return "", 0, errOriginSyntax
+		}
+	}
+	rest := ""
+	if a[0] == '[' {
+		j := strings.IndexByte(a, ']')
+		if j < 0 {
+			return "", 0, errOriginHost
+		}
+		host, rest = a[:j+1], a[j+1:]
+	} else if j := strings.IndexByte(a, ':'); j >= 0 {
+		host, rest = a[:j], a[j:]
+	} else {
+		host = a
+	}
+	if rest != "" {
+		if rest[0] != ':' {
+			return "", 0, errOriginSyntax
+		}
+		p, ok := parseOriginPort(rest[1:])
+		if !ok {
+			return "", 0, errOriginPort
+		}
+		port = p
+	}
+	if host == "" {
+		return "", 0, errOriginHost
+	}
+	return host, port, nil
+}
+
+// parseOriginPort parses 1 to 65535 written without sign or leading zeros.
+func parseOriginPort(s string) (uint16, bool) {
+	if len(s) == 0 || len(s) > 5 || s[0] == '0' {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	if n > 65535 {
+		return 0, false
+	}
+	return uint16(n), true
+}
+
+func originDefaultPort(scheme string) uint16 {
+	if scheme == "https" {
+		return 443
+	}
+	return 80
+}
+
+// canonicalOriginHost returns h in canonical ASCII form: an IPv6 literal in brackets in its
+// RFC 5952 form, or a hostname lower-cased, without one trailing dot, with Unicode labels as
+// punycode. Labels are 1 to 63 characters of letters, digits, '-' and '_' (browsers allow '_'
+// in hostnames), the whole at most 253.
+func canonicalOriginHost(h string) (string, error) {
+	if h == "" {
+		return "", errOriginHost
+	}
+	if h[0] == '[' {
+		if len(h) < 3 || h[len(h)-1] != ']' {
+			return "", errOriginHost
+		}
+		a, err := netip.ParseAddr(h[1 : len(h)-1])
+		if err != nil || !a.Is6() || a.Zone() != "" {
+			return "", errOriginHost
+		}
+		s := a.String()
+		if len(s) == len(h)-2 && s == h[1:len(h)-1] {
+			return h, nil
+		}
+		return "[" + s + "]", nil
+	}
+	ascii := true
+	upper := false
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case c >= utf8.RuneSelf:
+			ascii = false
+		case 'A' <= c && c <= 'Z':
+			upper = true
+		}
+	}
+	if !ascii {
+		if !utf8.ValidString(h) {
+			return "", errOriginHost
+		}
+		a, err := idna.Lookup.ToASCII(h)
+		if err != nil {
+			return "", errOriginHost
+		}
+		h = a
+	} else if upper {
+		h = strings.ToLower(h)
+	}
+	if h != "" && h[len(h)-1] == '.' {
+		h = h[:len(h)-1]
+	}
+	if !validOriginHostname(h) {
+		return "", errOriginHost
+	}
+	return h, nil
+}
+
+// validOriginHostname reports whether h is a lower-case ASCII hostname: dot-separated labels of 1 to
+// 63 letters, digits, '-' or '_', at most 253 characters in all.
+func validOriginHostname(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	label := 0
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case c == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+			continue
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+		label++
+		if label > 63 {
+			return false
+		}
+	}
+	return label > 0
+}
+
+// isIPOriginHost reports whether a canonical host is an IP address: an IPv6 literal, or a host whose
+// last label is all digits (WHATWG URL treats such a host as IPv4). It is only matched exactly.
+func isIPOriginHost(h string) bool {
+	if h == "" {
+		return false
+	}
+	if h[0] == '[' {
+		return true
+	}
+	return allDigits(h[strings.LastIndexByte(h, '.')+1:])
+}
+
+// OriginMatcher is a compiled set of origin patterns (see the package's origin rules): a map
+// of exact origins, a map of hosts that match with any scheme and port, and a map of
+// `*.suffix` suffixes, so that a match costs at most one map lookup per label of the origin's
+// host, however many patterns there are.
+//
+// # Notes
+//
+//   - Build it with Add (or CompileOrigins), then only read it: Match is safe for concurrent
+//     use once no more patterns are added.
+//   - The zero value is an empty matcher that matches nothing.
+type OriginMatcher struct {
+	exact    map[Origin]struct{}
+	hosts    map[string]struct{}
+	suffixes map[string]struct{}
+}
+
+// CompileOrigins compiles patterns into a matcher. A pattern that is not valid is left out,
+// and its error (which names the pattern) is returned in errs; the matcher still holds every
+// valid pattern.
+func CompileOrigins(patterns []string) (m *OriginMatcher, errs []error) {
+	m = &OriginMatcher{}
+	for _, p := range patterns {
+		if err := m.Add(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return m, errs
+}
+
+// PatternError reports an origin pattern that cannot be compiled.
+type PatternError struct {
+	Pattern string
+	Err     error
+}
+
+// Error implements error.
+func (e *PatternError) Error() string {
+	return "origin pattern " + strconv.Quote(e.Pattern) + ": " + e.Err.Error()
+}
+
+// Unwrap returns the cause.
+func (e *PatternError) Unwrap() error { return e.Err }
+
+// Add compiles one pattern into m. Surrounding spaces are ignored, and so is one trailing "/"
+// after a `scheme://host[:port]` pattern (as operators often paste origins with one).
+func (m *OriginMatcher) Add(pattern string) error {
+	p := strings.TrimSpace(pattern)
+	fail := func(err error) error { return &PatternError{Pattern: pattern, Err: err} }
+	if p == "" {
+		return fail(errPatternEmpty)
+	}
+	if strings.Contains(p, "://") {
+		if strings.IndexByte(p, '*') >= 0 {
+			return fail(errPatternWildcard)
+		}
+		o, err := ParseOrigin(strings.TrimSuffix(p, "/"))
+		if err != nil {
+			return fail(err)
+		}
+		if m.exact == nil {
+			m.exact = map[Origin]struct{}{}
+		}
+		m.exact[o] = struct{}{}
+		return nil
+	}
+	return m.addHost(p, fail)
+}
+
+// AddHostPattern compiles a site hostname (exact, or `*.suffix`), which matches any scheme and
+// port. A `scheme://` form is refused.
+func (m *OriginMatcher) AddHostPattern(pattern string) error {
+	p := strings.TrimSpace(pattern)
+	fail := func(err error) error { return &PatternError{Pattern: pattern, Err: err} }
+	if p == "" {
+		return fail(errPatternEmpty)
+	}
+	if strings.Contains(p, "://") {
+		return fail(errOriginSyntax)
+	}
+	return m.addHost(p, fail)
+}
+
+func (m *OriginMatcher) addHost(p string, fail func(error) error) error {
+	if strings.EqualFold(p, "null") {
+		return fail(errOriginNull) // an opaque origin is never trusted; a host called "null" neither
+	}
+	suffix, wild := strings.CutPrefix(p, "*.")
+	if strings.IndexByte(suffix, '*') >= 0 {
+		return fail(errPatternWildcard)
+	}
+	if suffix != "" && suffix[0] != '[' && strings.IndexByte(suffix, ':') >= 0 {
+		return fail(errPatternPort)
+	}
+	for i := 0; i < len(suffix); i++ {
+		if c := suffix[i]; c <= ' ' || c == '/' || c == '?' || c == '#' || c == '@' || c == '%' || c == '\\' {
+			return fail(errOriginSyntax)
+		}
+	}
+	h, err := canonicalOriginHost(suffix)
+	if err != nil {
+		return fail(err)
+	}
+	if wild {
+		if isIPOriginHost(h) {
+			return fail(errPatternIPSuffix)
+		}
+		if m.suffixes == nil {
+			m.suffixes = map[string]struct{}{}
+		}
+		m.suffixes[h] = struct{}{}
+		return nil
+	}
+	if m.hosts == nil {
+		m.hosts = map[string]struct{}{}
+	}
+	m.hosts[h] = struct{}{}
+	return nil
+}
+
+// Match reports whether o matches one of m's patterns. It allocates nothing.
+func (m *OriginMatcher) Match(o Origin) bool {
+	if m == nil || o.Host == "" {
+		return false
+	}
+	if _, ok := m.hosts[o.Host]; ok {
+		return true
+	}
+	if _, ok := m.exact[o]; ok {
+		return true
+	}
+	if len(m.suffixes) == 0 || isIPOriginHost(o.Host) {
+		return false
+	}
+	// Every proper suffix that starts after a dot: "a.b.example.com" looks up
+	// "b.example.com", "example.com" and "com", never the host itself.
+	h := o.Host
+	for i := 0; i < len(h); i++ {
+		if h[i] == '.' {
+			if _, ok := m.suffixes[h[i+1:]]; ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// MatchString parses origin and matches it; a value that does not parse never matches.
+func (m *OriginMatcher) MatchString(origin string) bool {
+	o, err := ParseOrigin(origin)
+	return err == nil && m.Match(o)
+}
+
+// Len is the number of distinct compiled patterns.
+func (m *OriginMatcher) Len() int {
+	if m == nil {
+		return 0
+	}
+	return len(m.exact) + len(m.hosts) + len(m.suffixes)
+}
+
+// originRequestHost returns the canonical host of a request's authority (`:authority` or Host): the
+// port removed, lower case, no trailing dot. A value that is not a valid host is returned
+// lower-cased as it is, so that it differs from any origin's host.
+func originRequestHost(authority string) string {
+	h := authority
+	if h != "" && h[0] == '[' {
+		if i := strings.IndexByte(h, ']'); i > 0 {
+			h = h[:i+1]
+		}
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 && strings.IndexByte(h, ':') == i {
+		h = h[:i]
+	}
+	if c, err := canonicalOriginHost(h); err == nil {
+		return c
+	}
+	return strings.ToLower(h)
+}
+
+// CrossOrigin reports whether a request carrying Origin origin to the authority originRequestHost
+// is cross-origin in the sense of SPEC §3.3: the origin's host differs from the request's own
+// host (schemes and ports are not compared). An empty origin is never cross-origin; an origin
+// that does not parse always is.
+func CrossOrigin(origin, requestAuthority string) bool {
+	if origin == "" {
+		return false
+	}
+	o, err := ParseOrigin(origin)
+	if err != nil {
+		return true
+	}
+	return o.Host != originRequestHost(requestAuthority)
+}
+
+func originSchemeIs(s, lower string) bool {
+	if len(s) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
+}
