@@ -253,3 +253,13 @@ func hasScope(have []string, need string) bool {
 	}
 	return false
 }
+
+// Problems lists what stops the agent from deciding as configured (a policy module that never
+// loaded); /readyz is not ready while there are any.
+func (a *Agent) Problems() []string { return a.policyProblems() }
+
+// Warnings lists problems that do not stop serving (an issuer whose keys cannot be fetched, a
+// policy module reload that failed while the old one keeps serving).
+func (a *Agent) Warnings() []string {
+	return append(a.oauthWarnings(), a.policyWarnings()...)
+}

@@ -16,3 +16,9 @@ func (a *Agent) initPolicy() error { return nil }
 func (a *Agent) evaluatePolicy(_ context.Context, _ *Site, _ *Request, _, _ string, _ *token.Identity) ([]Header, *reason.Error) {
 	return nil, reason.Newf(reason.PolicyError, "policy modules are not supported yet")
 }
+
+// policyProblems lists policy modules that never loaded.
+func (a *Agent) policyProblems() []string { return nil }
+
+// policyWarnings lists policy reloads that failed while the old module keeps serving.
+func (a *Agent) policyWarnings() []string { return nil }
