@@ -1,0 +1,147 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// specExample is SPEC §7's config, verbatim but for the policy path.
+const specExample = `
+grpc_addr: 127.0.0.1:9191
+http_addr: 127.0.0.1:9192
+keys:
+  source: file            # or vault
+  file: keys.yaml         # the embedded key source, relative to this file
+  refresh: 30s
+  max_stale: 1h
+  vault:                  # address/token also from VAULT_ADDR / VAULT_TOKEN
+    address: http://127.0.0.1:8200
+    mount: secret
+    prefix: tokenagent
+    auth: {method: token}
+sites:
+  - id: docs
+    hosts: [docs.example.com, "*.docs.example.com"]
+    authtoken_ttl: 156h
+    authtoken_rotation_grace: 156h
+    server_token_window: 5m
+    server_token_single_use: false
+    legacy: {impersonation: false, apikey: false, unprefixed_server_tokens: false}
+    routes:
+      - {methods: [POST, PUT, DELETE], path: "/@api/deki/pages/*", require: user, scopes: [write]}
+    policy: policies/docs.wasm
+`
+
+func TestParseConfigSpecExample(t *testing.T) {
+	cfg, err := ParseConfig([]byte(specExample), "/etc/tokenagent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Sites[0]
+	switch {
+	case cfg.Keys.File != "/etc/tokenagent/keys.yaml":
+		t.Errorf("keys.file = %q, want it resolved against the config's directory", cfg.Keys.File)
+	case cfg.Keys.Refresh.D() != 30*time.Second || cfg.Keys.MaxStale.D() != time.Hour:
+		t.Errorf("refresh/max_stale = %v/%v", cfg.Keys.Refresh.D(), cfg.Keys.MaxStale.D())
+	case s.AuthTokenTTL.D() != 156*time.Hour || s.ServerTokenWindow.D() != 5*time.Minute:
+		t.Errorf("site durations = %v, %v", s.AuthTokenTTL.D(), s.ServerTokenWindow.D())
+	case s.Policy != "/etc/tokenagent/policies/docs.wasm":
+		t.Errorf("policy = %q", s.Policy)
+	case s.Routes[0].Require != "user" || len(s.Routes[0].Methods) != 3 || s.Routes[0].Scopes[0] != "write":
+		t.Errorf("route = %+v", s.Routes[0])
+	case cfg.Keys.Vault.Mount != "secret" || cfg.Keys.Vault.Prefix != "tokenagent" || cfg.Keys.Vault.Auth.Method != "token":
+		t.Errorf("vault = %+v", cfg.Keys.Vault)
+	}
+}
+
+func TestParseConfigDefaults(t *testing.T) {
+	cfg, err := ParseConfig([]byte("keys: {source: file, file: k.yaml}\nsites: [{id: a, hosts: [A.Example.COM.]}]\n"), "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Sites[0]
+	if cfg.GRPCAddr != DefaultGRPCAddr || cfg.HTTPAddr != DefaultHTTPAddr {
+		t.Errorf("addresses = %s %s", cfg.GRPCAddr, cfg.HTTPAddr)
+	}
+	if s.AuthTokenTTL.D() != 561600*time.Second || s.AuthTokenRotationGrace != s.AuthTokenTTL || s.ServerTokenWindow.D() != 300*time.Second {
+		t.Errorf("site defaults = %+v", s)
+	}
+	if cfg.Keys.Refresh.D() != 30*time.Second || cfg.Keys.MaxStale.D() != time.Hour {
+		t.Errorf("keys defaults = %+v", cfg.Keys)
+	}
+	if s.Hosts[0] != "a.example.com" {
+		t.Errorf("host = %q, want lower case without the trailing dot", s.Hosts[0])
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	base := "keys: {source: file, file: k.yaml}\n"
+	site := "sites: [{id: docs, hosts: [docs.example.com]}]\n"
+	tests := []struct {
+		name, doc, want string
+	}{
+		{"unknown top-level field", base + site + "grpc_adr: x\n", "grpc_adr"},
+		{"unknown site field", base + "sites: [{id: docs, hosts: [a.b], authtoken_tl: 1h}]\n", "authtoken_tl"},
+		{"unknown route field", base + "sites: [{id: docs, hosts: [a.b], routes: [{path: /, requires: user}]}]\n", "requires"},
+		{"no sites", base, "sites"},
+		{"bad site id", base + "sites: [{id: Docs, hosts: [a.b]}]\n", "id"},
+		{"site id too long", base + "sites: [{id: " + strings.Repeat("a", 64) + ", hosts: [a.b]}]\n", "id"},
+		{"duplicate site id", base + "sites: [{id: a, hosts: [a.b]}, {id: a, hosts: [c.d]}]\n", "sites[1].id"},
+		{"no hosts", base + "sites: [{id: a}]\n", "hosts"},
+		{"host with a port", base + "sites: [{id: a, hosts: [\"a.b:80\"]}]\n", "hosts[0]"},
+		{"wildcard inside a host", base + "sites: [{id: a, hosts: [\"a.*.b\"]}]\n", "hosts[0]"},
+		{"host of two sites", base + "sites: [{id: a, hosts: [x.y]}, {id: b, hosts: [X.y]}]\n", "hosts"},
+		{"bad duration", base + "sites: [{id: a, hosts: [a.b], authtoken_ttl: 6days}]\n", "6days"},
+		{"negative duration", base + "sites: [{id: a, hosts: [a.b], server_token_window: -1s}]\n", "server_token_window"},
+		{"bad require", base + "sites: [{id: a, hosts: [a.b], routes: [{path: /, require: admin}]}]\n", "require"},
+		{"relative route path", base + "sites: [{id: a, hosts: [a.b], routes: [{path: x}]}]\n", "path"},
+		{"star inside a route path", base + "sites: [{id: a, hosts: [a.b], routes: [{path: /a*/b}]}]\n", "path"},
+		{"lower-case method", base + "sites: [{id: a, hosts: [a.b], routes: [{path: /, methods: [get]}]}]\n", "methods[0]"},
+		{"scope with a space", base + "sites: [{id: a, hosts: [a.b], routes: [{path: /, scopes: [\"a b\"]}]}]\n", "scopes[0]"},
+		{"no key source", site, "keys.source"},
+		{"unknown key source", "keys: {source: consul}\n" + site, "keys.source"},
+		{"file source without a file", "keys: {source: file}\n" + site, "keys.file"},
+		{"max_stale below refresh", "keys: {source: file, file: k, refresh: 1m, max_stale: 30s}\n" + site, "keys.max_stale"},
+		{"approle without role_id", "keys: {source: vault, vault: {auth: {method: approle, secret_id_file: f}}}\n" + site, "role_id"},
+		{"kubernetes without role", "keys: {source: vault, vault: {auth: {method: kubernetes}}}\n" + site, "keys.vault.auth.role"},
+		{"unknown auth method", "keys: {source: vault, vault: {auth: {method: ldap}}}\n" + site, "keys.vault.auth.method"},
+		{"bad grpc_addr", base + site + "grpc_addr: nowhere\n", "grpc_addr"},
+		{"bad log level", base + site + "log: {level: loud}\n", "log.level"},
+		{"not YAML", "sites: [", "yaml"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.doc), "/x")
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error is not one line: %q", msg)
+			}
+			if !strings.Contains(msg, tc.want) {
+				t.Errorf("error %q does not name %q", msg, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadConfigNamesTheFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(p, []byte("keys: {source: file, file: k}\nsites: [{id: a, hosts: [a.b], nope: 1}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadConfig(p)
+	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "nope") {
+		t.Fatalf("error = %v, want the file and the field named", err)
+	}
+}
+
+func TestDevExampleConfigIsValid(t *testing.T) {
+	if _, err := LoadConfig("../examples/dev/tokenagent.yaml"); err != nil {
+		t.Fatal(err)
+	}
+}
