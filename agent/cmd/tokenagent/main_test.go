@@ -1,0 +1,192 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func runCLI(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("keys: {source: file, file: k}\nsites: [{id: a, hosts: [a.b], routes: [{path: /, require: admin}]}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no command", nil, 2, "Usage"},
+		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
+		{"unknown flag", []string{"serve", "--bogus"}, 2, "unknown flag: --bogus"},
+		{"serve without config", []string{"serve"}, 2, "--config is required"},
+		{"missing config file", []string{"serve", "--config", filepath.Join(dir, "none.yaml")}, 1, "none.yaml"},
+		{"bad config", []string{"serve", "--config", bad}, 1, "routes[0].require"},
+		{"mint without kind", []string{"mint"}, 2, "give a kind"},
+		{"mint unknown kind", []string{"mint", "cookie", "--site", "a", "--user", "1", "--secret", "x"}, 2, "unknown kind"},
+		{"mint without site", []string{"mint", "server", "--user", "1"}, 2, "--site and --user"},
+		{"check bad header", []string{"check", "-H", "nocolon"}, 2, "want 'Name: value'"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := runCLI(tc.args...)
+			if code != tc.code {
+				t.Errorf("exit code = %d, want %d (stderr %q)", code, tc.code, stderr)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr %q does not say %q", stderr, tc.want)
+			}
+			if tc.code == 1 && strings.Count(strings.TrimSpace(stderr), "\n") > 0 {
+				t.Errorf("error is not one line: %q", stderr)
+			}
+		})
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, cmd := range []string{"serve", "check"} {
+		code, _, stderr := runCLI(cmd, "--help")
+		if code != 0 || !strings.Contains(stderr, "Example") || !strings.Contains(stderr, "--") {
+			t.Errorf("%s --help: code %d, %q", cmd, code, stderr)
+		}
+	}
+	if code, _, stderr := runCLI("mint", "server", "--help"); code != 0 || !strings.Contains(stderr, "--secret") {
+		t.Errorf("mint --help: code %d, %q", code, stderr)
+	}
+	if code, out, _ := runCLI("version"); code != 0 || !strings.HasPrefix(out, "tokenagent ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+}
+
+func TestMintWithGivenSecret(t *testing.T) {
+	code, out, _ := runCLI("mint", "server", "--site", "a", "--key", "k1", "--user", "=a b", "--secret", "s", "--at", "1700000000")
+	if code != 0 || !strings.HasPrefix(out, "tkn_k1_1700000000_=a+b_") {
+		t.Fatalf("mint server: %d %q", code, out)
+	}
+	key := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	code, out, _ = runCLI("mint", "authtoken", "--site", "a", "--user", "5", "--key-b64", key, "--at", "2023-11-14T22:13:20Z")
+	if code != 0 || !strings.HasPrefix(out, "5_638355968000000000_") {
+		t.Fatalf("mint authtoken: %d %q", code, out)
+	}
+}
+
+// TestServeEndToEnd runs the real binary on the dev example: it answers checks, reloads its
+// config on SIGHUP, and exits cleanly on SIGTERM.
+func TestServeEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "tokenagent")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	keys, err := os.ReadFile("../../../examples/dev/keys.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "tokenagent.yaml")
+	writeConfig := func(extraRoute string) {
+		cfg := "keys: {source: file, file: keys.yaml}\nsites:\n  - id: demo\n    hosts: [localhost]\n    routes:\n" +
+			"      - {methods: [POST], path: \"/@api/deki/pages/*\", require: user}\n" + extraRoute
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeConfig("")
+	if err := os.WriteFile(filepath.Join(dir, "keys.yaml"), keys, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := bufio.NewScanner(stderr)
+	var addr string
+	for addr == "" && lines.Scan() {
+		var rec map[string]any
+		if json.Unmarshal(lines.Bytes(), &rec) == nil && rec["msg"] == "tokenagent serving" {
+			addr, _ = rec["grpc"].(string)
+		}
+	}
+	if addr == "" {
+		t.Fatal("the agent never said it was serving")
+	}
+	logs := make(chan string, 100)
+	go func() {
+		for lines.Scan() {
+			logs <- lines.Text()
+		}
+		close(logs)
+	}()
+
+	code, tok, errOut := runCLI("mint", "server", "--config", cfgPath, "--site", "demo", "--key", "k1", "--user", "42")
+	if code != 0 {
+		t.Fatalf("mint: %d %s", code, errOut)
+	}
+	tok = strings.TrimSpace(tok)
+	if code, out, _ := runCLI("check", "--addr", addr, "--host", "localhost", "--method", "POST",
+		"--path", "/@api/deki/pages/home", "-H", "X-Deki-Token: "+tok); code != 0 || !strings.Contains(out, "x-auth-user: 42") {
+		t.Fatalf("allowed check: %d %q", code, out)
+	}
+	if code, out, _ := runCLI("check", "--addr", addr, "--host", "localhost", "--method", "POST",
+		"--path", "/@api/deki/pages/home"); code != 1 || !strings.Contains(out, "authentication_required") {
+		t.Fatalf("denied check: %d %q", code, out)
+	}
+
+	// SIGHUP: a new rule takes effect.
+	writeConfig("      - {path: /private, require: authenticated}\n")
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, logs, "config reloaded")
+	if code, out, _ := runCLI("check", "--addr", addr, "--host", "localhost", "--path", "/private"); code != 1 {
+		t.Fatalf("after reload, /private: %d %q", code, out)
+	}
+
+	// SIGTERM: a clean exit.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for range logs {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
+
+func waitLog(t *testing.T, logs <-chan string, msg string) {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case l, ok := <-logs:
+			if !ok {
+				t.Fatalf("the agent exited before logging %q", msg)
+			}
+			if strings.Contains(l, msg) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no log line %q", msg)
+		}
+	}
+}
