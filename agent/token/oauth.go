@@ -606,9 +606,10 @@ type parsedJWT struct {
 	claims   jwtClaims
 }
 
-// splitJWT checks the compact shape: exactly three segments of base64url characters (no
-// padding), header and payload non-empty; the signature may be empty (an unsigned token is
-// refused for its alg). It returns the index of the last '.'.
+// splitJWT checks the compact shape: exactly three segments of base64url characters in
+// canonical form (no padding, unused trailing bits zero, so one token has one spelling),
+// header and payload non-empty; the signature may be empty (an unsigned token is refused for
+// its alg). It returns the index of the last '.'.
 func splitJWT(tok string) (lastDot int, ok bool) {
 	first := -1
 	lastDot = -1
@@ -632,7 +633,42 @@ func splitJWT(tok string) (lastDot int, ok bool) {
 	if first <= 0 || lastDot < 0 || lastDot == first+1 {
 		return -1, false
 	}
+	if !canonicalB64(tok[:first]) || !canonicalB64(tok[first+1:lastDot]) || !canonicalB64(tok[lastDot+1:]) {
+		return -1, false
+	}
 	return lastDot, true
+}
+
+// canonicalB64 reports whether seg (base64url characters only) has a valid unpadded length
+// and zero unused bits in its last character.
+func canonicalB64(seg string) bool {
+	var unused byte
+	switch len(seg) % 4 {
+	case 0:
+		return true
+	case 1:
+		return false
+	case 2:
+		unused = 0x0f
+	case 3:
+		unused = 0x03
+	}
+	return b64urlValue(seg[len(seg)-1])&unused == 0
+}
+
+// b64urlValue is the 6-bit value of a base64url character.
+func b64urlValue(c byte) byte {
+	switch {
+	case 'A' <= c && c <= 'Z':
+		return c - 'A'
+	case 'a' <= c && c <= 'z':
+		return c - 'a' + 26
+	case '0' <= c && c <= '9':
+		return c - '0' + 52
+	case c == '-':
+		return 62
+	}
+	return 63
 }
 
 // parseJWT splits tok, parses its header with go-jose (accepted algorithms only) and decodes
@@ -837,7 +873,11 @@ func MintJWT(key jose.JSONWebKey, claims map[string]any) (string, error) {
 	if !slices.Contains(jwks.Algorithms, alg) {
 		return "", errors.New("token: MintJWT: algorithm " + string(alg) + " is not accepted by tokenagent")
 	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, (&jose.SignerOptions{}).WithType("at+jwt"))
+	opts := (&jose.SignerOptions{}).WithType("at+jwt")
+	if _, sym := key.Key.([]byte); sym && key.KeyID != "" {
+		opts = opts.WithHeader("kid", key.KeyID) // go-jose names only asymmetric keys itself
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
 	if err != nil {
 		return "", err
 	}
