@@ -26,7 +26,7 @@ type Secret struct {
 // NewSecret returns a Secret holding a copy of key.
 func NewSecret(key []byte) *Secret {
 	s := &Secret{key: append([]byte(nil), key...)}
-	s.pool.New = func() any { return hmac.New(sha256.New, s.key) }
+	s.pool.New = func() any { return &keyedHash{h: hmac.New(sha256.New, s.key)} }
 	return s
 }
 
@@ -48,31 +48,43 @@ func (s *Secret) Equal(candidate string) bool {
 // (for example an MD5 digest for the legacy impersonation token).
 func (s *Secret) Bytes() []byte { return append([]byte(nil), s.key...) }
 
+// keyedHash is a pooled HMAC with a scratch buffer for its digest: hash.Hash.Sum's argument
+// escapes through the interface, so summing into a caller's stack array would allocate.
+type keyedHash struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
+}
+
+// mac computes HMAC-SHA256(key, msg...) into kh.sum.
+func (s *Secret) mac(msg []string) *keyedHash {
+	kh := s.pool.Get().(*keyedHash)
+	kh.h.Reset()
+	for _, m := range msg {
+		kh.h.Write(bytesView(m))
+	}
+	kh.h.Sum(kh.sum[:0])
+	return kh
+}
+
 // MAC appends HMAC-SHA256(key, msg) to dst.
 func (s *Secret) MAC(dst []byte, msg ...string) []byte {
-	h := s.pool.Get().(hash.Hash)
-	h.Reset()
-	for _, m := range msg {
-		h.Write(bytesView(m))
-	}
-	dst = h.Sum(dst)
-	s.pool.Put(h)
+	kh := s.mac(msg)
+	dst = append(dst, kh.sum[:]...)
+	s.pool.Put(kh)
 	return dst
 }
 
 // VerifyHex reports whether sigHex is the hex HMAC-SHA256 of the concatenation of msg, with
 // the hex digits compared case-insensitively and the MAC in constant time.
 func (s *Secret) VerifyHex(sigHex string, msg ...string) bool {
-	var want [sha256.Size]byte
 	var got [sha256.Size]byte
+	kh := s.mac(msg)
+	defer s.pool.Put(kh)
 	if len(sigHex) != 2*sha256.Size {
-		// Still do the work so that a wrong length does not answer faster.
-		s.MAC(want[:0], msg...)
-		return false
+		return false // the MAC was still computed, so a wrong length does not answer faster
 	}
 	ok := decodeHex(got[:], sigHex)
-	s.MAC(want[:0], msg...)
-	return subtle.ConstantTimeCompare(want[:], got[:])&ok == 1
+	return subtle.ConstantTimeCompare(kh.sum[:], got[:])&ok == 1
 }
 
 // decodeHex decodes len(dst)*2 hex digits of src (either case) into dst, returning 1 when
