@@ -9,6 +9,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/url"
+	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -114,6 +116,14 @@ func APIKeyQuery(key, impersonate string) string {
 type LegacyAudit struct {
 	log  *slog.Logger
 	uses *prometheus.CounterVec
+
+	mu    sync.RWMutex
+	bound map[legacyLabels]prometheus.Counter // counters bound to their labels, so a use hashes nothing
+}
+
+type legacyLabels struct {
+	site string
+	kind Kind
 }
 
 // LegacyMetricName is the name of the legacy credential counter.
@@ -140,7 +150,7 @@ func NewLegacyAudit(reg prometheus.Registerer, log *slog.Logger) *LegacyAudit {
 			}
 		}
 	}
-	return &LegacyAudit{log: log, uses: uses}
+	return &LegacyAudit{log: log, uses: uses, bound: map[legacyLabels]prometheus.Counter{}}
 }
 
 // Used records one accepted legacy credential of kind at site, acting as user ("" for none).
@@ -148,11 +158,30 @@ func (a *LegacyAudit) Used(site string, kind Kind, user, credential string) {
 	log := slog.Default()
 	if a != nil {
 		log = a.log
-		a.uses.WithLabelValues(site, string(kind)).Inc()
+		a.counter(site, kind).Inc()
 	}
-	log.Warn("legacy credential used; migrate this integration to a Server API Token",
-		"site", site, "kind", string(kind), "user", user,
-		"credential_sha256", CredentialFingerprint(credential))
+	ctx := context.Background()
+	if !log.Enabled(ctx, slog.LevelWarn) {
+		return
+	}
+	log.LogAttrs(ctx, slog.LevelWarn, "legacy credential used; migrate this integration to a Server API Token",
+		slog.String("site", site), slog.String("kind", string(kind)), slog.String("user", user),
+		slog.String("credential_sha256", CredentialFingerprint(credential)))
+}
+
+func (a *LegacyAudit) counter(site string, kind Kind) prometheus.Counter {
+	k := legacyLabels{site, kind}
+	a.mu.RLock()
+	c, ok := a.bound[k]
+	a.mu.RUnlock()
+	if ok {
+		return c
+	}
+	c = a.uses.WithLabelValues(site, string(kind))
+	a.mu.Lock()
+	a.bound[legacyLabels{strings.Clone(site), kind}] = c
+	a.mu.Unlock()
+	return c
 }
 
 // CredentialFingerprint names a credential in logs without revealing it: the first 12 hex
