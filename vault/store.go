@@ -60,6 +60,11 @@ type Store struct {
 	m        *StoreMetrics
 	downTill atomic.Int64 // unix nanos until which the source is taken to be down
 
+	// closeMu orders cache writes before Close: ristretto must not be written to (Set, Wait)
+	// once closed, and background refreshes may still be finishing when the Store is closed.
+	closeMu sync.RWMutex
+	closed  bool
+
 	warnMu   sync.Mutex
 	warnings map[string]string // path -> problem
 }
@@ -109,8 +114,14 @@ func NewStore(src Source, opts StoreOptions) (*Store, error) {
 	return s, nil
 }
 
-// Close stops the cache's goroutines.
-func (s *Store) Close() { s.cache.Close() }
+// Close stops the cache's goroutines. Reads still in flight finish without caching; lookups
+// after Close read the source every time.
+func (s *Store) Close() {
+	s.closeMu.Lock()
+	s.closed = true
+	s.closeMu.Unlock()
+	s.cache.Close()
+}
 
 // Source is the backend the store reads.
 func (s *Store) Source() Source { return s.src }
@@ -249,8 +260,18 @@ func (s *Store) refreshInBackground(h uint64, old *entry) {
 func (s *Store) load(ctx context.Context, h uint64, r ref) (*entry, error) {
 	path := r.path()
 	ch := s.flight.DoChan(path, func() (any, error) {
+		// A flight that ended between this caller's cache miss and now has cached the record:
+		// use it, so that concurrent misses of one record share one source read. (An entry
+		// younger than half the refresh interval is one a refresh would not replace either.)
+		if e, ok := s.cache.Get(h); ok && e.ref.kind == r.kind && e.ref.site == r.site && e.ref.name == r.name &&
+			s.opts.Now().Sub(e.fetched) < s.opts.Refresh/2 {
+			return e, nil
+		}
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ReadTimeout)
 		defer cancel()
+		// The entry's age counts from before the read: a change written while the read was
+		// under way must still show within the refresh interval.
+		fetched := s.opts.Now()
 		start := time.Now()
 		v, err := s.read(rctx, r, path)
 		s.m.observeRead(s.src.Name(), err, time.Since(start))
@@ -270,9 +291,13 @@ func (s *Store) load(ctx context.Context, h uint64, r ref) (*entry, error) {
 			return nil, err
 		}
 		s.downTill.Store(0)
-		e := &entry{ref: r, value: v, err: err, fetched: s.opts.Now()}
-		s.cache.SetWithTTL(h, e, costOf(path, v), s.opts.MaxStale+s.opts.Refresh)
-		s.cache.Wait()
+		e := &entry{ref: r, value: v, err: err, fetched: fetched}
+		s.closeMu.RLock()
+		if !s.closed {
+			s.cache.SetWithTTL(h, e, costOf(path, v), s.opts.MaxStale+s.opts.Refresh)
+			s.cache.Wait()
+		}
+		s.closeMu.RUnlock()
 		return e, nil
 	})
 	select {

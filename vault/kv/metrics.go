@@ -1,0 +1,111 @@
+package kv
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenagent/tokenagent/vault"
+)
+
+// The states of the tokenagent_vault_auth_state gauge (one is 1, the others 0).
+const (
+	stateLoggingIn = "logging_in" // a login is under way (or none has been tried yet)
+	stateBackoff   = "backoff"    // the last login failed; waiting to retry
+	stateLoggedIn  = "logged_in"  // holding a token that is not renewed (no TTL, or not renewable)
+	stateRenewing  = "renewing"   // holding a renewable token, renewed by the lifetime watcher
+)
+
+var states = []string{stateLoggingIn, stateBackoff, stateLoggedIn, stateRenewing}
+
+// metrics are the source's Prometheus collectors.
+type metrics struct {
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	state         *prometheus.GaugeVec
+	loginFailures *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_vault_requests_total",
+			Help: "Vault requests by operation (read, read_version, metadata, list, write, login, renew) and outcome (ok, not_found, denied, cas_mismatch, error)."},
+			[]string{"operation", "outcome"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "tokenagent_vault_request_duration_seconds",
+			Help: "Latency of Vault requests by operation.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)},
+			[]string{"operation"}),
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tokenagent_vault_auth_state",
+			Help: "The Vault login state: 1 for the current state (logging_in, backoff, logged_in, renewing), 0 for the others."},
+			[]string{"state"}),
+		loginFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_vault_login_failures_total",
+			Help: "Failed Vault logins by auth method."}, []string{"method"}),
+	}
+	if reg != nil {
+		var err error
+		if m.requests, err = register(reg, m.requests); err != nil {
+			return nil, err
+		}
+		if m.latency, err = register(reg, m.latency); err != nil {
+			return nil, err
+		}
+		if m.state, err = register(reg, m.state); err != nil {
+			return nil, err
+		}
+		if m.loginFailures, err = register(reg, m.loginFailures); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// register registers c, or returns the collector already registered under its name (a second
+// source on the same registry shares it).
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if prev, ok := are.ExistingCollector.(C); ok {
+				return prev, nil
+			}
+		}
+		return c, fmt.Errorf("vault metrics: %w", err)
+	}
+	return c, nil
+}
+
+func (m *metrics) setState(state string) {
+	for _, s := range states {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		m.state.WithLabelValues(s).Set(v)
+	}
+}
+
+// observe counts one request; d 0 records no latency (renewals, timed by the watcher).
+func (m *metrics) observe(op string, err error, d time.Duration) {
+	m.requests.WithLabelValues(op, outcome(err)).Inc()
+	if d > 0 {
+		m.latency.WithLabelValues(op).Observe(d.Seconds())
+	}
+}
+
+func outcome(err error) string {
+	var re *api.ResponseError
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, vault.ErrNotFound):
+		return "not_found"
+	case errors.Is(err, vault.ErrCASMismatch):
+		return "cas_mismatch"
+	case errors.As(err, &re) && re.StatusCode == http.StatusForbidden:
+		return "denied"
+	}
+	return "error"
+}
