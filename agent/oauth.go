@@ -16,3 +16,6 @@ func (a *Agent) initOAuth() error { return nil }
 func (a *Agent) verifyOAuth(_ context.Context, _ *Site, _ string) (token.Identity, error) {
 	return token.Identity{}, reason.Newf(reason.NotImplemented, "OAuth bearer tokens are not supported yet")
 }
+
+// oauthWarnings lists issuers whose keys cannot be fetched.
+func (a *Agent) oauthWarnings() []string { return nil }

@@ -151,11 +151,14 @@ func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
 
 // Listen binds the gRPC and HTTP addresses of the config.
 func (d *Daemon) Listen() error {
+	d.mu.RLock()
+	grpcAddr, httpAddr := d.cfg.GRPCAddr, d.cfg.HTTPAddr
+	d.mu.RUnlock()
 	var err error
-	if d.grpcLis, err = net.Listen("tcp", d.cfg.GRPCAddr); err != nil {
+	if d.grpcLis, err = net.Listen("tcp", grpcAddr); err != nil {
 		return fmt.Errorf("grpc_addr: %w", err)
 	}
-	if d.httpLis, err = net.Listen("tcp", d.cfg.HTTPAddr); err != nil {
+	if d.httpLis, err = net.Listen("tcp", httpAddr); err != nil {
 		d.grpcLis.Close()
 		return fmt.Errorf("http_addr: %w", err)
 	}
@@ -179,8 +182,11 @@ func (d *Daemon) Serve() error {
 		}
 		errc <- nil
 	}()
+	d.mu.RLock()
+	sites := len(d.cfg.Sites)
+	d.mu.RUnlock()
 	d.log.Info("tokenagent serving", "grpc", d.GRPCAddr(), "http", d.HTTPAddr(),
-		"key_source", d.source.Name(), "sites", len(d.cfg.Sites))
+		"key_source", d.source.Name(), "sites", sites)
 	err := <-errc
 	if err2 := <-errc; err == nil {
 		err = err2
