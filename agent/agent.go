@@ -64,11 +64,10 @@ type Agent struct {
 	servers    token.ServerTokenVerifier
 
 	// Per-kind state, each owned by its own file.
-	oauth    oauthState
-	browser  browserState
-	legacy   legacyState
-	exchange exchangeState
-	policy   policyState
+	//lint:ignore U1000 filled by the OAuth verifier (agent/oauth.go)
+	oauth   oauthState
+	browser browserState
+	legacy  legacyState
 }
 
 // New builds an Agent from a validated Config.

@@ -6,9 +6,6 @@ import (
 	"github.com/tokenagent/tokenagent/agent/reason"
 )
 
-// exchangeState is the Identity Token Exchange's state (SPEC §3.5).
-type exchangeState struct{}
-
 func (a *Agent) initExchange() error { return nil }
 
 // doExchange answers `POST /@app/auth/token/exchange` itself.

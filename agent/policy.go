@@ -7,9 +7,6 @@ import (
 	"github.com/tokenagent/tokenagent/agent/token"
 )
 
-// policyState holds the sites' WebAssembly policy modules (SPEC §5).
-type policyState struct{}
-
 func (a *Agent) initPolicy() error { return nil }
 
 // evaluatePolicy runs the site's policy last; it returns headers to add upstream, or a denial.

@@ -158,6 +158,7 @@ func ToCheckResponse(d *agent.Decision) *authv3.CheckResponse {
 				ResponseHeadersToAdd:    headerOptions(d.ResponseHeaders),
 				// Deprecated in Envoy in favour of CheckResponse.dynamic_metadata, which wins
 				// when both are set; filled too for older Envoys and readers of SPEC §4.
+				//lint:ignore SA1019 SPEC §4 puts dynamic_metadata in the OkHttpResponse too
 				DynamicMetadata: md,
 			}},
 			DynamicMetadata: md,
@@ -203,7 +204,8 @@ func headerOptions(hs []agent.Header) []*corev3.HeaderValueOption {
 	out := make([]*corev3.HeaderValueOption, len(hs))
 	for i, h := range hs {
 		out[i] = &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			Header: &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			//lint:ignore SA1019 SPEC §4 asks for append: false beside append_action
 			Append:       wrapperspb.Bool(false),
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		}

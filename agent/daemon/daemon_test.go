@@ -146,6 +146,7 @@ func TestCheckOverGRPCAllowed(t *testing.T) {
 	}
 	got := map[string]string{}
 	for _, h := range ok.GetHeaders() {
+		//lint:ignore SA1019 SPEC §4 asks for append: false beside append_action
 		if h.GetAppend() == nil || h.GetAppend().GetValue() ||
 			h.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
 			t.Errorf("header %s does not say overwrite both ways: %v", h.GetHeader().GetKey(), h)
