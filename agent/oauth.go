@@ -2,22 +2,82 @@ package agent
 
 import (
 	"context"
+	"runtime"
+	"sync"
+	"time"
+	"weak"
 
-	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/jwks"
 )
 
-// oauthState is the OAuth verifier's state (SPEC §3.4).
+// oauthState is the OAuth verifier's state (SPEC §3.4): the verifier, with its
+// verified-token cache, over the issuers' key sets.
 //
-//lint:ignore U1000 filled by the OAuth verifier
-type oauthState struct{}
-
-func (a *Agent) initOAuth() error { return nil }
-
-// verifyOAuth verifies an `Authorization: Bearer` JWT.
-func (a *Agent) verifyOAuth(_ context.Context, _ *Site, _ string) (token.Identity, error) {
-	return token.Identity{}, reason.Newf(reason.NotImplemented, "OAuth bearer tokens are not supported yet")
+// The key sets (fetched jwks_uri documents, their refetch limits) and the metrics belong to the
+// key store rather than to one Agent, so an Agent rebuilt on a config reload keeps them and
+// does not fetch every issuer again. The verified-token cache is the Agent's own and is
+// released when the Agent is dropped.
+type oauthState struct {
+	v *token.OAuthVerifier
 }
 
-// oauthWarnings lists issuers whose keys cannot be fetched.
-func (a *Agent) oauthWarnings() []string { return nil }
+// oauthShared is what every Agent built over one key store shares.
+type oauthShared struct {
+	jwks    *jwks.Cache
+	metrics *token.OAuthMetrics
+}
+
+// sharedOAuth maps a key store (held weakly, so a dropped store is forgotten) to its
+// oauthShared.
+var sharedOAuth sync.Map // weak.Pointer[vault.Store] -> *oauthShared
+
+// prefetchTimeout bounds the start-up fetch of the issuers' key sets.
+const prefetchTimeout = 30 * time.Second
+
+func (a *Agent) initOAuth() error {
+	key := weak.Make(a.keys)
+	sh, ok := sharedOAuth.Load(key)
+	if !ok {
+		fresh := &oauthShared{
+			jwks: jwks.NewCache(jwks.Options{Now: a.now, Logger: a.log,
+				Metrics: jwks.NewMetrics(a.reg)}),
+			metrics: token.NewOAuthMetrics(a.reg),
+		}
+		var loaded bool
+		if sh, loaded = sharedOAuth.LoadOrStore(key, fresh); !loaded {
+			runtime.AddCleanup(a.keys, func(k weak.Pointer[vault.Store]) { sharedOAuth.Delete(k) }, key)
+		}
+	}
+	shared := sh.(*oauthShared)
+	v := &token.OAuthVerifier{Keys: a.keys, JWKS: shared.jwks, Now: a.now, Metrics: shared.metrics, Logger: a.log}
+	a.oauth.v = v
+	// The token cache lives as long as this Agent: a reload replaces the Agent, and the old
+	// cache's goroutines stop once it is collected.
+	runtime.AddCleanup(a, func(v *token.OAuthVerifier) { v.Close() }, v)
+
+	// Fetch the external issuers' key sets now, so the first token does not wait for them and
+	// /readyz warns of a jwks_uri that cannot be fetched before any token needs it.
+	ids := make([]string, len(a.list))
+	for i, s := range a.list {
+		ids[i] = s.ID
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
+		defer cancel()
+		v.Prefetch(ctx, ids...)
+	}()
+	return nil
+}
+
+// verifyOAuth verifies an `Authorization: Bearer` JWT (an OAuth API Token or a long-term JWT)
+// against the site's own and external issuers. Route rules (require: user refusing an
+// application token, scopes) are applied by the pipeline afterwards.
+func (a *Agent) verifyOAuth(ctx context.Context, s *Site, jwt string) (token.Identity, error) {
+	return a.oauth.v.Verify(ctx, &s.Site, jwt)
+}
+
+// oauthWarnings lists issuers whose jwks_uri cannot be fetched and stored keys left out as
+// unusable.
+func (a *Agent) oauthWarnings() []string { return a.oauth.v.Warnings() }

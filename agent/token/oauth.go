@@ -16,10 +16,11 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
+	"unsafe"
 
 	"github.com/dgraph-io/ristretto/v2"
 	jose "github.com/go-jose/go-jose/v4"
-	josejson "github.com/go-jose/go-jose/v4/json"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenagent/tokenagent/agent/reason"
@@ -59,8 +60,8 @@ import (
 //
 //   - Safe for concurrent use. The zero value of every optional field is a working default;
 //     the verifier builds its caches on first use. Call Close when done with it.
-//   - A verified token is cached (keyed by a seeded hash of site and token, checked against
-//     the full token) until the earlier of its expiry and the key store's refresh interval. A
+//   - A verified token is cached (keyed by a seeded hash of the site and the token's
+//     signature end, checked against the full token) until the earlier of its expiry and the key store's refresh interval. A
 //     hit still checks that the issuer record (and, for a jwks_uri, the fetched key set) is
 //     the one the token was verified with, so a revoked issuer or key takes effect within
 //     the refresh interval. Denials are never cached.
@@ -74,7 +75,8 @@ type OAuthVerifier struct {
 	JWKS *jwks.Cache
 	// Now is the clock (default time.Now).
 	Now func() time.Time
-	// CacheMaxCost is the verified-token cache's capacity in bytes (default 32 MiB).
+	// CacheMaxCost is the verified-token cache's capacity in bytes (default
+	// DefaultOAuthCacheMaxCost, 32 MiB).
 	CacheMaxCost int64
 	// SkipTokenCache turns the verified-token cache off: every token is verified in full.
 	SkipTokenCache bool
@@ -83,13 +85,14 @@ type OAuthVerifier struct {
 	// Logger receives reports of unusable issuer keys (default slog.Default()).
 	Logger *slog.Logger
 
-	once    sync.Once
-	initErr error
-	tokens  *ristretto.Cache[uint64, *verifiedToken]
-	seed    maphash.Seed
-	hit     prometheus.Counter
-	miss    prometheus.Counter
-	views   sync.Map // site ID -> *issuerView
+	once      sync.Once
+	initErr   error
+	cacheOnce sync.Once
+	tokens    *ristretto.Cache[uint64, *verifiedToken]
+	seed      maphash.Seed
+	hit       prometheus.Counter
+	miss      prometheus.Counter
+	views     sync.Map // site ID -> *issuerView
 }
 
 // OAuthMetrics are the OAuth verifier's Prometheus collectors.
@@ -162,11 +165,15 @@ type issuerView struct {
 	warnings []string
 }
 
+// init sets the defaults (once).
 func (v *OAuthVerifier) init() error {
 	v.once.Do(func() {
 		if v.Keys == nil {
 			v.initErr = errors.New("token: OAuthVerifier.Keys is required")
 			return
+		}
+		if v.Logger == nil {
+			v.Logger = slog.Default()
 		}
 		if v.JWKS == nil {
 			v.JWKS = jwks.NewCache(jwks.Options{Now: v.Now, Logger: v.Logger})
@@ -174,35 +181,43 @@ func (v *OAuthVerifier) init() error {
 		if v.Metrics == nil {
 			v.Metrics = NewOAuthMetrics(nil)
 		}
-		if v.Logger == nil {
-			v.Logger = slog.Default()
-		}
 		v.hit = v.Metrics.TokenCache.WithLabelValues("hit")
 		v.miss = v.Metrics.TokenCache.WithLabelValues("miss")
 		v.seed = maphash.MakeSeed()
+	})
+	return v.initErr
+}
+
+// initCache creates the verified-token cache (once, on the first verification, so a verifier
+// that never sees a token costs no cache).
+func (v *OAuthVerifier) initCache() {
+	v.cacheOnce.Do(func() {
 		if v.SkipTokenCache {
 			return
 		}
 		maxCost := v.CacheMaxCost
 		if maxCost <= 0 {
-			maxCost = 32 << 20
+			maxCost = DefaultOAuthCacheMaxCost
 		}
 		c, err := ristretto.NewCache(&ristretto.Config[uint64, *verifiedToken]{
-			NumCounters: max(maxCost/512*10, 1000), // ~10 counters per expected entry
+			NumCounters: max(maxCost/100, 1000), // ~10 counters per entry of ~1 KB
 			MaxCost:     maxCost,
 			BufferItems: 64,
 		})
 		if err != nil {
-			v.initErr = err
+			v.Logger.Error("verified-token cache not created; every token is verified in full", "error", err.Error())
 			return
 		}
 		v.tokens = c
 	})
-	return v.initErr
 }
 
-// Close releases the verified-token cache. The verifier must not be used afterwards.
+// DefaultOAuthCacheMaxCost is the verified-token cache's default capacity in bytes.
+const DefaultOAuthCacheMaxCost = 32 << 20
+
+// Close releases the verified-token cache. Verifications after Close are not cached.
 func (v *OAuthVerifier) Close() {
+	v.cacheOnce.Do(func() {}) // no cache is created after Close
 	if v.tokens != nil {
 		v.tokens.Close()
 	}
@@ -225,14 +240,17 @@ func (v *OAuthVerifier) Verify(ctx context.Context, site *Site, tok string) (Ide
 	if err := v.init(); err != nil {
 		return Identity{}, reason.From(err)
 	}
+	v.initCache()
 	now := v.now()
 	var h uint64
 	if v.tokens != nil {
 		h = v.tokenHash(site.ID, tok)
-		if e, ok := v.tokens.Get(h); ok && e.token == tok && e.site == site.ID && now.Before(e.until) &&
-			v.stillTrusted(ctx, site.ID, e) {
-			v.hit.Inc()
-			return e.id, nil
+		if e, ok := v.tokens.Get(h); ok && e.token == tok && e.site == site.ID {
+			if now.Before(e.until) && v.stillTrusted(ctx, site.ID, e) {
+				v.hit.Inc()
+				return e.id, nil
+			}
+			v.tokens.Del(h) // expired, or its issuer or keys changed
 		}
 		v.miss.Inc()
 	}
@@ -243,21 +261,33 @@ func (v *OAuthVerifier) Verify(ctx context.Context, site *Site, tok string) (Ide
 	}
 	v.Metrics.Verifications.WithLabelValues("ok").Inc()
 	if v.tokens != nil {
-		if ttl := e.until.Sub(now); ttl > 0 {
-			v.tokens.SetWithTTL(h, e, int64(160+len(tok)+len(site.ID)+len(e.id.User)+len(e.id.ClientID)+16*len(e.id.Scopes)), ttl)
-		}
+		// No ristretto TTL: its expiry check would cost a clock read on every hit. Entries
+		// carry their own deadline (checked above) and leave by LFU eviction or Del.
+		v.tokens.Set(h, e, int64(160+len(tok)+len(site.ID)+len(e.id.User)+len(e.id.ClientID)+16*len(e.id.Scopes)))
 	}
 	return e.id, nil
 }
 
+// tokenHash is the cache key of tok at site: a seeded maphash of the site, the token's length
+// and its last hashedTail bytes (the signature, which binds the rest). A hit is confirmed by
+// comparing the whole token, so a collision (which an attacker cannot aim, the seed being
+// random) is only a miss.
 func (v *OAuthVerifier) tokenHash(site, tok string) uint64 {
+	tail := tok
+	if len(tail) > hashedTail {
+		tail = tail[len(tail)-hashedTail:]
+	}
 	var h maphash.Hash
 	h.SetSeed(v.seed)
 	h.WriteString(site)
-	h.WriteByte(0)
-	h.WriteString(tok)
+	h.WriteByte(byte(len(tok)))
+	h.WriteByte(byte(len(tok) >> 8))
+	h.WriteString(tail)
 	return h.Sum64()
 }
+
+// hashedTail is how many trailing bytes of a token its cache key hashes.
+const hashedTail = 64
 
 // stillTrusted reports whether a cached token's issuer record is still the store's current
 // one, and its key set still the issuer's current one.
@@ -694,7 +724,7 @@ func parseJWT(tok string) (*parsedJWT, *reason.Error) {
 		return nil, rerr
 	}
 	p := &parsedJWT{alg: sig.Header.Algorithm, kid: sig.Header.KeyID, input: tok[:lastDot], sig: sig.Signature}
-	if err := josejson.Unmarshal(jws.UnsafePayloadWithoutVerification(), &p.claims); err != nil {
+	if !parseClaims(jws.UnsafePayloadWithoutVerification(), &p.claims) {
 		return nil, invalidToken(reason.MalformedToken, "the bearer token's claims are not a valid JSON object")
 	}
 	return p, nil
@@ -728,47 +758,35 @@ func checkHeader(h *jose.Header) *reason.Error {
 	return nil
 }
 
-// jwtClaims are the claims tokenagent reads. They are decoded with go-jose's JSON package,
-// which matches member names case-sensitively and refuses duplicate members, so "ISS" or a
-// second "aud" cannot stand in for the claim the issuer meant.
+// jwtClaims are the claims tokenagent reads from a JWT payload.
 type jwtClaims struct {
-	Iss      string              `json:"iss"`
-	Sub      string              `json:"sub"`
-	Aud      audience            `json:"aud"`
-	Exp      numericDate         `json:"exp"`
-	Nbf      numericDate         `json:"nbf"`
-	Iat      numericDate         `json:"iat"`
-	Scope    *string             `json:"scope"`
-	Scp      josejson.RawMessage `json:"scp"`
-	ClientID string              `json:"client_id"`
+	Iss, Sub, ClientID string
+	Aud                audience
+	Exp, Nbf, Iat      numericDate
+	scope              string
+	hasScope           bool
+	scp                audience // `scp`: a string or a list of strings
+	hasScp             bool
 }
 
 // scopes returns the token's scopes: `scope` split on spaces (RFC 9068); without `scope`,
 // `scp` as a space-separated string or a list of strings (Okta, Azure AD). ok is false when
-// they are not well formed.
+// they hold control characters.
 func (c *jwtClaims) scopes() ([]string, bool) {
-	if c.Scope != nil {
-		return splitScopes(nil, *c.Scope)
+	if c.hasScope {
+		return splitScopes(nil, c.scope)
 	}
-	if len(c.Scp) == 0 || string(c.Scp) == "null" {
+	if !c.hasScp {
 		return nil, true
 	}
-	var s string
-	if json.Unmarshal(c.Scp, &s) == nil {
-		return splitScopes(nil, s)
-	}
-	var list []string
-	if err := json.Unmarshal(c.Scp, &list); err != nil {
-		return nil, false
-	}
-	var out []string
-	for _, e := range list {
-		var ok bool
-		if out, ok = splitScopes(out, e); !ok {
-			return nil, false
+	out, ok := splitScopes(nil, c.scp.one)
+	for _, e := range c.scp.many {
+		if !ok {
+			break
 		}
+		out, ok = splitScopes(out, e)
 	}
-	return out, true
+	return out, ok
 }
 
 func splitScopes(out []string, s string) ([]string, bool) {
@@ -785,21 +803,11 @@ func splitScopes(out []string, s string) ([]string, bool) {
 type audience struct {
 	one  string
 	many []string
-}
-
-// UnmarshalJSON implements json.Unmarshaler.
-func (a *audience) UnmarshalJSON(b []byte) error {
-	switch {
-	case len(b) > 0 && b[0] == '"':
-		return josejson.Unmarshal(b, &a.one)
-	case len(b) > 0 && b[0] == '[':
-		return josejson.Unmarshal(b, &a.many)
-	}
-	return errors.New("aud is neither a string nor a list of strings")
+	set  bool
 }
 
 func (a *audience) contains(want string) bool {
-	if want == "" {
+	if want == "" || !a.set {
 		return false
 	}
 	if a.one == want {
@@ -814,7 +822,7 @@ func (a *audience) contains(want string) bool {
 }
 
 // numericDate is a JWT NumericDate (RFC 7519 §2): seconds since the epoch, possibly
-// fractional. Anything but a JSON number is refused.
+// fractional.
 type numericDate struct {
 	secs float64
 	set  bool
@@ -823,22 +831,366 @@ type numericDate struct {
 // maxNumericDate bounds dates so conversions cannot overflow (2^62 s, as go-jose does).
 const maxNumericDate = 1 << 62
 
-// UnmarshalJSON implements json.Unmarshaler.
-func (n *numericDate) UnmarshalJSON(b []byte) error {
-	if len(b) == 0 || (b[0] != '-' && (b[0] < '0' || b[0] > '9')) {
-		return errors.New("a NumericDate must be a number")
-	}
-	f, err := strconv.ParseFloat(string(b), 64)
-	if err != nil || f >= maxNumericDate || f <= -maxNumericDate {
-		return errors.New("a NumericDate is out of range")
-	}
-	n.secs, n.set = f, true
-	return nil
-}
-
 func (n *numericDate) time() time.Time {
 	s := math.Floor(n.secs)
 	return time.Unix(int64(s), int64((n.secs-s)*1e9))
+}
+
+// parseClaims decodes the claims tokenagent reads from a JWT payload: a JSON object (RFC 8259)
+// whose members are matched by exact, case-sensitive name after unescaping, like go-jose's
+// JSON package and unlike encoding/json (so "ISS" never stands in for "iss"). It refuses:
+// anything but one JSON object; a claim it reads given twice; `iss`, `sub`, `client_id`,
+// `scope` that are not strings (null counts as absent); `aud`, `scp` that are not a string or
+// a list of strings; `exp`, `nbf`, `iat` that are not numbers within ±2^62; strings that are
+// not valid UTF-8; nesting deeper than 32. Other members are checked as JSON and skipped. It
+// allocates only the strings it keeps.
+func parseClaims(b []byte, c *jwtClaims) bool {
+	s := jsonScanner{b: b}
+	s.ws()
+	if !s.eat('{') {
+		return false
+	}
+	var seen uint16
+	s.ws()
+	if !s.eat('}') {
+		for {
+			s.ws()
+			key, ok := s.str()
+			if !ok {
+				return false
+			}
+			s.ws()
+			if !s.eat(':') {
+				return false
+			}
+			s.ws()
+			bit := claimBit(key)
+			if bit != 0 {
+				if seen&bit != 0 {
+					return false // a claim we read, given twice
+				}
+				seen |= bit
+			}
+			switch key {
+			case "iss":
+				ok = s.optString(&c.Iss, nil)
+			case "sub":
+				ok = s.optString(&c.Sub, nil)
+			case "client_id":
+				ok = s.optString(&c.ClientID, nil)
+			case "scope":
+				ok = s.optString(&c.scope, &c.hasScope)
+			case "aud":
+				ok = s.stringOrList(&c.Aud)
+			case "scp":
+				ok = s.stringOrList(&c.scp)
+				c.hasScp = c.scp.set
+			case "exp":
+				ok = s.date(&c.Exp)
+			case "nbf":
+				ok = s.date(&c.Nbf)
+			case "iat":
+				ok = s.date(&c.Iat)
+			default:
+				ok = s.skip(0)
+			}
+			if !ok {
+				return false
+			}
+			s.ws()
+			if s.eat(',') {
+				continue
+			}
+			if s.eat('}') {
+				break
+			}
+			return false
+		}
+	}
+	s.ws()
+	return s.i == len(s.b)
+}
+
+func claimBit(key string) uint16 {
+	switch key {
+	case "iss":
+		return 1 << 0
+	case "sub":
+		return 1 << 1
+	case "client_id":
+		return 1 << 2
+	case "scope":
+		return 1 << 3
+	case "aud":
+		return 1 << 4
+	case "scp":
+		return 1 << 5
+	case "exp":
+		return 1 << 6
+	case "nbf":
+		return 1 << 7
+	case "iat":
+		return 1 << 8
+	}
+	return 0
+}
+
+// jsonScanner reads JSON (RFC 8259) from b at i.
+type jsonScanner struct {
+	b []byte
+	i int
+}
+
+// maxJSONDepth bounds the nesting of skipped values.
+const maxJSONDepth = 32
+
+func (s *jsonScanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+func (s *jsonScanner) eat(c byte) bool {
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+func (s *jsonScanner) peek() byte {
+	if s.i < len(s.b) {
+		return s.b[s.i]
+	}
+	return 0
+}
+
+// literal consumes lit ("null", "true", "false").
+func (s *jsonScanner) literal(lit string) bool {
+	if len(s.b)-s.i >= len(lit) && string(s.b[s.i:s.i+len(lit)]) == lit {
+		s.i += len(lit)
+		return true
+	}
+	return false
+}
+
+// strEnd checks the string starting at s.i (at its opening quote) and returns the index of its
+// closing quote and whether it holds escapes.
+func (s *jsonScanner) strEnd() (end int, escaped, ok bool) {
+	if s.peek() != '"' {
+		return 0, false, false
+	}
+	for j := s.i + 1; j < len(s.b); j++ {
+		switch c := s.b[j]; {
+		case c == '"':
+			return j, escaped, true
+		case c < 0x20:
+			return 0, false, false
+		case c == '\\':
+			escaped = true
+			j++
+			if j >= len(s.b) {
+				return 0, false, false
+			}
+			switch s.b[j] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if j+4 >= len(s.b) || !isHexDigit(s.b[j+1]) || !isHexDigit(s.b[j+2]) || !isHexDigit(s.b[j+3]) || !isHexDigit(s.b[j+4]) {
+					return 0, false, false
+				}
+				j += 4
+			default:
+				return 0, false, false
+			}
+		}
+	}
+	return 0, false, false
+}
+
+// str reads a string and returns it unescaped; it must be valid UTF-8.
+func (s *jsonScanner) str() (string, bool) {
+	end, escaped, ok := s.strEnd()
+	if !ok {
+		return "", false
+	}
+	raw := s.b[s.i : end+1]
+	s.i = end + 1
+	if !escaped {
+		if !utf8.Valid(raw[1 : len(raw)-1]) {
+			return "", false
+		}
+		return string(raw[1 : len(raw)-1]), true
+	}
+	var out string // the rare escaped string: encoding/json unescapes a string literal exactly
+	if !utf8.Valid(raw) || json.Unmarshal(raw, &out) != nil || !utf8.ValidString(out) {
+		return "", false
+	}
+	return out, true
+}
+
+// optString reads a string, or null (absent), into dst; has (when given) tells which.
+func (s *jsonScanner) optString(dst *string, has *bool) bool {
+	if s.literal("null") {
+		return true
+	}
+	v, ok := s.str()
+	if ok {
+		*dst = v
+		if has != nil {
+			*has = true
+		}
+	}
+	return ok
+}
+
+// stringOrList reads a string, a list of strings, or null (absent).
+func (s *jsonScanner) stringOrList(a *audience) bool {
+	switch s.peek() {
+	case 'n':
+		return s.literal("null")
+	case '"':
+		v, ok := s.str()
+		a.one, a.set = v, ok
+		return ok
+	case '[':
+		s.i++
+		a.set = true
+		s.ws()
+		if s.eat(']') {
+			return true
+		}
+		for {
+			s.ws()
+			v, ok := s.str()
+			if !ok {
+				return false
+			}
+			a.many = append(a.many, v)
+			s.ws()
+			if s.eat(',') {
+				continue
+			}
+			return s.eat(']')
+		}
+	}
+	return false
+}
+
+// date reads a NumericDate: a JSON number (not null, not a string).
+func (s *jsonScanner) date(n *numericDate) bool {
+	start := s.i
+	if !s.number() {
+		return false
+	}
+	f, err := strconv.ParseFloat(unsafe.String(&s.b[start], s.i-start), 64)
+	if err != nil || f >= maxNumericDate || f <= -maxNumericDate {
+		return false
+	}
+	n.secs, n.set = f, true
+	return true
+}
+
+// number consumes a JSON number: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?
+func (s *jsonScanner) number() bool {
+	s.eat('-')
+	switch c := s.peek(); {
+	case c == '0':
+		s.i++
+	case '1' <= c && c <= '9':
+		s.digits()
+	default:
+		return false
+	}
+	if s.eat('.') && !s.digits() {
+		return false
+	}
+	if c := s.peek(); c == 'e' || c == 'E' {
+		s.i++
+		if !s.eat('+') {
+			s.eat('-')
+		}
+		if !s.digits() {
+			return false
+		}
+	}
+	return true
+}
+
+// digits consumes one or more digits.
+func (s *jsonScanner) digits() bool {
+	start := s.i
+	for s.i < len(s.b) && '0' <= s.b[s.i] && s.b[s.i] <= '9' {
+		s.i++
+	}
+	return s.i > start
+}
+
+// skip checks and consumes any JSON value.
+func (s *jsonScanner) skip(depth int) bool {
+	if depth > maxJSONDepth {
+		return false
+	}
+	switch c := s.peek(); {
+	case c == '"':
+		_, ok := s.str()
+		return ok
+	case c == '{':
+		s.i++
+		s.ws()
+		if s.eat('}') {
+			return true
+		}
+		for {
+			s.ws()
+			if _, ok := s.str(); !ok {
+				return false
+			}
+			s.ws()
+			if !s.eat(':') {
+				return false
+			}
+			s.ws()
+			if !s.skip(depth + 1) {
+				return false
+			}
+			s.ws()
+			if s.eat(',') {
+				continue
+			}
+			return s.eat('}')
+		}
+	case c == '[':
+		s.i++
+		s.ws()
+		if s.eat(']') {
+			return true
+		}
+		for {
+			s.ws()
+			if !s.skip(depth + 1) {
+				return false
+			}
+			s.ws()
+			if s.eat(',') {
+				continue
+			}
+			return s.eat(']')
+		}
+	case c == 't':
+		return s.literal("true")
+	case c == 'f':
+		return s.literal("false")
+	case c == 'n':
+		return s.literal("null")
+	case c == '-' || '0' <= c && c <= '9':
+		return s.number()
+	}
+	return false
 }
 
 // ---- minting ----

@@ -64,6 +64,7 @@ type Metrics struct {
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not registered).
+// Collectors already registered with reg (an agent rebuilt on a config reload) are reused.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Fetches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_jwks_fetches_total",
@@ -73,7 +74,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Latency of jwks_uri fetches.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}, []string{"host"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Fetches, m.FetchSeconds)
+		if err := reg.Register(m.Fetches); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				if c, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
+					m.Fetches = c
+				}
+			}
+		}
+		if err := reg.Register(m.FetchSeconds); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				if c, ok := are.ExistingCollector.(*prometheus.HistogramVec); ok {
+					m.FetchSeconds = c
+				}
+			}
+		}
 	}
 	return m
 }
