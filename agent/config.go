@@ -62,8 +62,9 @@ type VaultAuth struct {
 	Method string `yaml:"method"`
 	// TokenFile holds the Vault token (method token; VAULT_TOKEN otherwise).
 	TokenFile string `yaml:"token_file"`
-	// RoleID and SecretIDFile are the AppRole credentials (method approle).
+	// RoleID (or RoleIDFile) and SecretIDFile are the AppRole credentials (method approle).
 	RoleID       string `yaml:"role_id"`
+	RoleIDFile   string `yaml:"role_id_file"`
 	SecretIDFile string `yaml:"secret_id_file"`
 	// Role is the Vault role (method kubernetes); TokenFile is then the service-account token
 	// (default /var/run/secrets/kubernetes.io/serviceaccount/token).
@@ -290,8 +291,8 @@ func (k *KeysConfig) validate(dir string) error {
 		case "", "token":
 			v.Auth.Method = "token"
 		case "approle":
-			if v.Auth.RoleID == "" {
-				return fmt.Errorf("keys.vault.auth.role_id: required for method approle")
+			if v.Auth.RoleID == "" && v.Auth.RoleIDFile == "" {
+				return fmt.Errorf("keys.vault.auth.role_id: required for method approle (or role_id_file)")
 			}
 			if v.Auth.SecretIDFile == "" {
 				return fmt.Errorf("keys.vault.auth.secret_id_file: required for method approle")
@@ -308,6 +309,9 @@ func (k *KeysConfig) validate(dir string) error {
 		}
 		if v.Auth.TokenFile != "" {
 			v.Auth.TokenFile = resolve(dir, v.Auth.TokenFile)
+		}
+		if v.Auth.RoleIDFile != "" {
+			v.Auth.RoleIDFile = resolve(dir, v.Auth.RoleIDFile)
 		}
 	case "":
 		return fmt.Errorf("keys.source: required (file or vault)")

@@ -145,3 +145,17 @@ func TestDevExampleConfigIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestParseConfigVaultAppRoleFiles(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+keys: {source: vault, vault: {auth: {method: approle, role_id_file: role-id, secret_id_file: secret-id}}}
+sites: [{id: a, hosts: [a.b]}]
+`), "/etc/tokenagent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := cfg.Keys.Vault.Auth
+	if a.RoleIDFile != "/etc/tokenagent/role-id" || a.SecretIDFile != "/etc/tokenagent/secret-id" {
+		t.Fatalf("auth files = %+v, want them resolved against the config's directory", a)
+	}
+}

@@ -10,9 +10,13 @@ import (
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file"
+	"github.com/tokenagent/tokenagent/vault/kv"
 )
 
-func openSource(_ context.Context, cfg *agent.Config, _ prometheus.Registerer, _ *slog.Logger) (vault.Source, func(), error) {
+// openSource opens the key source of cfg: the embedded key file, or Vault KV v2. The Vault
+// source logs in in the background (retrying with backoff), so the agent starts even while
+// Vault is down and /readyz says so.
+func openSource(ctx context.Context, cfg *agent.Config, reg prometheus.Registerer, log *slog.Logger) (vault.Source, func(), error) {
 	switch cfg.Keys.Source {
 	case "file":
 		src, err := file.Open(cfg.Keys.File)
@@ -20,6 +24,19 @@ func openSource(_ context.Context, cfg *agent.Config, _ prometheus.Registerer, _
 			return nil, nil, err
 		}
 		return src, func() {}, nil
+	case "vault":
+		v := cfg.Keys.Vault
+		src, err := kv.New(ctx, kv.Options{
+			Address: v.Address, Namespace: v.Namespace, Mount: v.Mount, Prefix: v.Prefix,
+			Timeout: v.Timeout.D(), Logger: log, Registerer: reg,
+			Auth: kv.Auth{Method: v.Auth.Method, RoleID: v.Auth.RoleID, RoleIDFile: v.Auth.RoleIDFile,
+				SecretIDFile: v.Auth.SecretIDFile, Role: v.Auth.Role, TokenFile: v.Auth.TokenFile,
+				MountPath: v.Auth.MountPath},
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("keys.vault: %w", err)
+		}
+		return src, src.Close, nil
 	}
-	return nil, nil, fmt.Errorf("keys.source: %q is not available in this build", cfg.Keys.Source)
+	return nil, nil, fmt.Errorf("keys.source: %q is not file or vault", cfg.Keys.Source)
 }
