@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/big"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,17 +39,26 @@ type oaBench struct {
 	ed  ed25519.PrivateKey
 }
 
-func oaSetup(b *testing.B) (*oaBench, *vault.Store) {
-	b.Helper()
+// oaKeys are generated once per benchmark binary.
+var oaKeys = sync.OnceValues(func() (*oaBench, error) {
 	k := &oaBench{}
 	var err error
 	if k.rsa, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-		b.Fatal(err)
+		return nil, err
 	}
 	if k.ec, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-		b.Fatal(err)
+		return nil, err
 	}
 	if _, k.ed, err = ed25519.GenerateKey(rand.Reader); err != nil {
+		return nil, err
+	}
+	return k, nil
+})
+
+func oaSetup(b *testing.B) (*oaBench, *vault.Store) {
+	b.Helper()
+	k, err := oaKeys()
+	if err != nil {
 		b.Fatal(err)
 	}
 	var keys []string
