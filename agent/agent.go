@@ -144,24 +144,32 @@ func (a *Agent) decide(ctx context.Context, req *Request) (*Decision, token.Kind
 		return a.preflight(ctx, site, req), token.KindBrowser
 	}
 
+	// corsHeaders are set once a Browser API Token and its Origin have passed: from then on
+	// every answer, denials included, carries them, so the page's script can read a 401.
 	id, corsHeaders, err := a.verify(ctx, site, req, &creds)
 	if err != nil {
-		return a.deny(site, reason.From(err)), kind
+		return withHeaders(a.deny(site, reason.From(err)), corsHeaders), kind
 	}
 	if rule := matchRoute(site.Routes, req.Method, path); rule != nil {
 		if e := checkRule(rule, &id); e != nil {
-			return a.deny(site, e), kind
+			return withHeaders(a.deny(site, e), corsHeaders), kind
 		}
 	}
 	var policyHeaders []Header
 	if site.Policy != "" {
 		ph, e := a.evaluatePolicy(ctx, site, req, path, query, &id)
 		if e != nil {
-			return a.deny(site, e), kind
+			return withHeaders(a.deny(site, e), corsHeaders), kind
 		}
 		policyHeaders = ph
 	}
 	return a.allow(site, req, id, corsHeaders, policyHeaders), kind
+}
+
+// withHeaders adds headers to a denial's answer.
+func withHeaders(d *Decision, h []Header) *Decision {
+	d.Headers = append(d.Headers, h...)
+	return d
 }
 
 // verify runs the verifier of the request's credential kind.
@@ -188,7 +196,7 @@ func (a *Agent) verify(ctx context.Context, s *Site, req *Request, c *credential
 		// A Browser API Token with an Auth Token: the user is the Auth Token's.
 		user, err := a.verifyAuth(ctx, s, c.auth.value)
 		if err != nil {
-			return token.Identity{}, nil, err
+			return token.Identity{}, cors, err
 		}
 		id.User = user.User
 		if id.Expires.IsZero() || (!user.Expires.IsZero() && user.Expires.Before(id.Expires)) {

@@ -180,3 +180,38 @@ func TestCheckNeverEchoesTokens(t *testing.T) {
 		}
 	}
 }
+
+// TestBrowserDenialsCarryCORS: once the browser key and its Origin have passed, a denial (bad
+// Auth Token, route rule) carries the CORS headers, so the page's script can read the 401; a
+// denial of the origin itself does not.
+func TestBrowserDenialsCarryCORS(t *testing.T) {
+	f := newBLAgent(t)
+	origin := "https://app.example.com"
+	tests := []struct {
+		name    string
+		path    string
+		headers map[string]string
+		want    reason.Reason
+		cors    bool
+	}{
+		{"bad auth token", "/", map[string]string{"x-deki-token": "pub1", "x-authtoken": blAuthToken(blLegacyKey, "42"), "origin": origin}, reason.BadSignature, true},
+		{"route needs authentication", "/@api/deki/site/x", map[string]string{"x-deki-token": "pub1", "origin": origin}, reason.AuthenticationRequired, true},
+		{"origin refused", "/", map[string]string{"x-deki-token": "pub2", "origin": origin}, reason.OriginNotAllowed, false},
+		{"same origin", "/@api/deki/site/x", map[string]string{"x-deki-token": "pub2", "origin": "https://docs.example.com"}, reason.AuthenticationRequired, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := f.check("GET", "docs.example.com", tc.path, tc.headers)
+			if d.Allowed || d.Reason != tc.want {
+				t.Fatalf("decision %v %s, want denied %s", d.Allowed, d.Reason, tc.want)
+			}
+			acao, ok := header(d.Headers, "access-control-allow-origin")
+			if ok != tc.cors || (ok && acao != origin) {
+				t.Fatalf("Access-Control-Allow-Origin = %q (present %v), want present %v", acao, ok, tc.cors)
+			}
+			if cred, _ := header(d.Headers, "access-control-allow-credentials"); tc.cors && cred != "true" {
+				t.Fatalf("Access-Control-Allow-Credentials = %q", cred)
+			}
+		})
+	}
+}
