@@ -20,6 +20,9 @@ type AuthTokenKey struct {
 	Secret  *Secret
 	Version int
 	Created time.Time
+	// Replaced is when the next generation was created (zero for the current one); the
+	// rotation grace counts from it.
+	Replaced time.Time
 }
 
 // AuthTokenKeys are a site's Auth Token key generations, newest first.
@@ -111,7 +114,7 @@ func DecodeAuthTokenKey(path string, raw Raw) (AuthTokenKey, error) {
 	if len(key) < MinAuthTokenKeyLen {
 		return AuthTokenKey{}, invalid(path, "key", "decodes to %d bytes, want at least %d", len(key), MinAuthTokenKeyLen)
 	}
-	return AuthTokenKey{Secret: NewSecret(key), Version: raw.Version, Created: raw.Created}, nil
+	return AuthTokenKey{Secret: NewSecret(key), Version: raw.Version, Created: raw.Created, Replaced: raw.Replaced}, nil
 }
 
 // DecodeServerKey decodes a `server-tokens/<name>` record.

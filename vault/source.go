@@ -33,6 +33,9 @@ type Raw struct {
 	Version int
 	// Created is when this version was written (KV v2 created_time, or the file's `created`).
 	Created time.Time
+	// Replaced is when the version that replaced this one was written (zero for the newest).
+	// Set by Versions; it counts from the real successor even when that one was deleted since.
+	Replaced time.Time
 }
 
 // Source reads raw records from a key backend.

@@ -94,8 +94,14 @@ func (v *AuthTokenVerifier) Verify(ctx context.Context, site *Site, tok string) 
 // whose successor was created no longer than grace before now.
 func verifyWithGenerations(keys *vault.AuthTokenKeys, grace time.Duration, now time.Time, sig, msg string) bool {
 	for i, g := range keys.Generations {
-		if i > 0 && now.Sub(keys.Generations[i-1].Created) > grace {
-			break
+		if i > 0 {
+			replaced := g.Replaced
+			if replaced.IsZero() {
+				replaced = keys.Generations[i-1].Created
+			}
+			if now.Sub(replaced) > grace {
+				continue // an older generation may have been replaced later: check each
+			}
 		}
 		if g.Secret.VerifyHex(sig, msg) {
 			return true

@@ -89,3 +89,27 @@ func TestAuthTokenTicks(t *testing.T) {
 		t.Fatalf("token %s does not start with %s", tok, want)
 	}
 }
+
+// TestRotationGraceCountsFromTheRealSuccessor: a generation's grace counts from when it was
+// replaced, even when the generation that replaced it was deleted since and the next one
+// readable is younger.
+func TestRotationGraceCountsFromTheRealSuccessor(t *testing.T) {
+	cur, mid, old := vault.NewSecret(keyNew), vault.NewSecret(keyOld), vault.NewSecret(keyOther)
+	keys := &vault.AuthTokenKeys{Generations: []vault.AuthTokenKey{
+		{Secret: cur, Created: testNow.Add(-time.Hour)},
+		{Secret: mid, Created: testNow.Add(-48 * time.Hour), Replaced: testNow.Add(-time.Hour)},
+		// replaced ten days ago by a generation deleted since
+		{Secret: old, Created: testNow.Add(-30 * 24 * time.Hour), Replaced: testNow.Add(-10 * 24 * time.Hour)},
+	}}
+	grace := 7 * 24 * time.Hour
+	msg := "42_" + strconv.FormatInt(UnixToTicks(testNow), 10)
+	for _, tc := range []struct {
+		name string
+		key  *vault.Secret
+		want bool
+	}{{"current", cur, true}, {"replaced an hour ago", mid, true}, {"replaced ten days ago", old, false}} {
+		if got := verifyWithGenerations(keys, grace, testNow, tc.key.HexMAC(msg), msg); got != tc.want {
+			t.Errorf("%s: verified = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -105,7 +105,9 @@ func (s *Source) Versions(_ context.Context, path string, since time.Time) ([]va
 		if v[i-1].Created.Before(since) {
 			break
 		}
-		out = append(out, v[i])
+		r := v[i]
+		r.Replaced = v[i-1].Created
+		out = append(out, r)
 	}
 	return out, nil
 }

@@ -518,6 +518,7 @@ func (s *Source) Versions(ctx context.Context, path string, since time.Time) ([]
 		if succ.created.Before(since) {
 			break // v was replaced before since, and every older one earlier still
 		}
+		replaced := succ.created // v's real successor, even if that one was deleted since
 		succ = v
 		if v.deleted {
 			continue
@@ -529,6 +530,7 @@ func (s *Source) Versions(ctx context.Context, path string, since time.Time) ([]
 		if err != nil {
 			return nil, err
 		}
+		raw.Replaced = replaced
 		out = append(out, raw)
 	}
 	return out, nil

@@ -108,6 +108,15 @@ func TestAuthTokenGenerations(t *testing.T) {
 			}
 		})
 	}
+	// Version 1 was replaced by version 2 (deleted since): its grace counts from version 2's
+	// creation, not from version 4's, so deleting a version never lengthens an older key's life.
+	raws, err := f.src.Versions(ctx, p, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !raws[0].Replaced.IsZero() || !raws[1].Replaced.Equal(created[2]) {
+		t.Errorf("replaced times = %v, %v; want zero and version 2's creation %v", raws[0].Replaced, raws[1].Replaced, created[2])
+	}
 
 	// Through the Store: the generations a verifier gets.
 	st := f.store(f.src, vault.StoreOptions{})
