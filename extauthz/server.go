@@ -16,6 +16,9 @@ package extauthz
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -70,12 +73,20 @@ func (s *Server) Register(gs *grpc.Server) {
 // Shutdown marks the health service NOT_SERVING, so clients drain before the server stops.
 func (s *Server) Shutdown() { s.health.Shutdown() }
 
-// Check implements authv3.AuthorizationServer.
-func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+// Check implements authv3.AuthorizationServer. A panic while deciding is recovered, logged
+// and answered with a gRPC Internal error: Envoy (failure_mode_allow: false) then denies the
+// request, so a bug fails closed without taking the agent down.
+func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
 	req, err := ToRequest(in)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if p := recover(); p != nil {
+			slog.Error("check panicked; failing closed", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			resp, err = nil, status.Error(codes.Internal, "internal error")
+		}
+	}()
 	d := s.checker.Load().Check(ctx, req)
 	return ToCheckResponse(d), nil
 }

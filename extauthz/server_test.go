@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/reason"
@@ -71,6 +72,19 @@ func TestToRequestEnvoyForms(t *testing.T) {
 	in.Attributes.Request.Http.Body = "as string"
 	if r, _ := ToRequest(in); string(r.Body) != "as string" {
 		t.Errorf("string body = %q", r.Body)
+	}
+}
+
+type panickingChecker struct{}
+
+func (panickingChecker) Check(context.Context, *agent.Request) *agent.Decision { panic("bug") }
+
+func TestPanicFailsClosed(t *testing.T) {
+	s := NewServer(panickingChecker{})
+	resp, err := s.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Host: "a"}}}})
+	if resp != nil || status.Code(err) != codes.Internal {
+		t.Fatalf("resp %v err %v, want no response and Internal", resp, err)
 	}
 }
 
