@@ -18,6 +18,7 @@ import (
 	"time"
 	"unicode/utf8"
 	"unsafe"
+	"weak"
 
 	"github.com/dgraph-io/ristretto/v2"
 	jose "github.com/go-jose/go-jose/v4"
@@ -145,8 +146,13 @@ type verifiedToken struct {
 	token string
 	id    Identity
 	until time.Time // exp + leeway, capped by verification time + key refresh interval
-	iss   *trustedIssuer
-	set   *jwks.Set // the key set the signature verified with
+	// What the token verified with. Held weakly: an entry outliving its issuer record or key
+	// set (they change every refresh) must not keep them in memory; a collected one simply
+	// makes the entry a miss.
+	own    bool
+	rec    weak.Pointer[vault.Issuer]
+	remote *jwks.Remote
+	set    weak.Pointer[jwks.Set] // a remote issuer's set
 }
 
 // trustedIssuer is one issuer record of a site with its resolved key set.
@@ -292,9 +298,13 @@ const hashedTail = 64
 // stillTrusted reports whether a cached token's issuer record is still the store's current
 // one, and its key set still the issuer's current one.
 func (v *OAuthVerifier) stillTrusted(ctx context.Context, site string, e *verifiedToken) bool {
-	if e.iss.own {
+	want := e.rec.Value()
+	if want == nil {
+		return false
+	}
+	if e.own {
 		rec, err := v.Keys.OAuthIssuer(ctx, site)
-		if err != nil || rec != e.iss.rec {
+		if err != nil || rec != want {
 			return false
 		}
 	} else {
@@ -304,7 +314,7 @@ func (v *OAuthVerifier) stillTrusted(ctx context.Context, site string, e *verifi
 		}
 		found := false
 		for _, r := range recs {
-			if r == e.iss.rec {
+			if r == want {
 				found = true
 				break
 			}
@@ -313,7 +323,11 @@ func (v *OAuthVerifier) stillTrusted(ctx context.Context, site string, e *verifi
 			return false
 		}
 	}
-	return e.iss.remote == nil || e.iss.remote.Current() == e.set
+	if e.remote != nil {
+		cur := e.remote.Current()
+		return cur != nil && e.set.Value() == cur
+	}
+	return true
 }
 
 // verify does the full verification of a token not found in the cache.
@@ -341,7 +355,11 @@ func (v *OAuthVerifier) verify(ctx context.Context, site *Site, tok string, now 
 	if refresh := v.Keys.Refresh(); until.After(now.Add(refresh)) {
 		until = now.Add(refresh)
 	}
-	return &verifiedToken{site: site.ID, token: tok, id: id, until: until, iss: ti, set: set}, nil
+	e := &verifiedToken{site: site.ID, token: tok, id: id, until: until, own: ti.own, rec: weak.Make(ti.rec), remote: ti.remote}
+	if ti.remote != nil {
+		e.set = weak.Make(set)
+	}
+	return e, nil
 }
 
 // sigResult is the outcome of checking a token against a key set.

@@ -19,6 +19,7 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -1396,4 +1397,27 @@ func FuzzOAuthClaims(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A cached entry does not keep the issuer record it verified with alive: records change every
+// refresh interval, and long-lived entries must not pile them up.
+func TestOAuthCacheHoldsRecordsWeakly(t *testing.T) {
+	e := newOAEnv(t)
+	tok := mint(t, oaKeySet().ec, "k-ec", "ES256", e.claims(nil))
+	if _, err := e.verify(e.docs, tok); err != nil {
+		t.Fatal(err)
+	}
+	entry, ok := e.v.tokens.Get(e.v.tokenHash("docs", tok))
+	if !ok || entry.rec.Value() == nil {
+		t.Fatal("no cache entry")
+	}
+	// The store reads the (unchanged) record again: a new record value replaces the old one.
+	e.clock.Advance(e.store.Refresh() + time.Second)
+	if _, err := e.verify(e.docs, mint(t, oaKeySet().ed, "k-ed", "EdDSA", e.claims(nil))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { runtime.GC(); return entry.rec.Value() == nil })
+	if _, err := e.verify(e.docs, tok); err != nil {
+		t.Fatalf("a token whose cached record was collected: %v", err)
+	}
 }
