@@ -20,7 +20,8 @@ import (
 // does not fetch every issuer again. The verified-token cache is the Agent's own and is
 // released when the Agent is dropped.
 type oauthState struct {
-	v *token.OAuthVerifier
+	v        *token.OAuthVerifier
+	prefetch sync.Once
 }
 
 // oauthShared is what every Agent built over one key store shares.
@@ -33,8 +34,8 @@ type oauthShared struct {
 // oauthShared.
 var sharedOAuth sync.Map // weak.Pointer[vault.Store] -> *oauthShared
 
-// prefetchTimeout bounds the start-up fetch of the issuers' key sets.
-const prefetchTimeout = 30 * time.Second
+// prefetchTimeout bounds the first /readyz call's fetch of the issuers' key sets.
+const prefetchTimeout = 2 * time.Second
 
 func (a *Agent) initOAuth() error {
 	key := weak.Make(a.keys)
@@ -57,17 +58,6 @@ func (a *Agent) initOAuth() error {
 	// cache's goroutines stop once it is collected.
 	runtime.AddCleanup(a, func(v *token.OAuthVerifier) { v.Close() }, v)
 
-	// Fetch the external issuers' key sets now, so the first token does not wait for them and
-	// /readyz warns of a jwks_uri that cannot be fetched before any token needs it.
-	ids := make([]string, len(a.list))
-	for i, s := range a.list {
-		ids[i] = s.ID
-	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
-		defer cancel()
-		v.Prefetch(ctx, ids...)
-	}()
 	return nil
 }
 
@@ -80,4 +70,21 @@ func (a *Agent) verifyOAuth(ctx context.Context, s *Site, jwt string) (token.Ide
 
 // oauthWarnings lists issuers whose jwks_uri cannot be fetched and stored keys left out as
 // unusable.
-func (a *Agent) oauthWarnings() []string { return a.oauth.v.Warnings() }
+//
+// The first call (the first /readyz) fetches every site's external key sets, waiting up to
+// prefetchTimeout, so a jwks_uri that cannot be fetched shows before any token needs it and
+// the first tokens do not wait for their issuer's keys. It runs in the caller's goroutine, not
+// at New: no goroutine of the Agent reads the key store behind the caller's back (a store
+// may be closed as soon as the Agent is dropped).
+func (a *Agent) oauthWarnings() []string {
+	a.oauth.prefetch.Do(func() {
+		ids := make([]string, len(a.list))
+		for i, s := range a.list {
+			ids[i] = s.ID
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
+		defer cancel()
+		a.oauth.v.Prefetch(ctx, ids...)
+	})
+	return a.oauth.v.Warnings()
+}

@@ -249,15 +249,20 @@ func TestOAuthKeysUnavailableThroughAgent(t *testing.T) {
 	}
 }
 
-// The agent fetches external key sets when it starts, before any token needs them.
-func TestOAuthPrefetchOnStart(t *testing.T) {
+// The first Warnings (the first /readyz) fetches the external key sets, before any token
+// needs them, and reports the one that cannot be fetched.
+func TestOAuthPrefetchOnFirstWarnings(t *testing.T) {
 	f := newOAAgent(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for f.downHit.Load() == 0 || len(f.a.Warnings()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the agent never fetched the external key set")
-		}
-		time.Sleep(2 * time.Millisecond)
+	if n := f.downHit.Load(); n != 0 {
+		t.Fatalf("New fetched %d times; only the first Warnings should", n)
+	}
+	w := strings.Join(f.a.Warnings(), "\n")
+	if f.downHit.Load() != 1 || !strings.Contains(w, f.down.URL) {
+		t.Fatalf("%d fetches, warnings %q", f.downHit.Load(), w)
+	}
+	_ = f.a.Warnings()
+	if n := f.downHit.Load(); n != 1 {
+		t.Fatalf("%d fetches after a second Warnings, want 1", n)
 	}
 }
 
@@ -265,19 +270,14 @@ func TestOAuthPrefetchOnStart(t *testing.T) {
 // (no new fetch inside the refetch interval) and registers its metrics again without panic.
 func TestOAuthReloadSharesKeySets(t *testing.T) {
 	f := newOAAgent(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for f.downHit.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no start-up fetch")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	_ = f.a.Warnings() // fetches the key sets
 	b, err := New(f.a.Config(), Options{Keys: f.a.keys, Now: f.a.now, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tok, _ := token.MintJWT(jose.JSONWebKey{Key: f.ed, KeyID: "k"}, map[string]any{
 		"iss": "https://down.example.com", "aud": "other", "sub": "u", "exp": testNow.Add(time.Hour).Unix()})
+	_ = b.Warnings()
 	for range 3 {
 		if d := b.Check(context.Background(), &Request{Method: "GET", Host: "other.example.com", Path: "/",
 			Headers: map[string]string{"authorization": "Bearer " + tok}}); d.Reason != reason.KeysUnavailable {
