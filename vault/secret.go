@@ -83,13 +83,17 @@ func (s *Secret) VerifyHex(sigHex string, msg ...string) bool {
 	if len(sigHex) != 2*sha256.Size {
 		return false // the MAC was still computed, so a wrong length does not answer faster
 	}
-	ok := decodeHex(got[:], sigHex)
-	return subtle.ConstantTimeCompare(kh.sum[:], got[:])&ok == 1
+	ok := DecodeHex(got[:], sigHex)
+	return subtle.ConstantTimeCompare(kh.sum[:], got[:]) == 1 && ok
 }
 
-// decodeHex decodes len(dst)*2 hex digits of src (either case) into dst, returning 1 when
-// every digit was valid, 0 otherwise, without branching on the digits' values.
-func decodeHex(dst []byte, src string) int {
+// DecodeHex decodes the hex digits of src (either case) into dst, which must be exactly half
+// as long, and reports whether src was that long and every digit valid. It reads every digit
+// whatever their values, so decoding a signature tells nothing of it by its timing.
+func DecodeHex(dst []byte, src string) bool {
+	if len(src) != 2*len(dst) {
+		return false
+	}
 	ok := 1
 	for i := range dst {
 		hi, okh := fromHex(src[2*i])
@@ -97,8 +101,12 @@ func decodeHex(dst []byte, src string) int {
 		dst[i] = hi<<4 | lo
 		ok &= okh & okl
 	}
-	return ok
+	return ok == 1
 }
+
+// AppendKey appends the key to dst, for a caller that must feed it to another digest (the
+// legacy impersonation token's MD5) without a heap copy; the caller clears dst after use.
+func (s *Secret) AppendKey(dst []byte) []byte { return append(dst, s.key...) }
 
 func fromHex(c byte) (byte, int) {
 	switch {

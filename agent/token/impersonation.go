@@ -121,43 +121,22 @@ func (v *ImpersonationVerifier) Verify(ctx context.Context, site *Site, tok stri
 // of "{user without =}:{epoch}:{api key}".
 func impersonationDigestOK(apiKey *vault.Secret, p impersonationParts) bool {
 	var got [md5.Size]byte
-	okHex := 1
-	for i := range got {
-		hi, ok1 := hexNibble(p.digest[2*i])
-		lo, ok2 := hexNibble(p.digest[2*i+1])
-		got[i] = hi<<4 | lo
-		okHex &= ok1 & ok2
-	}
+	okHex := vault.DecodeHex(got[:], p.digest)
 	want := impersonationDigest(apiKey, strings.TrimPrefix(p.user, "="), p.epochStr)
-	return subtle.ConstantTimeCompare(got[:], want[:])&okHex == 1
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1 && okHex
 }
 
 // impersonationDigest is MD5("{name}:{epoch}:{api key}"), built in a stack buffer when it fits.
 func impersonationDigest(apiKey *vault.Secret, name, epoch string) [md5.Size]byte {
-	key := apiKey.Bytes()
 	var stack [512]byte
 	msg := append(stack[:0], name...)
 	msg = append(msg, ':')
 	msg = append(msg, epoch...)
 	msg = append(msg, ':')
-	msg = append(msg, key...)
+	msg = apiKey.AppendKey(msg)
 	sum := md5.Sum(msg)
-	clear(key)
 	clear(msg)
 	return sum
-}
-
-// hexNibble decodes one hex digit (either case); ok is 1 when c is one, 0 otherwise.
-func hexNibble(c byte) (byte, int) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', 1
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, 1
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, 1
-	}
-	return 0, 0
 }
 
 func (v *ImpersonationVerifier) now() time.Time {

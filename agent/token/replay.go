@@ -4,6 +4,8 @@ import (
 	"hash/maphash"
 	"sync"
 	"time"
+
+	"github.com/tokenagent/tokenagent/vault"
 )
 
 // ReplayCache remembers single-use Server API Tokens until their window ends, so a token is
@@ -48,7 +50,7 @@ func NewReplayCache(now func() time.Time) *ReplayCache {
 // was not seen before.
 func (c *ReplayCache) FirstUse(site, key, sigHex string, expires time.Time) bool {
 	var k replayKey
-	if !decodeHexInto(k.sig[:], sigHex) {
+	if !vault.DecodeHex(k.sig[:], sigHex) {
 		return false
 	}
 	k.site, k.key = site, key
@@ -83,30 +85,6 @@ func (c *ReplayCache) Len() int {
 		c.shards[i].mu.Unlock()
 	}
 	return n
-}
-
-func decodeHexInto(dst []byte, s string) bool {
-	if len(s) != 2*len(dst) {
-		return false
-	}
-	for i := range dst {
-		hi, lo := s[2*i], s[2*i+1]
-		if !isHexDigit(hi) || !isHexDigit(lo) {
-			return false
-		}
-		dst[i] = unhex(hi)<<4 | unhex(lo)
-	}
-	return true
-}
-
-func unhex(c byte) byte {
-	switch {
-	case c <= '9':
-		return c - '0'
-	case c >= 'a':
-		return c - 'a' + 10
-	}
-	return c - 'A' + 10
 }
 
 func cloneString(s string) string { return string(append([]byte(nil), s...)) }
