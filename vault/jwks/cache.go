@@ -273,10 +273,12 @@ type UnavailableError struct {
 	Err error
 }
 
+// Error implements error.
 func (e *UnavailableError) Error() string {
 	return fmt.Sprintf("keys of %s are unavailable: %v", e.URI, e.Err)
 }
 
+// Unwrap returns the last fetch's failure.
 func (e *UnavailableError) Unwrap() error { return e.Err }
 
 // Keys returns the remote set, fetching it first (and waiting, at most until ctx ends) when
