@@ -20,8 +20,9 @@ import (
 // does not fetch every issuer again. The verified-token cache is the Agent's own and is
 // released when the Agent is dropped.
 type oauthState struct {
-	v        *token.OAuthVerifier
-	prefetch sync.Once
+	v          *token.OAuthVerifier
+	prefetchMu sync.Mutex
+	prefetched bool
 }
 
 // oauthShared is what every Agent built over one key store shares.
@@ -70,21 +71,31 @@ func (a *Agent) verifyOAuth(ctx context.Context, s *Site, jwt string) (token.Ide
 
 // oauthWarnings lists issuers whose jwks_uri cannot be fetched and stored keys left out as
 // unusable.
-//
-// The first call (the first /readyz) fetches every site's external key sets, waiting up to
-// prefetchTimeout, so a jwks_uri that cannot be fetched shows before any token needs it and
-// the first tokens do not wait for their issuer's keys. It runs in the caller's goroutine, not
-// at New: no goroutine of the Agent reads the key store behind the caller's back (a store
-// may be closed as soon as the Agent is dropped).
 func (a *Agent) oauthWarnings() []string {
-	a.oauth.prefetch.Do(func() {
-		ids := make([]string, len(a.list))
-		for i, s := range a.list {
-			ids[i] = s.ID
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
-		defer cancel()
-		a.oauth.v.Prefetch(ctx, ids...)
-	})
+	a.prefetchOAuth()
 	return a.oauth.v.Warnings()
+}
+
+// prefetchOAuth fetches every site's external key sets once, on the first /readyz after the
+// key source is ready, waiting up to prefetchTimeout: a jwks_uri that cannot be fetched shows
+// before any token needs it, and the first tokens find their keys. It runs in the caller's
+// goroutine, not at New, so no goroutine of the Agent reads the key store behind the caller's
+// back (a store may be closed as soon as the Agent is dropped), and only once the source is
+// ready, so it never marks a source that is still logging in as down.
+func (a *Agent) prefetchOAuth() {
+	if !a.oauth.prefetchMu.TryLock() {
+		return // another /readyz is doing it
+	}
+	defer a.oauth.prefetchMu.Unlock()
+	if a.oauth.prefetched || a.keys.Ready() != nil {
+		return
+	}
+	a.oauth.prefetched = true
+	ids := make([]string, len(a.list))
+	for i, s := range a.list {
+		ids[i] = s.ID
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
+	defer cancel()
+	a.oauth.v.Prefetch(ctx, ids...)
 }
