@@ -62,10 +62,10 @@ import (
 //   - Safe for concurrent use. The zero value of every optional field is a working default;
 //     the verifier builds its caches on first use. Call Close when done with it.
 //   - A verified token is cached (keyed by a seeded hash of the site and the token's
-//     signature end, checked against the full token) until the earlier of its expiry and the key store's refresh interval. A
-//     hit still checks that the issuer record (and, for a jwks_uri, the fetched key set) is
-//     the one the token was verified with, so a revoked issuer or key takes effect within
-//     the refresh interval. Denials are never cached.
+//     signature end, checked against the full token) until the earlier of its expiry and the
+//     key store's refresh interval. A hit still checks that the issuer record (and, for a
+//     jwks_uri, the fetched key set) is the one the token was verified with, so a revoked
+//     issuer or key takes effect within the refresh interval. Denials are never cached.
 //   - The Identity returned shares its Scopes slice with the cache: callers must not modify it.
 //   - Every 401 it returns carries `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750
 //     §3.1); keys_unavailable (503) carries `Retry-After`.
