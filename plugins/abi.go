@@ -1,0 +1,392 @@
+package plugins
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// The ABI v1 exports and import (plugins/ABI.md).
+const (
+	exportMarker   = "tokenagent_abi_v1"
+	exportAlloc    = "tokenagent_alloc"
+	exportEvaluate = "tokenagent_evaluate"
+	exportMemory   = "memory"
+	exportInit     = "_initialize"
+	hostModule     = "tokenagent"
+	hostLogFunc    = "log"
+	layoutVersion  = 1
+)
+
+// Limits of ABI v1 that are not configurable (plugins/ABI.md, "Limits").
+const (
+	// MaxInputBytes is the largest input record the host sends; a request whose record would be
+	// larger is refused with an error of kind KindInputTooLarge.
+	MaxInputBytes = 1 << 20
+	// MaxReasonBytes is the longest reason an output may carry.
+	MaxReasonBytes = 256
+	// MaxOutputHeaders is the most headers each of an output's two header lists may hold.
+	MaxOutputHeaders = 64
+	// MaxHeaderNameBytes and MaxHeaderValueBytes bound one output header.
+	MaxHeaderNameBytes  = 256
+	MaxHeaderValueBytes = 8192
+)
+
+// Input is what a policy sees of one request: the verified identity and the request itself.
+// The host encodes it into the module's memory; nothing here is retained after Evaluate returns.
+type Input struct {
+	// Site is the site id.
+	Site string
+	// Kind is the credential kind (authtoken, browser, server, oauth, impersonation, apikey,
+	// anonymous).
+	Kind string
+	// User is the user as the token names it; empty when there is none.
+	User string
+	// ClientID is the OAuth client_id, when there is one.
+	ClientID string
+	// Scopes are the OAuth scopes.
+	Scopes []string
+	// Method is the HTTP method.
+	Method string
+	// Path is the request path without the query; the agent passes the path normalised as for
+	// route rules (SPEC §5).
+	Path string
+	// Query is the raw query without "?". The host removes the authtoken and apikey parameters
+	// before the module sees it.
+	Query string
+	// Host is the request host, lower-case, without the port.
+	Host string
+	// Origin is the Origin header, if any.
+	Origin string
+	// Headers are the request headers, names in lower case. The host never passes the headers
+	// that carry credentials (authorization, proxy-authorization, cookie, x-deki-token,
+	// x-authtoken) nor any x-auth-* header.
+	Headers [][2]string
+	// Time is the request time; the zero Time means the engine's clock (EngineOptions.Now).
+	Time time.Time
+}
+
+// Output is a policy's decision.
+type Output struct {
+	// Allow lets the request through.
+	Allow bool
+	// Status is the HTTP status of a denial (400 to 599; 403 when the module gives none); 0 when
+	// Allow.
+	Status int
+	// Reason is the module's reason, for a person (UTF-8, no control characters, at most
+	// MaxReasonBytes); may be empty.
+	Reason string
+	// Headers are to be set on the upstream request when allowed; nil when none.
+	Headers map[string]string
+	// ResponseHeaders are to be added to the answer to the client (the denial, or the upstream's
+	// response when allowed), for example Retry-After; nil when none.
+	ResponseHeaders map[string]string
+}
+
+// skipHeader reports whether the host keeps a request header away from modules: credentials
+// and the agent's own identity headers.
+func skipHeader(name string) bool {
+	switch len(name) {
+	case 6:
+		return strings.EqualFold(name, "cookie")
+	case 11:
+		if strings.EqualFold(name, "x-authtoken") {
+			return true
+		}
+	case 12:
+		if strings.EqualFold(name, "x-deki-token") {
+			return true
+		}
+	case 13:
+		if strings.EqualFold(name, "authorization") {
+			return true
+		}
+	case 19:
+		if strings.EqualFold(name, "proxy-authorization") {
+			return true
+		}
+	}
+	return len(name) >= 7 && strings.EqualFold(name[:7], "x-auth-")
+}
+
+// cleanQuery returns q without its authtoken and apikey parameters (names compared without
+// case and after percent-decoding). It returns q itself, without allocating, when there are
+// none.
+func cleanQuery(q string) string {
+	found := false
+	for rest, more := q, true; more && !found; {
+		var pair string
+		pair, rest, more = strings.Cut(rest, "&")
+		found = secretParam(pair)
+	}
+	if !found {
+		return q
+	}
+	var b strings.Builder
+	b.Grow(len(q))
+	for rest, more := q, true; more; {
+		var pair string
+		pair, rest, more = strings.Cut(rest, "&")
+		if pair != "" && !secretParam(pair) {
+			if b.Len() > 0 {
+				b.WriteByte('&')
+			}
+			b.WriteString(pair)
+		}
+	}
+	return b.String()
+}
+
+func secretParam(pair string) bool {
+	name := pair
+	if i := strings.IndexByte(pair, '='); i >= 0 {
+		name = pair[:i]
+	}
+	if strings.ContainsAny(name, "%+") {
+		if u, err := url.QueryUnescape(name); err == nil {
+			name = u
+		}
+	}
+	return strings.EqualFold(name, "authtoken") || strings.EqualFold(name, "apikey")
+}
+
+// inputSize returns the size of in's record, with query the cleaned query.
+func inputSize(in *Input, query string) int {
+	n := 4 + 8 + 9*4 + len(in.Site) + len(in.Kind) + len(in.User) + len(in.ClientID) +
+		len(in.Method) + len(in.Path) + len(query) + len(in.Host) + len(in.Origin)
+	n += 4
+	for _, s := range in.Scopes {
+		n += 4 + len(s)
+	}
+	n += 4
+	for _, h := range in.Headers {
+		if !skipHeader(h[0]) {
+			n += 8 + len(h[0]) + len(h[1])
+		}
+	}
+	return n
+}
+
+// encodeInput writes in's record into b, which is exactly inputSize bytes long.
+func encodeInput(b []byte, in *Input, query string, now time.Time) {
+	le := binary.LittleEndian
+	le.PutUint32(b, layoutVersion)
+	le.PutUint64(b[4:], uint64(now.UnixNano()))
+	off := 12
+	put := func(s string) {
+		le.PutUint32(b[off:], uint32(len(s)))
+		off += 4 + copy(b[off+4:], s)
+	}
+	put(in.Site)
+	put(in.Kind)
+	put(in.User)
+	put(in.ClientID)
+	put(in.Method)
+	put(in.Path)
+	put(query)
+	put(in.Host)
+	put(in.Origin)
+	le.PutUint32(b[off:], uint32(len(in.Scopes)))
+	off += 4
+	for _, s := range in.Scopes {
+		put(s)
+	}
+	countAt := off
+	off += 4
+	var n uint32
+	for _, h := range in.Headers {
+		if !skipHeader(h[0]) {
+			put(h[0])
+			put(h[1])
+			n++
+		}
+	}
+	le.PutUint32(b[countAt:], n)
+}
+
+// decodeOutput decodes and checks an ABI v1 output record. Every rule of ABI.md "Output" is
+// checked here; an error names the first rule broken and comes with the zero Output.
+func decodeOutput(b []byte) (Output, error) {
+	out, err := decodeOutputFields(b)
+	if err != nil {
+		return Output{}, err
+	}
+	return out, nil
+}
+
+func decodeOutputFields(b []byte) (Output, error) {
+	var out Output
+	if len(b) == 0 {
+		return out, fmt.Errorf("empty output (the module returned length 0)")
+	}
+	r := reader{b: b, ok: true}
+	if v := r.u32(); !r.ok || v != layoutVersion {
+		if !r.ok {
+			return out, fmt.Errorf("output of %d bytes is shorter than its 12-byte prefix", len(b))
+		}
+		return out, fmt.Errorf("output layout version %d, want %d", v, layoutVersion)
+	}
+	flags := r.u32()
+	status := r.u32()
+	if !r.ok {
+		return out, fmt.Errorf("output of %d bytes is shorter than its 12-byte prefix", len(b))
+	}
+	if flags&^1 != 0 {
+		return out, fmt.Errorf("output flags %#x hold unknown bits (only bit 0, allow, is defined)", flags)
+	}
+	out.Allow = flags&1 == 1
+	switch {
+	case out.Allow && status != 0:
+		return out, fmt.Errorf("output allows with status %d (must be 0 when allowing)", status)
+	case !out.Allow && status == 0:
+		out.Status = 403
+	case !out.Allow && (status < 400 || status > 599):
+		return out, fmt.Errorf("output denies with status %d, outside 400..599", status)
+	case !out.Allow:
+		out.Status = int(status)
+	}
+	reason, ok := r.str()
+	if !ok {
+		return out, r.truncated("reason")
+	}
+	if len(reason) > MaxReasonBytes {
+		return out, fmt.Errorf("output reason is %d bytes, over %d", len(reason), MaxReasonBytes)
+	}
+	if !utf8.Valid(reason) {
+		return out, fmt.Errorf("output reason is not valid UTF-8")
+	}
+	for _, c := range reason {
+		if c < 0x20 || c == 0x7f {
+			return out, fmt.Errorf("output reason holds control character %#x", c)
+		}
+	}
+	out.Reason = string(reason)
+	var err error
+	if out.Headers, err = r.headers("header"); err != nil {
+		return out, err
+	}
+	if out.ResponseHeaders, err = r.headers("response header"); err != nil {
+		return out, err
+	}
+	if r.off != len(b) {
+		return out, fmt.Errorf("output has %d trailing bytes after its last field", len(b)-r.off)
+	}
+	return out, nil
+}
+
+type reader struct {
+	b   []byte
+	off int
+	ok  bool
+}
+
+func (r *reader) u32() uint32 {
+	if !r.ok || len(r.b)-r.off < 4 {
+		r.ok = false
+		return 0
+	}
+	v := binary.LittleEndian.Uint32(r.b[r.off:])
+	r.off += 4
+	return v
+}
+
+func (r *reader) str() ([]byte, bool) {
+	n := r.u32()
+	if !r.ok || uint64(n) > uint64(len(r.b)-r.off) {
+		r.ok = false
+		return nil, false
+	}
+	s := r.b[r.off : r.off+int(n)]
+	r.off += int(n)
+	return s, true
+}
+
+func (r *reader) truncated(field string) error {
+	return fmt.Errorf("output is truncated in its %s (at byte %d of %d)", field, r.off, len(r.b))
+}
+
+func (r *reader) headers(what string) (map[string]string, error) {
+	n := r.u32()
+	if !r.ok {
+		return nil, r.truncated(what + " count")
+	}
+	if n > MaxOutputHeaders {
+		return nil, fmt.Errorf("output has %d %ss, over %d", n, what, MaxOutputHeaders)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	m := make(map[string]string, n)
+	for i := uint32(0); i < n; i++ {
+		name, ok := r.str()
+		if !ok {
+			return nil, r.truncated(what + " name")
+		}
+		value, ok := r.str()
+		if !ok {
+			return nil, r.truncated(what + " value")
+		}
+		if err := checkHeaderName(name); err != nil {
+			return nil, fmt.Errorf("output %s %q: %v", what, truncate(name), err)
+		}
+		if len(value) > MaxHeaderValueBytes {
+			return nil, fmt.Errorf("output %s %q: value is %d bytes, over %d", what, name, len(value), MaxHeaderValueBytes)
+		}
+		for _, c := range value {
+			if (c < 0x20 && c != '\t') || c == 0x7f {
+				return nil, fmt.Errorf("output %s %q: value holds control character %#x", what, name, c)
+			}
+		}
+		if _, dup := m[string(name)]; dup {
+			return nil, fmt.Errorf("output %s %q is given twice", what, name)
+		}
+		m[string(name)] = string(value)
+	}
+	return m, nil
+}
+
+func truncate(b []byte) string {
+	if len(b) > 64 {
+		return string(b[:64]) + "..."
+	}
+	return string(b)
+}
+
+// reservedHeaders may not be set by a module: they frame or route the message, or belong to the
+// agent's own answer.
+var reservedHeaders = map[string]bool{
+	"host": true, "content-length": true, "transfer-encoding": true, "connection": true,
+	"keep-alive": true, "proxy-connection": true, "te": true, "trailer": true, "upgrade": true,
+	"content-type": true, "set-cookie": true, "www-authenticate": true,
+}
+
+// checkHeaderName enforces ABI.md's header name rules: 1 to MaxHeaderNameBytes lower-case
+// RFC 9110 token characters, not reserved, not x-auth-*.
+func checkHeaderName(name []byte) error {
+	if len(name) == 0 || len(name) > MaxHeaderNameBytes {
+		return fmt.Errorf("name is %d bytes, want 1..%d", len(name), MaxHeaderNameBytes)
+	}
+	for _, c := range name {
+		if !isTokenChar(c) {
+			return fmt.Errorf("name holds %q, not a lower-case token character", c)
+		}
+	}
+	if len(name) >= 7 && string(name[:7]) == "x-auth-" {
+		return fmt.Errorf("names starting with x-auth- are reserved for the agent")
+	}
+	if reservedHeaders[string(name)] {
+		return fmt.Errorf("name is reserved (framing, routing or the agent's own answer)")
+	}
+	return nil
+}
+
+func isTokenChar(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}

@@ -1,0 +1,6 @@
+;; Hostile: returns an empty output (length 0).
+(module
+  (memory (export "memory") 2)
+  (func (export "tokenagent_abi_v1"))
+  (func (export "tokenagent_alloc") (param $size i32) (result i32) (i32.const 65536))
+  (func (export "tokenagent_evaluate") (param i32 i32) (result i64) (i64.const 0)))

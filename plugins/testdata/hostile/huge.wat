@@ -1,0 +1,7 @@
+;; Hostile: claims a 2 GiB output (over the output cap).
+(module
+  (memory (export "memory") 2)
+  (func (export "tokenagent_abi_v1"))
+  (func (export "tokenagent_alloc") (param $size i32) (result i32) (i32.const 65536))
+  (func (export "tokenagent_evaluate") (param i32 i32) (result i64)
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 0x7fffffff))))

@@ -1,0 +1,5 @@
+;; Broken: lacks the ABI marker export tokenagent_abi_v1 (Load refuses it).
+(module
+  (memory (export "memory") 1)
+  (func (export "tokenagent_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "tokenagent_evaluate") (param i32 i32) (result i64) (i64.const 0)))
