@@ -294,7 +294,9 @@ func (s *Store) load(ctx context.Context, h uint64, r ref) (*entry, error) {
 		e := &entry{ref: r, value: v, err: err, fetched: fetched}
 		s.closeMu.RLock()
 		if !s.closed {
-			s.cache.SetWithTTL(h, e, costOf(path, v), s.opts.MaxStale+s.opts.Refresh)
+			// No ristretto TTL: get checks the entry's age itself (and a TTL would cost a
+			// second clock read on every hit); the cost bound evicts what is no longer used.
+			s.cache.Set(h, e, costOf(path, v))
 			s.cache.Wait()
 		}
 		s.closeMu.RUnlock()

@@ -91,6 +91,10 @@ func (c *clock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return 
 func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 func newStore(t *testing.T, keys string) (*vault.Store, *faultySource, *clock, string) {
+	return newStoreTB(t, keys)
+}
+
+func newStoreTB(t testing.TB, keys string) (*vault.Store, *faultySource, *clock, string) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "keys.yaml")
 	if err := os.WriteFile(p, []byte(keys), 0o600); err != nil {
