@@ -47,6 +47,9 @@ type Options struct {
 	Replay *token.ReplayCache
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Policies is the registry of WebAssembly policy modules, shared across config reloads
+	// (default: a new one, with its own engine, when any site has a policy).
+	Policies *Policies
 }
 
 // Agent decides Requests. Build it with New.
@@ -62,12 +65,14 @@ type Agent struct {
 
 	authTokens token.AuthTokenVerifier
 	servers    token.ServerTokenVerifier
+	policies   *Policies
 
 	// Per-kind state, each owned by its own file.
 	//lint:ignore U1000 filled by the OAuth verifier (agent/oauth.go)
 	oauth   oauthState
 	browser browserState
 	legacy  legacyState
+	policy  policyState
 }
 
 // New builds an Agent from a validated Config.
@@ -93,6 +98,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		reg: opts.Registerer, metrics: opts.Metrics, now: opts.Now,
 		authTokens: token.AuthTokenVerifier{Keys: opts.Keys, Now: opts.Now},
 		servers:    token.ServerTokenVerifier{Keys: opts.Keys, Replay: opts.Replay, Now: opts.Now},
+		policies:   opts.Policies,
 	}
 	for _, init := range []struct {
 		name string
@@ -155,15 +161,14 @@ func (a *Agent) decide(ctx context.Context, req *Request) (*Decision, token.Kind
 			return withHeaders(a.deny(site, e), corsHeaders), kind
 		}
 	}
-	var policyHeaders []Header
-	if site.Policy != "" {
-		ph, e := a.evaluatePolicy(ctx, site, req, path, query, &id)
-		if e != nil {
-			return withHeaders(a.deny(site, e), corsHeaders), kind
-		}
-		policyHeaders = ph
+	if site.Policy == "" {
+		return a.allow(site, req, id, corsHeaders, nil), kind
 	}
-	return a.allow(site, req, id, corsHeaders, policyHeaders), kind
+	pr, e := a.evaluatePolicy(ctx, site, req, path, query, &id)
+	if e != nil {
+		return withHeaders(a.deny(site, e), corsHeaders), kind
+	}
+	return a.allow(site, req, id, append(corsHeaders, pr.response...), pr.upstream), kind
 }
 
 // withHeaders adds headers to a denial's answer.
