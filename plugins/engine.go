@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 )
 
@@ -74,6 +75,11 @@ type Engine struct {
 	// instances maps a wazero module instance to its *instance, for the host function.
 	instances sync.Map
 
+	// compiling holds a lock per module hash being compiled, so concurrent loads of one binary
+	// compile it once (the later ones then find it in wazero's in-memory cache).
+	compilingMu sync.Mutex
+	compiling   map[string]*compileLock
+
 	mu      sync.Mutex
 	modules map[*Module]struct{}
 	closed  bool
@@ -127,13 +133,14 @@ func NewEngine(ctx context.Context, opts EngineOptions) (*Engine, error) {
 		WithCloseOnContextDone(true).
 		WithMemoryLimitPages(opts.MemoryLimitPages)
 	e := &Engine{
-		rt:      wazero.NewRuntimeWithConfig(ctx, cfg),
-		cache:   cache,
-		opts:    opts,
-		log:     opts.Logger,
-		metrics: m,
-		modules: map[*Module]struct{}{},
-		slots:   make(chan struct{}, opts.MaxConcurrency),
+		rt:        wazero.NewRuntimeWithConfig(ctx, cfg),
+		cache:     cache,
+		opts:      opts,
+		log:       opts.Logger,
+		metrics:   m,
+		modules:   map[*Module]struct{}{},
+		compiling: map[string]*compileLock{},
+		slots:     make(chan struct{}, opts.MaxConcurrency),
 		// No FS, no args, no environment; stdin empty. Real clocks (a policy may read the time);
 		// sleeping is a no-op so a module never blocks in the host; random from crypto/rand.
 		modCfg: wazero.NewModuleConfig().
@@ -207,6 +214,34 @@ func (e *Engine) isClosed() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.closed
+}
+
+type compileLock struct {
+	sync.Mutex
+	users int
+}
+
+// compile compiles bin (whose hash is hash) with workers compilation goroutines, one compile
+// per hash at a time.
+func (e *Engine) compile(ctx context.Context, bin []byte, hash string, workers int) (wazero.CompiledModule, error) {
+	e.compilingMu.Lock()
+	l := e.compiling[hash]
+	if l == nil {
+		l = &compileLock{}
+		e.compiling[hash] = l
+	}
+	l.users++
+	e.compilingMu.Unlock()
+	l.Lock()
+	defer func() {
+		l.Unlock()
+		e.compilingMu.Lock()
+		if l.users--; l.users == 0 {
+			delete(e.compiling, hash)
+		}
+		e.compilingMu.Unlock()
+	}()
+	return e.rt.CompileModule(experimental.WithCompilationWorkers(ctx, workers), bin)
 }
 
 // goBackground runs fn in a goroutine that Close waits for; false when the engine is closed.

@@ -50,7 +50,7 @@ type instance struct {
 
 // newVersion compiles bin, checks it implements ABI v1 and makes the pre-warmed instances.
 func (e *Engine) newVersion(ctx context.Context, m *Module, bin []byte, hash string, workers int) (*version, error) {
-	cm, err := e.rt.CompileModule(experimental.WithCompilationWorkers(ctx, workers), bin)
+	cm, err := e.compile(ctx, bin, hash, workers)
 	if err != nil {
 		return nil, fmt.Errorf("compile: %w", err)
 	}

@@ -45,6 +45,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 	"unsafe"
 )
@@ -160,6 +161,11 @@ const (
 var handler func(*Input) Output
 
 // Handle registers fn as the module's policy. Call it once, from an init function.
+//
+// It also runs a garbage collection: in a WASI reactor, Go's background goroutines (the
+// collector's workers among them) run only while the host is calling into the module, so a
+// collection left half-done at start-up would keep write barriers on, and every call slow, until
+// some later call finished it.
 func Handle(fn func(*Input) Output) {
 	if fn == nil {
 		panic("guest: Handle(nil)")
@@ -168,6 +174,7 @@ func Handle(fn func(*Input) Output) {
 		panic("guest: Handle called twice")
 	}
 	handler = fn
+	runtime.GC()
 }
 
 // ErrInput is wrapped by the errors DecodeInput returns.
@@ -175,6 +182,9 @@ var ErrInput = errors.New("guest: malformed input")
 
 // DecodeInput decodes an ABI v1 input record into in, reusing in's slices. The strings of in
 // point into b (no copy): they are valid while b is not changed.
+//
+// It is written for a host that makes every loop and non-inlined call costly (a deadline check
+// each): straight-line code with inlined helpers, and one loop per list.
 func DecodeInput(b []byte, in *Input) error {
 	if len(b) < 12 {
 		return fmt.Errorf("%w: %d bytes, shorter than the 12-byte prefix", ErrInput, len(b))
@@ -183,75 +193,67 @@ func DecodeInput(b []byte, in *Input) error {
 		return fmt.Errorf("%w: layout version %d, this module reads %d", ErrInput, v, Version)
 	}
 	in.TimeUnixNano = int64(binary.LittleEndian.Uint64(b[4:]))
-	d := decoder{b: b, off: 12, ok: true}
-	in.Site = d.str()
-	in.Kind = d.str()
-	in.User = d.str()
-	in.ClientID = d.str()
-	in.Method = d.str()
-	in.Path = d.str()
-	in.Query = d.str()
-	in.Host = d.str()
-	in.Origin = d.str()
-	n := d.count(4)
+	off := 12
+	in.Site, off = str(b, off)
+	in.Kind, off = str(b, off)
+	in.User, off = str(b, off)
+	in.ClientID, off = str(b, off)
+	in.Method, off = str(b, off)
+	in.Path, off = str(b, off)
+	in.Query, off = str(b, off)
+	in.Host, off = str(b, off)
+	in.Origin, off = str(b, off)
+	var n int
+	n, off = count(b, off, 4)
 	in.Scopes = in.Scopes[:0]
-	for i := 0; i < n && d.ok; i++ {
-		in.Scopes = append(in.Scopes, d.str())
+	for i := 0; i < n; i++ {
+		var s string
+		s, off = str(b, off)
+		in.Scopes = append(in.Scopes, s)
 	}
-	n = d.count(8)
+	n, off = count(b, off, 8)
 	in.Headers = in.Headers[:0]
-	for i := 0; i < n && d.ok; i++ {
-		name := d.str()
-		in.Headers = append(in.Headers, Header{Name: name, Value: d.str()})
+	for i := 0; i < n; i++ {
+		var h Header
+		h.Name, off = str(b, off)
+		h.Value, off = str(b, off)
+		in.Headers = append(in.Headers, h)
 	}
-	if !d.ok {
-		return fmt.Errorf("%w: truncated at byte %d of %d", ErrInput, d.off, len(b))
+	if off < 0 {
+		return fmt.Errorf("%w: truncated (%d bytes)", ErrInput, len(b))
 	}
-	if d.off != len(b) {
-		return fmt.Errorf("%w: %d trailing bytes", ErrInput, len(b)-d.off)
+	if off != len(b) {
+		return fmt.Errorf("%w: %d trailing bytes", ErrInput, len(b)-off)
 	}
 	return nil
 }
 
-type decoder struct {
-	b   []byte
-	off int
-	ok  bool
-}
-
-func (d *decoder) u32() uint32 {
-	if !d.ok || len(d.b)-d.off < 4 {
-		d.ok = false
-		return 0
+// str reads the string at off and returns it (pointing into b) and the offset after it; -1
+// once the record is found short (and from then on). Small enough to be inlined.
+func str(b []byte, off int) (string, int) {
+	if off < 0 || len(b)-off < 4 {
+		return "", -1
 	}
-	v := binary.LittleEndian.Uint32(d.b[d.off:])
-	d.off += 4
-	return v
-}
-
-func (d *decoder) str() string {
-	n := d.u32()
-	if !d.ok || uint64(n) > uint64(len(d.b)-d.off) {
-		d.ok = false
-		return ""
+	n := int(binary.LittleEndian.Uint32(b[off:]))
+	off += 4
+	if n > len(b)-off {
+		return "", -1
 	}
-	if n == 0 {
-		return ""
-	}
-	s := unsafe.String(&d.b[d.off], int(n))
-	d.off += int(n)
-	return s
+	return unsafe.String(unsafe.SliceData(b[off:]), n), off + n
 }
 
 // count reads a list length and checks it against the bytes left (each item takes at least
-// minSize bytes), so a bad count cannot make the decoder allocate.
-func (d *decoder) count(minSize int) int {
-	n := d.u32()
-	if !d.ok || uint64(n) > uint64((len(d.b)-d.off)/minSize) {
-		d.ok = false
-		return 0
+// minSize bytes), so a bad count cannot make the decoder loop or allocate for long.
+func count(b []byte, off, minSize int) (int, int) {
+	if off < 0 || len(b)-off < 4 {
+		return 0, -1
 	}
-	return int(n)
+	n := int(binary.LittleEndian.Uint32(b[off:]))
+	off += 4
+	if uint64(n)*uint64(minSize) > uint64(len(b)-off) {
+		return 0, -1
+	}
+	return n, off
 }
 
 // AppendOutput appends the ABI v1 output record of o to dst. It does not check o: the host
@@ -263,24 +265,25 @@ func AppendOutput(dst []byte, o *Output) []byte {
 	} else {
 		status = uint32(o.Status)
 	}
-	dst = binary.LittleEndian.AppendUint32(dst, Version)
-	dst = binary.LittleEndian.AppendUint32(dst, flags)
-	dst = binary.LittleEndian.AppendUint32(dst, status)
-	dst = appendStr(dst, o.Reason)
-	dst = appendHeaders(dst, o.Headers)
-	return appendHeaders(dst, o.ResponseHeaders)
-}
-
-func appendStr(dst []byte, s string) []byte {
-	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(s)))
-	return append(dst, s...)
-}
-
-func appendHeaders(dst []byte, hs []Header) []byte {
-	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(hs)))
-	for _, h := range hs {
-		dst = appendStr(dst, h.Name)
-		dst = appendStr(dst, h.Value)
+	le := binary.LittleEndian
+	dst = le.AppendUint32(dst, Version)
+	dst = le.AppendUint32(dst, flags)
+	dst = le.AppendUint32(dst, status)
+	dst = le.AppendUint32(dst, uint32(len(o.Reason)))
+	dst = append(dst, o.Reason...)
+	dst = le.AppendUint32(dst, uint32(len(o.Headers)))
+	for _, h := range o.Headers {
+		dst = le.AppendUint32(dst, uint32(len(h.Name)))
+		dst = append(dst, h.Name...)
+		dst = le.AppendUint32(dst, uint32(len(h.Value)))
+		dst = append(dst, h.Value...)
+	}
+	dst = le.AppendUint32(dst, uint32(len(o.ResponseHeaders)))
+	for _, h := range o.ResponseHeaders {
+		dst = le.AppendUint32(dst, uint32(len(h.Name)))
+		dst = append(dst, h.Name...)
+		dst = le.AppendUint32(dst, uint32(len(h.Value)))
+		dst = append(dst, h.Value...)
 	}
 	return dst
 }
