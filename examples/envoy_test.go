@@ -1,0 +1,135 @@
+// Package examples_test keeps the examples honest: the Envoy bootstrap loads into Envoy's own
+// config types and passes its validation rules, the Kubernetes manifests parse into the real
+// Kubernetes types, the nginx config runs in a real nginx in front of a real tokenagent, and
+// the client snippets mint tokens a real agent accepts.
+package examples_test
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+
+	"github.com/tokenagent/tokenagent/agent"
+)
+
+func TestEnvoyBootstrap(t *testing.T) {
+	src, err := os.ReadFile("envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := mustLoadBootstrap(t, "envoy.yaml", src)
+	p := edgeParts(t, b)
+	addr := checkEdge(t, p, agent.ExchangePath)
+
+	// Where the agent is: the default grpc_addr of its config (SPEC §7).
+	if got := addr.GetAddress() + ":" + strconv.FormatUint(uint64(addr.GetPortValue()), 10); got != agent.DefaultGRPCAddr {
+		t.Errorf("tokenagent cluster endpoint = %s, want the agent's default grpc_addr %s", got, agent.DefaultGRPCAddr)
+	}
+	if to := p.extAuthz.GetGrpcService().GetTimeout().AsDuration(); to.Milliseconds() != 250 {
+		t.Errorf("ext_authz timeout = %v, want 250ms", to)
+	}
+	if code := p.extAuthz.GetStatusOnError().GetCode(); code != 503 {
+		t.Errorf("status_on_error = %v, want 503 (the agent could not be asked)", code)
+	}
+	if !p.hcm.GetNormalizePath().GetValue() || !p.hcm.GetMergeSlashes() {
+		t.Error("the connection manager must normalise paths and merge slashes, as the agent does")
+	}
+	if a := b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(); a != "127.0.0.1" {
+		t.Errorf("admin listens on %s; keep it on the loopback", a)
+	}
+}
+
+// TestEnvoyLoaderIsStrict proves the loader above catches the mistakes it is there for, so a
+// rotting envoy.yaml cannot pass by accident.
+func TestEnvoyLoaderIsStrict(t *testing.T) {
+	src, err := os.ReadFile("envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, old, new, want string }{
+		{"misspelt field", "failure_mode_allow: false", "failure_mode_alow: false", "failure_mode_alow"},
+		{"unknown extension type", "extensions.filters.http.router.v3.Router", "extensions.filters.http.router.v3.Routr", "Routr"},
+		{"invalid inside an Any", "max_request_bytes: 16384", "max_request_bytes: 0", "MaxRequestBytes"},
+		{"invalid port", "port_value: 9191", "port_value: 70000", "PortValue"},
+		{"duplicate key", "      connect_timeout: 0.25s\n", "      connect_timeout: 0.25s\n      connect_timeout: 1s\n", "already defined"},
+		{"wrong enum", "transport_api_version: V3", "transport_api_version: V4", "V4"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if strings.Count(string(src), tc.old) != 1 {
+				t.Fatalf("envoy.yaml should hold %q exactly once", tc.old)
+			}
+			_, err := loadBootstrap([]byte(strings.Replace(string(src), tc.old, tc.new, 1)))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("loading with %q: %v, want an error about %q", tc.new, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestEnvoyExchangeBody sends the agent the CheckRequests Envoy makes for the exchange route
+// with the route's own buffer settings (read from envoy.yaml): the body cut at
+// max_request_bytes, in raw_body when pack_as_bytes, size holding the bytes received and the
+// x-envoy-auth-partial-body header. An oversized body is answered 413 body_too_large, a small
+// bad one 401, both by the agent itself (never allowed upstream).
+func TestEnvoyExchangeBody(t *testing.T) {
+	src, err := os.ReadFile("envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := edgeParts(t, mustLoadBootstrap(t, "envoy.yaml", src))
+	var wb *extauthzv3.BufferSettings
+	for _, r := range p.routes {
+		if r.GetMatch().GetPath() == agent.ExchangePath {
+			var per extauthzv3.ExtAuthzPerRoute
+			unpack(t, r.GetTypedPerFilterConfig()[extAuthzName], &per)
+			wb = per.GetCheckSettings().GetWithRequestBody()
+		}
+	}
+	if wb == nil {
+		t.Fatal("no body settings on the exchange route")
+	}
+	ag := startAgent(t, docsSiteConfig(t))
+	for _, tc := range []struct {
+		name   string
+		size   int
+		status int
+		reason string
+	}{
+		{"over 16 KiB", 20 << 10, 413, "body_too_large"},
+		{"one byte over", 16<<10 + 1, 413, "body_too_large"},
+		{"not an id_token", 9, 401, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := []byte(strings.Repeat("a", tc.size))
+			sent := body[:min(len(body), int(wb.GetMaxRequestBytes()))]
+			req := checkRequest("POST", docsHost, agent.ExchangePath, map[string]string{
+				"content-type": "text/plain", "content-length": strconv.Itoa(len(body)),
+				"x-envoy-auth-partial-body": strconv.FormatBool(len(sent) != len(body))})
+			h := req.GetAttributes().GetRequest().GetHttp()
+			h.Size = int64(len(body))
+			if wb.GetPackAsBytes() {
+				h.RawBody = sent
+			} else {
+				h.Body = string(sent)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			resp, err := ag.client.Check(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := resp.GetDeniedResponse()
+			if d == nil {
+				t.Fatalf("the exchange was allowed upstream: %v", resp)
+			}
+			if int(d.GetStatus().GetCode()) != tc.status || !strings.Contains(d.GetBody(), `"error":"`+tc.reason) {
+				t.Errorf("status %d body %s, want %d %s", d.GetStatus().GetCode(), d.GetBody(), tc.status, tc.reason)
+			}
+		})
+	}
+}
