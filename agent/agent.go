@@ -27,6 +27,7 @@ import (
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/users"
 )
 
 // ExchangePath is the path of the Identity Token Exchange (SPEC §3.5).
@@ -50,6 +51,9 @@ type Options struct {
 	// Policies is the registry of WebAssembly policy modules, shared across config reloads
 	// (default: a new one, with its own engine, when any site has a policy).
 	Policies *Policies
+	// Users is the just-in-time user directory of the identity token exchange (nil: the
+	// exchange is refused with keys_unavailable).
+	Users users.Directory
 }
 
 // Agent decides Requests. Build it with New.
@@ -69,10 +73,11 @@ type Agent struct {
 
 	// Per-kind state, each owned by its own file.
 	//lint:ignore U1000 filled by the OAuth verifier (agent/oauth.go)
-	oauth   oauthState
-	browser browserState
-	legacy  legacyState
-	policy  policyState
+	oauth    oauthState
+	browser  browserState
+	legacy   legacyState
+	exchange exchangeState
+	policy   policyState
 }
 
 // New builds an Agent from a validated Config.
@@ -99,6 +104,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		authTokens: token.AuthTokenVerifier{Keys: opts.Keys, Now: opts.Now},
 		servers:    token.ServerTokenVerifier{Keys: opts.Keys, Replay: opts.Replay, Now: opts.Now},
 		policies:   opts.Policies,
+		exchange:   exchangeState{users: opts.Users},
 	}
 	for _, init := range []struct {
 		name string

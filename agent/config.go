@@ -41,6 +41,10 @@ type KeysConfig struct {
 	MaxStale Duration `yaml:"max_stale"`
 	// CacheBytes is the key cache's capacity (default 64 MiB).
 	CacheBytes int64 `yaml:"cache_bytes"`
+	// UsersFile is the just-in-time user directory of the identity token exchange when
+	// Source is "file", relative to the config file (default users.yaml beside the keys
+	// file). With Vault the directory lives in Vault, under each site's users/ folder.
+	UsersFile string `yaml:"users_file"`
 	// Vault configures the Vault source.
 	Vault VaultConfig `yaml:"vault"`
 }
@@ -275,7 +279,16 @@ func (k *KeysConfig) validate(dir string) error {
 			return fmt.Errorf("keys.file: required when keys.source is file")
 		}
 		k.File = resolve(dir, k.File)
+		if k.UsersFile == "" {
+			k.UsersFile = filepath.Join(filepath.Dir(k.File), "users.yaml")
+		}
+		if k.UsersFile = resolve(dir, k.UsersFile); filepath.Clean(k.UsersFile) == filepath.Clean(k.File) {
+			return fmt.Errorf("keys.users_file: must not be the keys file")
+		}
 	case "vault":
+		if k.UsersFile != "" {
+			return fmt.Errorf("keys.users_file: only with keys.source file (with vault the user directory lives in Vault, under each site's users/)")
+		}
 		v := &k.Vault
 		if v.Mount == "" {
 			v.Mount = "secret"

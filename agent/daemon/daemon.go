@@ -34,6 +34,7 @@ import (
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/extauthz"
 	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/users"
 )
 
 // Options tune a Daemon.
@@ -54,6 +55,8 @@ type Daemon struct {
 	metrics *agent.Metrics
 	source  vault.Source
 	closer  func()
+	users   users.Directory
+	closeUs func()
 	store   *vault.Store
 	replay  *token.ReplayCache
 
@@ -97,6 +100,10 @@ func New(ctx context.Context, cfg *agent.Config, opts Options) (*Daemon, error) 
 		return nil, err
 	}
 	d.source, d.closer = src, closer
+	if d.users, d.closeUs, err = openUsers(cfg, src); err != nil {
+		closer()
+		return nil, err
+	}
 	store, err := vault.NewStore(src, vault.StoreOptions{
 		Refresh: cfg.Keys.Refresh.D(), MaxStale: cfg.Keys.MaxStale.D(), MaxCost: cfg.Keys.CacheBytes,
 		Now: opts.Now, Logger: opts.Logger, Metrics: vault.NewStoreMetrics(reg),
@@ -128,7 +135,7 @@ func New(ctx context.Context, cfg *agent.Config, opts Options) (*Daemon, error) 
 
 func (d *Daemon) buildAgent(cfg *agent.Config, reg prometheus.Registerer) (*agent.Agent, error) {
 	return agent.New(cfg, agent.Options{Keys: d.store, Logger: d.log, Metrics: d.metrics,
-		Registerer: reg, Replay: d.replay, Now: d.opts.Now})
+		Registerer: reg, Replay: d.replay, Now: d.opts.Now, Users: d.users})
 }
 
 // OpenSource opens the key source cfg.Keys names. The returned func closes it.
@@ -220,6 +227,9 @@ func (d *Daemon) Shutdown(ctx context.Context) {
 func (d *Daemon) Close() {
 	if d.store != nil {
 		d.store.Close()
+	}
+	if d.closeUs != nil {
+		d.closeUs()
 	}
 	if d.closer != nil {
 		d.closer()

@@ -11,6 +11,7 @@ import (
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file"
 	"github.com/tokenagent/tokenagent/vault/kv"
+	"github.com/tokenagent/tokenagent/vault/users"
 )
 
 // openSource opens the key source of cfg: the embedded key file, or Vault KV v2. The Vault
@@ -39,4 +40,22 @@ func openSource(ctx context.Context, cfg *agent.Config, reg prometheus.Registere
 		return src, src.Close, nil
 	}
 	return nil, nil, fmt.Errorf("keys.source: %q is not file or vault", cfg.Keys.Source)
+}
+
+// openUsers opens the just-in-time user directory of the identity token exchange beside the
+// key source: the users file for the file source, the sites' users/ folders in Vault for the
+// Vault source (written with check-and-set, so agents sharing one Vault agree on ids). The
+// returned func closes it.
+func openUsers(cfg *agent.Config, src vault.Source) (users.Directory, func(), error) {
+	switch s := src.(type) {
+	case *kv.Source:
+		return users.NewVault(s, users.VaultOptions{}), func() {}, nil
+	case *file.Source:
+		f, err := users.OpenFile(cfg.Keys.UsersFile, users.FileOptions{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("keys.users_file: %w", err)
+		}
+		return f, func() { _ = f.Close() }, nil
+	}
+	return nil, func() {}, nil
 }
