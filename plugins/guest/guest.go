@@ -39,6 +39,11 @@
 //     (which denies) with the panic message, and replaces the instance.
 //   - There is no filesystem, network or environment: configuration is compiled in (constants,
 //     or variables set with -ldflags "-X main.name=value").
+//   - Cost: the host enforces the call's deadline by checking at every loop header, and Go's
+//     WebAssembly backend also puts a loop at the top of most functions, so each loop iteration
+//     and non-inlined call costs tens of nanoseconds. Keep byte-by-byte scans of long strings off
+//     the common path (see policies/readonly-anonymous for a word-at-a-time scan), and avoid
+//     allocating per call: the collector runs inside calls too.
 package guest
 
 import (

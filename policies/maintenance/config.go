@@ -19,7 +19,8 @@ type config struct {
 // midnight.
 type daily struct{ start, end int }
 
-type absolute struct{ start, end time.Time }
+// absolute is a one-off window in Unix nanoseconds.
+type absolute struct{ start, end int64 }
 
 func parseConfig(windows, exempt string) (config, error) {
 	c := config{exempt: map[string]bool{}}
@@ -40,7 +41,7 @@ func parseConfig(windows, exempt string) (config, error) {
 			if !end.After(start) {
 				return config{}, fmt.Errorf("window %q: the end is not after the start", w)
 			}
-			c.absolute = append(c.absolute, absolute{start.UTC(), end.UTC()})
+			c.absolute = append(c.absolute, absolute{start.UnixNano(), end.UnixNano()})
 			continue
 		}
 		s, e, ok := strings.Cut(w, "-")
@@ -83,13 +84,20 @@ func clock(s string) (int, error) {
 // activeUntil reports whether t is inside a window and, if so, when the maintenance ends: the
 // end of the window, carried on through any window that overlaps or touches it.
 func (c *config) activeUntil(t time.Time) (time.Time, bool) {
+	end, ok := c.activeUntilNano(t.UnixNano())
+	return time.Unix(0, end).UTC(), ok
+}
+
+// activeUntilNano is activeUntil in Unix nanoseconds: integer arithmetic only, since every
+// loop and call in a module costs a deadline check.
+func (c *config) activeUntilNano(t int64) (int64, bool) {
 	end, ok := c.endOfWindowAt(t)
 	if !ok {
-		return time.Time{}, false
+		return 0, false
 	}
 	for i := 0; i <= len(c.daily)+len(c.absolute); i++ {
 		next, ok := c.endOfWindowAt(end)
-		if !ok || !next.After(end) {
+		if !ok || next <= end {
 			break
 		}
 		end = next
@@ -97,31 +105,39 @@ func (c *config) activeUntil(t time.Time) (time.Time, bool) {
 	return end, true
 }
 
-// endOfWindowAt returns the latest end among the windows that contain t.
-func (c *config) endOfWindowAt(t time.Time) (time.Time, bool) {
-	t = t.UTC()
-	var end time.Time
+const (
+	second = int64(time.Second)
+	day    = 24 * 3600 * second
+)
+
+// endOfWindowAt returns the latest end among the windows that contain t (Unix nanoseconds).
+func (c *config) endOfWindowAt(t int64) (int64, bool) {
+	var end int64
 	found := false
-	take := func(e time.Time) {
-		if !found || e.After(end) {
-			end, found = e, true
-		}
-	}
 	for _, w := range c.absolute {
-		if !t.Before(w.start) && t.Before(w.end) {
-			take(w.end)
+		if t >= w.start && t < w.end && (!found || w.end > end) {
+			end, found = w.end, true
 		}
 	}
-	midnight := t.Truncate(24 * time.Hour) // UTC days are 24 h long in Unix time
-	sec := int(t.Sub(midnight) / time.Second)
+	if len(c.daily) == 0 {
+		return end, found
+	}
+	midnight := t - ((t%day)+day)%day // UTC days are 24 h long in Unix time
+	sec := int((t - midnight) / second)
 	for _, w := range c.daily {
+		var e int64
 		switch {
 		case w.start < w.end && sec >= w.start && sec < w.end:
-			take(midnight.Add(time.Duration(w.end) * time.Second))
+			e = midnight + int64(w.end)*second
 		case w.start > w.end && sec >= w.start: // crosses midnight, before it
-			take(midnight.Add(24*time.Hour + time.Duration(w.end)*time.Second))
+			e = midnight + day + int64(w.end)*second
 		case w.start > w.end && sec < w.end: // crosses midnight, after it
-			take(midnight.Add(time.Duration(w.end) * time.Second))
+			e = midnight + int64(w.end)*second
+		default:
+			continue
+		}
+		if !found || e > end {
+			end, found = e, true
 		}
 	}
 	return end, found

@@ -24,7 +24,11 @@
 // load it (or, on a hot reload, keeps the previous module) with the reason in the error.
 package main
 
-import "github.com/tokenagent/tokenagent/plugins/guest"
+import (
+	"time"
+
+	"github.com/tokenagent/tokenagent/plugins/guest"
+)
 
 // Set with -ldflags -X; see the package documentation.
 var (
@@ -53,13 +57,11 @@ func policy(in *guest.Input) guest.Output {
 	case "GET", "HEAD", "OPTIONS", "TRACE":
 		return guest.Allow()
 	}
-	if cfg.exempt[in.User] && in.User != "" {
+	endNano, ok := cfg.activeUntilNano(in.TimeUnixNano)
+	if !ok || in.User != "" && cfg.exempt[in.User] {
 		return guest.Allow()
 	}
-	end, ok := cfg.activeUntil(in.Time())
-	if !ok {
-		return guest.Allow()
-	}
+	end := time.Unix(0, endNano).UTC()
 	retryAfter[0].Value = retrySeconds(in.Time(), end)
 	return guest.Output{
 		Status:          503,

@@ -61,3 +61,46 @@ func TestPolicy(t *testing.T) {
 		})
 	}
 }
+
+// The path check, natively, on the spellings a client might try.
+func TestUnderSiteAPI(t *testing.T) {
+	tests := []struct {
+		path string
+		want bool
+	}{
+		{"/@api/deki/site", true},
+		{"/@api/deki/site/", true},
+		{"/@api/deki/site/settings", true},
+		{"/@API/DEKI/SITE/settings", true},
+		{"/%40api/deki/site/x", true},
+		{"/%40api%2Fdeki%2Fsite", true},
+		{"/@api/deki/%73%69%74%65/x", true},
+		{"/@api/deki//site/x", true},
+		{"//@api/deki/site", true},
+		{"/@api/deki/./site", true},
+		{"/@api/deki/pages/../site/x", true},
+		{"/x/../@api/deki/site", true},
+		{"/@api/deki/pages/%2E%2E/site", true},
+		{"/@api\\deki\\site", true},
+		{"/@api/deki/%zz", true},
+		{"/@api/deki/site%", true},
+		{"/@api/deki/%2573ite", false}, // decoded once: "%73ite", not the site API
+		{"/@api/deki/%2e/site", true},
+		{"/@api/deki/site%5Cx", true},
+		{"/@api/deki/pages/=Guides%252FInstall/=a%25", false},
+		{"/@api/deki/sitemap", false},
+		{"/@api/deki/site-x", false},
+		{"/@api/deki/sites/x", false},
+		{"/@api/deki/pages/1/contents", false},
+		{"/@api/deki/pages/=Guides%252FInstall/contents", false},
+		{"/@apI/deki/sitf", false},
+		{"/`api/deki/site", false},
+		{"/", false},
+		{"", false},
+	}
+	for _, tt := range tests {
+		if got := underSiteAPI(tt.path); got != tt.want {
+			t.Errorf("underSiteAPI(%q) = %v, want %v", tt.path, got, tt.want)
+		}
+	}
+}
