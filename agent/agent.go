@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,6 +71,9 @@ type Agent struct {
 	authTokens token.AuthTokenVerifier
 	servers    token.ServerTokenVerifier
 	policies   *Policies
+
+	// sampled counts allowed decisions for log.allow_sample (decisionlog.go).
+	sampled atomic.Uint64
 
 	// Per-kind state, each owned by its own file.
 	//lint:ignore U1000 filled by the OAuth verifier (agent/oauth.go)
@@ -128,10 +132,10 @@ func (a *Agent) Config() *Config { return a.cfg }
 func (a *Agent) Check(ctx context.Context, req *Request) *Decision {
 	start := time.Now()
 	d, kind := a.decide(ctx, req)
-	a.metrics.observe(d, kind, time.Since(start))
-	if !d.Allowed {
-		a.logDenial(req, d, kind)
-	}
+	d.ID = NewDecisionID()
+	took := time.Since(start)
+	a.metrics.observe(d, kind, took)
+	a.logDecision(req, d, kind, took)
 	return d
 }
 

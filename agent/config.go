@@ -18,12 +18,17 @@ import (
 // Config is the agent's configuration file (SPEC §7). Load parses and validates it in full;
 // an agent is only ever built from a valid Config.
 type Config struct {
-	GRPCAddr string       `yaml:"grpc_addr"`
-	HTTPAddr string       `yaml:"http_addr"`
-	Keys     KeysConfig   `yaml:"keys"`
-	Policies PolicyGlobal `yaml:"policies"`
-	Log      LogConfig    `yaml:"log"`
-	Sites    []SiteConfig `yaml:"sites"`
+	GRPCAddr string `yaml:"grpc_addr"`
+	HTTPAddr string `yaml:"http_addr"`
+	// AuthzHTTPAddr is the listen address of the HTTP authorization front (Envoy's HTTP
+	// ext_authz, nginx auth_request, Traefik forwardAuth); empty (the default): off.
+	AuthzHTTPAddr string `yaml:"authz_http_addr"`
+	// AuthzHTTP tunes the HTTP authorization front.
+	AuthzHTTP AuthzHTTPConfig `yaml:"authz_http"`
+	Keys      KeysConfig      `yaml:"keys"`
+	Policies  PolicyGlobal    `yaml:"policies"`
+	Log       LogConfig       `yaml:"log"`
+	Sites     []SiteConfig    `yaml:"sites"`
 
 	// Dir is the directory of the config file; relative paths in it are resolved against it.
 	Dir string `yaml:"-"`
@@ -83,6 +88,37 @@ type PolicyGlobal struct {
 	CacheDir string `yaml:"cache_dir"`
 	// Deadline is the default per-call deadline (default 5ms).
 	Deadline Duration `yaml:"deadline"`
+}
+
+// AuthzHTTPConfig tunes the HTTP authorization front (package extauthz, HTTPHandler).
+type AuthzHTTPConfig struct {
+	// EnvoyPathPrefix is the path_prefix of Envoy's http_service: an authorization request for
+	// the original path P arrives as EnvoyPathPrefix+P (default "/envoy").
+	EnvoyPathPrefix string `yaml:"envoy_path_prefix"`
+}
+
+// DefaultEnvoyPathPrefix is the default of authz_http.envoy_path_prefix.
+const DefaultEnvoyPathPrefix = "/envoy"
+
+// reservedAuthzPaths are the HTTP front's fixed endpoints (extauthz/http.go); the Envoy
+// prefix may not shadow them.
+var reservedAuthzPaths = []string{"/nginx", "/traefik", "/answer"}
+
+func (h *AuthzHTTPConfig) validate() error {
+	p := h.EnvoyPathPrefix
+	if p == "" {
+		h.EnvoyPathPrefix = DefaultEnvoyPathPrefix
+		return nil
+	}
+	if p[0] != '/' || len(p) < 2 || p[len(p)-1] == '/' || strings.ContainsAny(p, "?#% \t*") {
+		return fmt.Errorf("authz_http.envoy_path_prefix: %q must be a path such as /envoy (a leading /, no trailing /, no query)", p)
+	}
+	for _, r := range reservedAuthzPaths {
+		if p == r || strings.HasPrefix(p, r+"/") {
+			return fmt.Errorf("authz_http.envoy_path_prefix: %q is taken by the HTTP front's %s endpoint", p, r)
+		}
+	}
+	return nil
 }
 
 // LogConfig tunes logging.
@@ -210,6 +246,14 @@ func (c *Config) validate() error {
 		return err
 	}
 	if err := checkAddr("http_addr", c.HTTPAddr); err != nil {
+		return err
+	}
+	if c.AuthzHTTPAddr != "" {
+		if err := checkAddr("authz_http_addr", c.AuthzHTTPAddr); err != nil {
+			return err
+		}
+	}
+	if err := c.AuthzHTTP.validate(); err != nil {
 		return err
 	}
 	if err := c.Keys.validate(c.Dir); err != nil {

@@ -1,10 +1,6 @@
 package agent
 
 import (
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -71,32 +67,4 @@ func (m *Metrics) observe(d *Decision, kind token.Kind, took time.Duration) {
 	bm := b.(*boundMetrics)
 	bm.duration.Observe(took.Seconds())
 	bm.decisions.Inc()
-}
-
-// logDenial writes one log line per denial. It never logs a credential: the query, which may
-// hold one, is left out of the path.
-func (a *Agent) logDenial(req *Request, d *Decision, kind token.Kind) {
-	if !a.log.Enabled(context.Background(), slog.LevelInfo) {
-		return
-	}
-	path, _ := splitPath(req.Path)
-	attrs := []slog.Attr{
-		slog.String("site", d.Site), slog.String("kind", string(kind)),
-		slog.String("method", req.Method), slog.String("path", path),
-		slog.Int("status", d.Status), slog.String("reason", string(d.Reason)),
-	}
-	if d.Answered {
-		return
-	}
-	if d.Cause != nil {
-		attrs = append(attrs, slog.String("cause", d.Cause.Error()))
-	}
-	a.log.LogAttrs(context.Background(), slog.LevelInfo, "denied", attrs...)
-}
-
-// TokenHash is a short, non-reversible name for a credential, safe to log: the first 12 hex
-// digits of its SHA-256.
-func TokenHash(tok string) string {
-	sum := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(sum[:6])
 }

@@ -34,6 +34,10 @@ type Decision struct {
 	// RemoveQuery parameters dropped, and ResponseHeaders added to the upstream's response.
 	Allowed bool
 
+	// ID names this decision in the decision log, the dynamic metadata (`decision_id`) and the
+	// HTTP front's answers, so one request can be followed across logs. Set by Agent.Check.
+	ID DecisionID
+
 	// Site is the id of the site (empty when none matched).
 	Site string
 	// Identity is who the request was found to be (Kind anonymous when no credential).

@@ -18,8 +18,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 
@@ -225,15 +225,17 @@ func headerOptions(hs []agent.Header) []*corev3.HeaderValueOption {
 }
 
 // metadata is the dynamic metadata of SPEC §4: site, kind, user, client_id and scopes as
-// strings, each only where it has a value.
+// strings, each only where it has a value, plus decision_id (the decision log's id) on every
+// answer and reason on denials.
 func metadata(d *agent.Decision) *structpb.Struct {
-	f := make(map[string]*structpb.Value, 5)
+	f := make(map[string]*structpb.Value, 6)
 	put := func(k, v string) {
 		if v != "" {
 			f[k] = structpb.NewStringValue(v)
 		}
 	}
 	put("site", d.Site)
+	put("decision_id", d.ID.String())
 	if d.Allowed {
 		put("kind", string(d.Identity.Kind))
 		put("user", d.Identity.User)

@@ -286,7 +286,11 @@ func (s *Store) load(ctx context.Context, h uint64, r ref) (*entry, error) {
 			s.noteInvalid(path, err)
 			v, err = nil, ErrNotFound
 		default:
-			s.downTill.Store(time.Now().Add(time.Second).UnixNano())
+			// A source that has not logged in yet is not down: don't hold later reads back
+			// (the first one after the login must go through at once).
+			if s.src.Ready() == nil {
+				s.downTill.Store(time.Now().Add(time.Second).UnixNano())
+			}
 			s.log.Warn("key source read failed", "source", s.src.Name(), "path", path, "error", err.Error())
 			return nil, err
 		}

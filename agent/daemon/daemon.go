@@ -45,6 +45,15 @@ type Options struct {
 	Now func() time.Time
 	// ShutdownGrace bounds how long in-flight checks may take to finish (default 10 s).
 	ShutdownGrace time.Duration
+	// ConfigPath is the config file; when set, the daemon reloads it when it changes (checked
+	// every ConfigPoll), in addition to explicit Reload calls (SIGHUP).
+	ConfigPath string
+	// ConfigPoll is how often ConfigPath is checked (default DefaultConfigPoll; negative: never).
+	ConfigPoll time.Duration
+	// Pprof serves net/http/pprof under /debug/pprof/ on the HTTP address.
+	Pprof bool
+	// Version is the build's version, for tokenagent_build_info (default "dev").
+	Version string
 }
 
 // Daemon is a running tokenagent.
@@ -72,6 +81,9 @@ type Daemon struct {
 	reloads    prometheus.Counter
 	reloadErrs prometheus.Counter
 	lastReload error
+
+	reloadMu sync.Mutex // one reload at a time (SIGHUP and the file watcher)
+	ops      opsState   // HTTP front, config watcher, reload gauges, pprof (ops.go)
 }
 
 // New builds a daemon from cfg; nothing listens yet.
@@ -129,6 +141,7 @@ func New(ctx context.Context, cfg *agent.Config, opts Options) (*Daemon, error) 
 	})
 	mux.HandleFunc("/readyz", d.serveReady)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	d.initOps(cfg, reg, mux)
 	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return d, nil
 }
@@ -159,7 +172,7 @@ func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
 // Listen binds the gRPC and HTTP addresses of the config.
 func (d *Daemon) Listen() error {
 	d.mu.RLock()
-	grpcAddr, httpAddr := d.cfg.GRPCAddr, d.cfg.HTTPAddr
+	grpcAddr, httpAddr, authzAddr := d.cfg.GRPCAddr, d.cfg.HTTPAddr, d.cfg.AuthzHTTPAddr
 	d.mu.RUnlock()
 	var err error
 	if d.grpcLis, err = net.Listen("tcp", grpcAddr); err != nil {
@@ -168,6 +181,11 @@ func (d *Daemon) Listen() error {
 	if d.httpLis, err = net.Listen("tcp", httpAddr); err != nil {
 		d.grpcLis.Close()
 		return fmt.Errorf("http_addr: %w", err)
+	}
+	if err = d.listenOps(authzAddr); err != nil {
+		d.grpcLis.Close()
+		d.httpLis.Close()
+		return err
 	}
 	return nil
 }
@@ -180,7 +198,8 @@ func (d *Daemon) HTTPAddr() string { return d.httpLis.Addr().String() }
 
 // Serve serves until Shutdown; it returns the first serving error.
 func (d *Daemon) Serve() error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	n := 2 + d.startOps(errc)
 	go func() { errc <- d.grpc.Serve(d.grpcLis) }()
 	go func() {
 		if err := d.http.Serve(d.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -193,10 +212,12 @@ func (d *Daemon) Serve() error {
 	sites := len(d.cfg.Sites)
 	d.mu.RUnlock()
 	d.log.Info("tokenagent serving", "grpc", d.GRPCAddr(), "http", d.HTTPAddr(),
-		"key_source", d.source.Name(), "sites", sites)
+		"authz_http", d.AuthzHTTPAddr(), "key_source", d.source.Name(), "sites", sites)
 	err := <-errc
-	if err2 := <-errc; err == nil {
-		err = err2
+	for i := 1; i < n; i++ {
+		if err2 := <-errc; err == nil {
+			err = err2
+		}
 	}
 	return err
 }
@@ -205,6 +226,8 @@ func (d *Daemon) Serve() error {
 // closes everything.
 func (d *Daemon) Shutdown(ctx context.Context) {
 	d.ext.Shutdown()
+	waitFront := d.stopOps(ctx)
+	defer waitFront()
 	done := make(chan struct{})
 	go func() { d.grpc.GracefulStop(); close(done) }()
 	t := time.NewTimer(d.opts.ShutdownGrace)
@@ -240,7 +263,11 @@ func (d *Daemon) Close() {
 // atomically; a bad file leaves the old config serving and is returned (and reported in
 // /readyz). Key source settings are not reloaded: changing them needs a restart.
 func (d *Daemon) Reload(path string) error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	stamp := stampOf(path)
 	err := d.reload(path)
+	d.reloaded(stamp, err)
 	d.mu.Lock()
 	d.lastReload = err
 	d.mu.Unlock()
@@ -266,6 +293,7 @@ func (d *Daemon) reload(path string) error {
 		d.log.Warn("config reload: keys settings changed; they take effect at the next restart")
 	}
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.Keys = old.GRPCAddr, old.HTTPAddr, old.Keys
+	cfg.AuthzHTTPAddr, cfg.AuthzHTTP = old.AuthzHTTPAddr, old.AuthzHTTP
 	a, err := d.buildAgent(cfg, nil)
 	if err != nil {
 		return err
@@ -274,6 +302,7 @@ func (d *Daemon) reload(path string) error {
 	d.cfg, d.agent = cfg, a
 	d.mu.Unlock()
 	d.ext.SetChecker(a)
+	d.setFrontChecker(a)
 	return nil
 }
 

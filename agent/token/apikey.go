@@ -183,10 +183,3 @@ func (a *LegacyAudit) counter(site string, kind Kind) prometheus.Counter {
 	a.mu.Unlock()
 	return c
 }
-
-// CredentialFingerprint names a credential in logs without revealing it: the first 12 hex
-// digits of its SHA-256.
-func CredentialFingerprint(credential string) string {
-	sum := sha256.Sum256([]byte(credential))
-	return hex.EncodeToString(sum[:6])
-}

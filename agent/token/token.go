@@ -11,6 +11,8 @@
 package token
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"time"
 )
 
@@ -90,3 +92,11 @@ const (
 	// ClockSkew is how far in the future an issue time may be.
 	ClockSkew = 60 * time.Second
 )
+
+// CredentialFingerprint names a credential in logs without revealing it: the first 12 hex
+// digits of its SHA-256. It is the only form in which tokenagent ever logs a credential
+// (legacy-use warnings, decision logs).
+func CredentialFingerprint(credential string) string {
+	sum := sha256.Sum256([]byte(credential))
+	return hex.EncodeToString(sum[:6])
+}

@@ -1,10 +1,13 @@
-// Command tokenagent is the per-node auth sidecar: an Envoy ext_authz v3 gRPC server that
-// verifies MindTouch / CXone Expert tokens with keys from Vault (or an embedded key file).
+// Command tokenagent is the per-node auth sidecar: an Envoy ext_authz v3 gRPC server (and an
+// HTTP front for nginx, Traefik and Envoy's HTTP ext_authz) that verifies MindTouch / CXone
+// Expert tokens with keys from Vault (or an embedded key file).
 //
-//	tokenagent serve --config FILE [--grpc-addr ADDR] [--http-addr ADDR]
+//	tokenagent serve --config FILE [--grpc-addr ADDR] [--http-addr ADDR] [--authz-http-addr ADDR] [--pprof]
 //	tokenagent mint authtoken|server --config FILE --site ID --user USER ...
 //	tokenagent check --addr ADDR --host HOST --path PATH [-H 'name: value']...
 //	tokenagent version
+//
+// Every command prints a manual page with --help (or `tokenagent help COMMAND`).
 package main
 
 import (
@@ -41,13 +44,168 @@ var version = "dev"
 const usage = `tokenagent — an Envoy ext_authz sidecar for MindTouch / CXone Expert tokens
 
 Usage:
-  tokenagent serve   --config FILE [--grpc-addr ADDR] [--http-addr ADDR]
+  tokenagent serve   --config FILE [--grpc-addr ADDR] [--http-addr ADDR] [--authz-http-addr ADDR] [flags]
   tokenagent mint    authtoken|server --config FILE --site ID --user USER [flags]
   tokenagent check   --addr ADDR --host HOST [--path PATH] [-H 'name: value']... [flags]
   tokenagent version
 
-Run 'tokenagent COMMAND --help' for a command's flags.
+Commands:
+  serve     run the agent (gRPC ext_authz, HTTP front, /healthz, /readyz, /metrics)
+  mint      print a token of a kind for a site
+  check     ask a running agent about one request, as Envoy would
+  version   print the version
+
+Run 'tokenagent COMMAND --help' (or 'tokenagent help COMMAND') for a command's manual page.
 `
+
+// helpPage is a command's manual page; the FLAGS section comes from its flag set.
+type helpPage struct {
+	name, synopsis, description, exitStatus, environment, examples, extra string
+}
+
+// vaultEnvironment is the ENVIRONMENT section of the commands that read the key source.
+const vaultEnvironment = `VAULT_ADDR        Vault's address, when keys.vault.address is empty.
+VAULT_TOKEN       the Vault token of auth method token, when keys.vault.auth.token_file is empty.
+VAULT_NAMESPACE   the Vault Enterprise namespace, when keys.vault.namespace is empty.
+VAULT_CACERT, VAULT_CAPATH, VAULT_CLIENT_CERT, VAULT_CLIENT_KEY, VAULT_SKIP_VERIFY
+                  TLS to Vault, as for the vault CLI.
+None of them is read with keys.source: file.`
+
+// write prints the page with the flag set's flags.
+func (h helpPage) write(w io.Writer, fs *pflag.FlagSet) {
+	section := func(title, body string) {
+		if body == "" {
+			return
+		}
+		fmt.Fprintf(w, "%s\n", title)
+		for _, line := range strings.Split(strings.TrimRight(body, "\n"), "\n") {
+			if line == "" {
+				fmt.Fprintln(w)
+				continue
+			}
+			fmt.Fprintf(w, "    %s\n", line)
+		}
+		fmt.Fprintln(w)
+	}
+	section("NAME", h.name)
+	section("SYNOPSIS", h.synopsis)
+	section("DESCRIPTION", h.description)
+	if fs != nil && fs.HasFlags() {
+		fmt.Fprintf(w, "FLAGS\n%s\n", fs.FlagUsagesWrapped(100))
+	}
+	section("EXIT STATUS", h.exitStatus)
+	section("ENVIRONMENT", h.environment)
+	if h.extra != "" {
+		fmt.Fprint(w, strings.TrimRight(h.extra, "\n")+"\n\n")
+	}
+	section("EXAMPLES", h.examples)
+}
+
+var serveHelp = helpPage{
+	name: "tokenagent serve — run the authorization agent",
+	synopsis: `tokenagent serve --config FILE [--grpc-addr ADDR] [--http-addr ADDR] [--authz-http-addr ADDR]
+                 [--log-level LEVEL] [--config-poll DURATION] [--pprof]`,
+	description: `Reads the config file (sites, route rules, key source, listen addresses), validates it in full,
+opens the key source, and only then listens:
+
+  grpc_addr        Envoy's ext_authz v3 gRPC API (envoy.service.auth.v3.Authorization/Check)
+                   and the gRPC health service.
+  http_addr        /healthz, /readyz and /metrics (Prometheus); /debug/pprof/ with --pprof.
+  authz_http_addr  the HTTP authorization front, when set: {envoy_path_prefix}/… for Envoy's
+                   HTTP ext_authz, /nginx for nginx auth_request, /traefik for Traefik
+                   forwardAuth, /answer/… for requests the agent answers itself. Off by default.
+
+Decision logs (JSON lines on stderr) name every denial, and one allowed request in
+log.allow_sample, each with a decision id; tokens and secrets are never logged.
+
+The config is reloaded when the file changes (checked every --config-poll) and on SIGHUP:
+validated in full, then swapped in atomically; a bad file keeps the old config serving and is
+logged, counted in tokenagent_config_reload_errors_total and shown in /readyz. Listen
+addresses and the key source settings take effect at the next restart.`,
+	extra: `SIGNALS
+    SIGHUP           reload the config file now.
+    SIGTERM, SIGINT  stop taking new checks (gRPC health goes NOT_SERVING), let in-flight checks
+                     finish (up to 10 s), then exit 0.`,
+	exitStatus: `0   stopped by SIGTERM or SIGINT after in-flight checks finished.
+1   the config is invalid, the key source cannot be opened, an address cannot be bound, or
+    serving failed; one line on stderr names the problem, before anything listens.
+2   usage error: an unknown flag, a bad flag value, or no --config.`,
+	environment: vaultEnvironment,
+	examples: `Example 1 — the development config (keys from examples/dev/keys.yaml):
+    tokenagent serve --config examples/dev/tokenagent.yaml
+
+Example 2 — also serve the HTTP front for nginx or Traefik, and profiling:
+    tokenagent serve --config /etc/tokenagent/tokenagent.yaml \
+        --authz-http-addr 127.0.0.1:9193 --pprof
+
+Example 3 — reload by hand instead of by watching the file:
+    tokenagent serve --config tokenagent.yaml --config-poll 0 &
+    kill -HUP %1`,
+}
+
+var mintHelp = helpPage{
+	name: "tokenagent mint — print a token of a kind for a site",
+	synopsis: `tokenagent mint authtoken --site ID --user DECIMAL_ID (--config FILE | --key-b64 KEY) [--at TIME]
+tokenagent mint server    --site ID --key NAME --user USER (--config FILE | --secret S)
+                          [--unprefixed] [--at TIME]`,
+	description: `Prints one token on stdout, for tests and integrations:
+
+  authtoken   {userid}_{ticks}_{sig}, an Auth Token signed with the site's current Auth Token
+              key generation (the newest in the key source).
+  server      tkn_{key}_{epoch}_{user}_{sig}, a Server API Token signed with the server key's
+              secret; --user is a decimal id or = and a username (URL-encoded as it goes).
+
+Keys are read from the config's key source (the key file or Vault); --secret and --key-b64 sign
+with a given secret instead and need no config. A minted token is a live credential: treat it
+as a secret.`,
+	exitStatus: `0   the token was printed.
+1   the config or key source could not be read, or the site has no such key.
+2   usage error: no kind, an unknown kind, a missing --site, --user or --key, an unknown flag.`,
+	environment: vaultEnvironment,
+	examples: `Example 1 — an Auth Token cookie for user 42 of site demo:
+    tokenagent mint authtoken --config examples/dev/tokenagent.yaml --site demo --user 42
+
+Example 2 — a Server API Token acting as the user alice:
+    tokenagent mint server --config examples/dev/tokenagent.yaml --site demo --key k1 --user =alice
+
+Example 3 — sign with a known secret, at a fixed time (no config needed):
+    tokenagent mint server --site demo --key k1 --secret s3cret --user 42 --at 2026-11-21T12:00:00Z`,
+}
+
+var checkHelp = helpPage{
+	name: "tokenagent check — ask a running agent about one request, as Envoy would",
+	synopsis: `tokenagent check [--addr ADDR] [--host HOST] [--method M] [--path PATH] [-H 'Name: value']...
+                 [--cookie C] [--body B] [--scheme S] [--json] [--timeout D]`,
+	description: `Sends one ext_authz v3 CheckRequest over gRPC to a running agent and prints the decision: ALLOW
+with the headers set upstream (and those removed), or DENY / ANSWER with the status, headers and
+body the client would get. --json prints the whole CheckResponse, including the dynamic
+metadata (site, kind, user, decision_id).`,
+	exitStatus: `0   allowed, or answered by the agent itself (CORS preflight, token exchange).
+1   denied.
+2   usage error, or the agent could not be reached.`,
+	environment: `check reads no environment variables: it talks to the agent, never to Vault, so VAULT_ADDR,
+VAULT_TOKEN and VAULT_NAMESPACE do not matter here (they do to serve and mint).`,
+	examples: `Example 1 — a Server API Token write, as Envoy would ask:
+    tokenagent check --host localhost --method POST --path /@api/deki/pages/home \
+        -H "X-Deki-Token: $(tokenagent mint server --config examples/dev/tokenagent.yaml --site demo --key k1 --user 42)"
+
+Example 2 — an anonymous write (denied: 401 authentication_required, exit status 1):
+    tokenagent check --host localhost --method POST --path /@api/deki/pages/home
+
+Example 3 — an Auth Token cookie, the answer as JSON:
+    tokenagent check --host localhost --cookie "authtoken=$tok" --json`,
+}
+
+var versionHelp = helpPage{
+	name:     "tokenagent version — print the version",
+	synopsis: "tokenagent version",
+	description: `Prints the build's version (set at build time, else the module version), the Go version, and the
+platform. The same version is in the metric tokenagent_build_info{version,go_version}.`,
+	exitStatus:  "0   always.",
+	environment: "version reads no environment variables (VAULT_ADDR, VAULT_TOKEN and VAULT_NAMESPACE matter to\nserve and mint only).",
+	examples: `Example 1:
+    tokenagent version`,
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -74,8 +232,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return code
 		}
 	case "version", "--version":
-		fmt.Fprintf(stdout, "tokenagent %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
+		if len(args) > 1 && args[0] == "help" {
+			// `tokenagent help COMMAND` prints the page on stdout, for a pager.
+			return run([]string{args[1], "--help"}, stdout, stdout)
+		}
 		fmt.Fprint(stdout, usage)
 	default:
 		fmt.Fprintf(stderr, "tokenagent: unknown command %q (want serve, mint, check or version)\n", args[0])
@@ -103,15 +265,23 @@ func buildVersion() string {
 	return version
 }
 
-// newFlags returns a flag set that reports its own errors in one line.
-func newFlags(name, synopsis string, stderr io.Writer) *pflag.FlagSet {
+// newFlags returns a flag set that reports its own errors in one line and prints page for
+// --help.
+func newFlags(name string, page helpPage, stderr io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "%s\n\nFlags:\n%s", synopsis, fs.FlagUsages())
-	}
+	fs.Usage = func() { page.write(fs.Output(), fs) }
 	return fs
+}
+
+func cmdVersion(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("version", versionHelp, stderr)
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "tokenagent %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return nil
 }
 
 func parseFlags(fs *pflag.FlagSet, args []string, stderr io.Writer) error {
@@ -149,24 +319,23 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 }
 
 func cmdServe(args []string, stderr io.Writer) error {
-	fs := newFlags("serve", `tokenagent serve — run the agent
-
-Reads the config file (SPEC §7: sites, routes, key source, listen addresses), validates it in
-full, then serves Envoy's ext_authz v3 gRPC API on --grpc-addr and /healthz, /readyz and
-/metrics on --http-addr. SIGHUP reloads the config (a bad file keeps the old one serving);
-SIGTERM or SIGINT stops taking new checks and lets in-flight ones finish.
-
-Example:
-  tokenagent serve --config examples/dev/tokenagent.yaml`, stderr)
+	fs := newFlags("serve", serveHelp, stderr)
 	configPath := fs.String("config", "", "the config file (YAML; required)")
 	grpcAddr := fs.String("grpc-addr", "", "listen address of the ext_authz gRPC server (overrides grpc_addr)")
 	httpAddr := fs.String("http-addr", "", "listen address of /healthz, /readyz and /metrics (overrides http_addr)")
+	authzHTTPAddr := fs.String("authz-http-addr", "", "listen address of the HTTP authorization front for nginx, Traefik and Envoy's HTTP ext_authz (overrides authz_http_addr; off when both are empty)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides log.level)")
+	configPoll := fs.Duration("config-poll", daemon.DefaultConfigPoll, "how often to check the config file for changes and reload it; 0 turns it off (SIGHUP still reloads)")
+	pprofOn := fs.Bool("pprof", false, "serve Go's profiler (net/http/pprof) under /debug/pprof/ on the --http-addr address")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
 	if *configPath == "" {
 		fmt.Fprintln(stderr, "tokenagent serve: --config is required (try examples/dev/tokenagent.yaml)")
+		return errUsage
+	}
+	if *configPoll < 0 {
+		fmt.Fprintln(stderr, "tokenagent serve: --config-poll: must be 0 (off) or a positive duration")
 		return errUsage
 	}
 	cfg, err := agent.LoadConfig(*configPath)
@@ -179,6 +348,9 @@ Example:
 	if *httpAddr != "" {
 		cfg.HTTPAddr = *httpAddr
 	}
+	if *authzHTTPAddr != "" {
+		cfg.AuthzHTTPAddr = *authzHTTPAddr
+	}
 	if *logLevel != "" {
 		cfg.Log.Level = *logLevel
 	}
@@ -187,7 +359,12 @@ Example:
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log})
+	poll := *configPoll
+	if poll == 0 {
+		poll = -1 // off
+	}
+	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log, ConfigPath: *configPath, ConfigPoll: poll,
+		Pprof: *pprofOn, Version: buildVersion()})
 	if err != nil {
 		return err
 	}
@@ -218,31 +395,19 @@ Example:
 }
 
 func cmdMint(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "--help" || args[0] == "-h") {
+		mintHelp.write(stderr, mintFlags(newFlags("mint", mintHelp, stderr)).fs)
+		return pflag.ErrHelp
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fmt.Fprintln(stderr, "tokenagent mint: give a kind: authtoken or server (see tokenagent mint KIND --help)")
 		return errUsage
 	}
 	kind, args := args[0], args[1:]
-	fs := newFlags("mint "+kind, `tokenagent mint — print a token of a kind for a site
-
-Kinds:
-  authtoken   {userid}_{ticks}_{sig}, signed with the site's current Auth Token key
-  server      tkn_{key}_{epoch}_{user}_{sig}, signed with the server key's secret
-
-Keys are read from the config's key source (file or Vault); --secret / --key-b64 sign with a
-given secret instead. For tests and integrations: a minted token is a live credential.
-
-Examples:
-  tokenagent mint authtoken --config examples/dev/tokenagent.yaml --site demo --user 42
-  tokenagent mint server --config examples/dev/tokenagent.yaml --site demo --key k1 --user =alice`, stderr)
-	configPath := fs.String("config", "", "the config file whose key source holds the site's keys")
-	site := fs.String("site", "", "the site id (required)")
-	user := fs.String("user", "", "the user: a decimal id, or = and a username (server tokens)")
-	key := fs.String("key", "", "server tokens: the key name (the token's public part)")
-	secret := fs.String("secret", "", "server tokens: sign with this secret instead of reading the key source")
-	keyB64 := fs.String("key-b64", "", "auth tokens: sign with this base64 key instead of reading the key source")
-	unprefixed := fs.Bool("unprefixed", false, "server tokens: the legacy form without tkn_ and separators in the signature")
-	at := fs.String("at", "", "issue time, RFC 3339 or Unix seconds (default: now)")
+	mf := mintFlags(newFlags("mint "+kind, mintHelp, stderr))
+	fs := mf.fs
+	configPath, site, user, key, secret, keyB64, unprefixed, at :=
+		mf.configPath, mf.site, mf.user, mf.key, mf.secret, mf.keyB64, mf.unprefixed, mf.at
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -312,6 +477,27 @@ Examples:
 	return nil
 }
 
+// mintFlagSet is mint's flags.
+type mintFlagSet struct {
+	fs                                          *pflag.FlagSet
+	configPath, site, user, key, secret, keyB64 *string
+	unprefixed                                  *bool
+	at                                          *string
+}
+
+func mintFlags(fs *pflag.FlagSet) mintFlagSet {
+	return mintFlagSet{fs: fs,
+		configPath: fs.String("config", "", "the config file whose key source holds the site's keys"),
+		site:       fs.String("site", "", "the site id (required)"),
+		user:       fs.String("user", "", "the user: a decimal id, or = and a username (server tokens) (required)"),
+		key:        fs.String("key", "", "server tokens: the key name (the token's public part) (required)"),
+		secret:     fs.String("secret", "", "server tokens: sign with this secret instead of reading the key source"),
+		keyB64:     fs.String("key-b64", "", "auth tokens: sign with this base64 key instead of reading the key source"),
+		unprefixed: fs.Bool("unprefixed", false, "server tokens: the legacy form without tkn_ and separators in the signature"),
+		at:         fs.String("at", "", "issue time, RFC 3339 or Unix seconds (default: now)"),
+	}
+}
+
 // mintStore opens the config's key source, unless the secret was given on the command line.
 func mintStore(configPath string, secretGiven bool) (*vault.Store, func(), error) {
 	if configPath == "" {
@@ -363,15 +549,7 @@ func isDigits(s string) bool {
 // cmdCheck sends one CheckRequest and prints the decision. Exit code: 0 allowed or answered
 // by the agent, 1 denied.
 func cmdCheck(args []string, stdout, stderr io.Writer) (int, error) {
-	fs := newFlags("check", `tokenagent check — ask a running agent about one request, as Envoy would
-
-Sends one ext_authz v3 CheckRequest over gRPC and prints the decision: ALLOW with the headers
-set upstream, or the status, reason and body of the answer. Exit code 0 when allowed (or
-answered by the agent itself), 1 when denied, 2 on a usage error.
-
-Examples:
-  tokenagent check --host localhost --path /@api/deki/pages/home -H "X-Deki-Token: $(tokenagent mint server ...)"
-  tokenagent check --host localhost --method POST --path /@api/deki/pages/home   # anonymous write: denied`, stderr)
+	fs := newFlags("check", checkHelp, stderr)
 	addr := fs.String("addr", agent.DefaultGRPCAddr, "the agent's gRPC address")
 	host := fs.String("host", "localhost", "the request's host (:authority)")
 	method := fs.String("method", "GET", "the request's method")

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,6 +75,60 @@ func TestHelpAndVersion(t *testing.T) {
 	}
 }
 
+// TestHelpPages: every command's --help is a manual page with every section and every flag.
+func TestHelpPages(t *testing.T) {
+	tests := []struct {
+		args  []string
+		flags []string
+	}{
+		{[]string{"serve", "--help"}, []string{"--config", "--grpc-addr", "--http-addr", "--authz-http-addr",
+			"--log-level", "--config-poll", "--pprof"}},
+		{[]string{"mint", "--help"}, []string{"--config", "--site", "--user", "--key", "--secret", "--key-b64", "--unprefixed", "--at"}},
+		{[]string{"mint", "authtoken", "--help"}, []string{"--key-b64"}},
+		{[]string{"check", "--help"}, []string{"--addr", "--host", "--method", "--path", "--header", "--cookie",
+			"--body", "--json", "--timeout"}},
+		{[]string{"version", "--help"}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runCLI(tc.args...)
+			if code != 0 || stdout != "" {
+				t.Fatalf("exit %d, stdout %q", code, stdout)
+			}
+			sections := []string{"NAME", "SYNOPSIS", "DESCRIPTION", "EXIT STATUS", "ENVIRONMENT", "EXAMPLES"}
+			if len(tc.flags) > 0 {
+				sections = append(sections, "FLAGS")
+			}
+			for _, s := range sections {
+				if !strings.Contains(stderr, "\n"+s+"\n") && !strings.HasPrefix(stderr, s+"\n") {
+					t.Errorf("no %s section", s)
+				}
+			}
+			for _, v := range []string{"VAULT_ADDR", "VAULT_TOKEN", "VAULT_NAMESPACE", "0   ", "Example 1"} {
+				if !strings.Contains(stderr, v) {
+					t.Errorf("the page does not mention %q", v)
+				}
+			}
+			for _, f := range tc.flags {
+				if !strings.Contains(stderr, f) {
+					t.Errorf("the page does not describe %s", f)
+				}
+			}
+			if strings.Count(stderr, "NAME\n") != 1 {
+				t.Errorf("the page is printed %d times", strings.Count(stderr, "NAME\n"))
+			}
+		})
+	}
+	// `tokenagent help COMMAND` prints the same page on stdout, for a pager.
+	code, stdout, _ := runCLI("help", "serve")
+	if _, _, page := runCLI("serve", "--help"); code != 0 || stdout != page {
+		t.Errorf("help serve: exit %d, page on stdout differs from serve --help", code)
+	}
+	if code, _, stderr := runCLI("serve", "--config", "x.yaml", "--config-poll", "-1s"); code != 2 || !strings.Contains(stderr, "--config-poll") {
+		t.Errorf("a negative --config-poll: exit %d %q", code, stderr)
+	}
+}
+
 func TestMintWithGivenSecret(t *testing.T) {
 	code, out, _ := runCLI("mint", "server", "--site", "a", "--key", "k1", "--user", "=a b", "--secret", "s", "--at", "1700000000")
 	if code != 0 || !strings.HasPrefix(out, "tkn_k1_1700000000_=a+b_") {
@@ -110,7 +165,8 @@ func TestServeEndToEnd(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "keys.yaml"), keys, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
+	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+		"--authz-http-addr", "127.0.0.1:0", "--pprof", "--config-poll", "100ms")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -120,15 +176,17 @@ func TestServeEndToEnd(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 	lines := bufio.NewScanner(stderr)
-	var addr string
+	var addr, httpAddr, authzAddr string
 	for addr == "" && lines.Scan() {
 		var rec map[string]any
 		if json.Unmarshal(lines.Bytes(), &rec) == nil && rec["msg"] == "tokenagent serving" {
 			addr, _ = rec["grpc"].(string)
+			httpAddr, _ = rec["http"].(string)
+			authzAddr, _ = rec["authz_http"].(string)
 		}
 	}
-	if addr == "" {
-		t.Fatal("the agent never said it was serving")
+	if addr == "" || httpAddr == "" || authzAddr == "" {
+		t.Fatal("the agent never said it was serving on all three addresses")
 	}
 	logs := make(chan string, 100)
 	go func() {
@@ -152,6 +210,26 @@ func TestServeEndToEnd(t *testing.T) {
 		t.Fatalf("denied check: %d %q", code, out)
 	}
 
+	// The HTTP front answers nginx's auth_request, and --pprof serves the profiler.
+	req, _ := http.NewRequest("GET", "http://"+authzAddr+"/nginx", nil)
+	req.Header.Set("X-Original-URI", "/@api/deki/pages/home")
+	req.Header.Set("X-Original-Method", "POST")
+	req.Header.Set("X-Original-Host", "localhost")
+	req.Header.Set("X-Deki-Token", tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Auth-User") != "42" {
+		t.Fatalf("nginx endpoint: %d %v", resp.StatusCode, resp.Header)
+	}
+	if resp, err := http.Get("http://" + httpAddr + "/debug/pprof/"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("pprof: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+
 	// SIGHUP: a new rule takes effect.
 	writeConfig("      - {path: /private, require: authenticated}\n")
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
@@ -160,6 +238,17 @@ func TestServeEndToEnd(t *testing.T) {
 	waitLog(t, logs, "config reloaded")
 	if code, out, _ := runCLI("check", "--addr", addr, "--host", "localhost", "--path", "/private"); code != 1 {
 		t.Fatalf("after reload, /private: %d %q", code, out)
+	}
+
+	// A changed file is reloaded without a signal.
+	writeConfig("      - {path: /private, require: authenticated}\n      - {path: /other, require: user}\n")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if code, _, _ := runCLI("check", "--addr", addr, "--host", "localhost", "--path", "/other"); code == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the changed config file was never reloaded")
+		}
 	}
 
 	// SIGTERM: a clean exit.
