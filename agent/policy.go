@@ -88,9 +88,12 @@ func (p *Policies) Close(ctx context.Context) {
 	}
 }
 
-// Retain closes, after RetireGrace, every module that keep does not name: the modules of a
-// config that was replaced.
-func (p *Policies) Retain(keep map[policyKey]bool) {
+// KeepOnly closes, after RetireGrace, every module that a does not use: after a config reload,
+// the modules only the replaced config used. Checks that started under the old config finish
+// on them meanwhile.
+func (p *Policies) KeepOnly(a *Agent) { p.retain(a.policyKeys()) }
+
+func (p *Policies) retain(keep map[policyKey]bool) {
 	p.mu.Lock()
 	var drop []*policyEntry
 	for k, e := range p.mods {
@@ -218,8 +221,8 @@ func (a *Agent) policyDeadline(s *Site) time.Duration {
 	return a.cfg.Policies.Deadline.D() // 0: the engine's default (5 ms)
 }
 
-// PolicyKeys names the modules this agent uses, for Policies.Retain after a reload.
-func (a *Agent) PolicyKeys() map[policyKey]bool {
+// policyKeys names the modules this agent uses.
+func (a *Agent) policyKeys() map[policyKey]bool {
 	keep := map[policyKey]bool{}
 	for _, e := range a.policy.sites {
 		if e != nil {

@@ -22,6 +22,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -33,6 +35,7 @@ import (
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/extauthz"
+	"github.com/tokenagent/tokenagent/plugins"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/users"
 )
@@ -66,8 +69,11 @@ type Daemon struct {
 	closer  func()
 	users   users.Directory
 	closeUs func()
-	store   *vault.Store
-	replay  *token.ReplayCache
+	// policies is the WebAssembly module registry, made when a config first names a policy.
+	policies      *agent.Policies
+	closePolicies func()
+	store         *vault.Store
+	replay        *token.ReplayCache
 
 	mu    sync.RWMutex
 	cfg   *agent.Config
@@ -147,8 +153,43 @@ func New(ctx context.Context, cfg *agent.Config, opts Options) (*Daemon, error) 
 }
 
 func (d *Daemon) buildAgent(cfg *agent.Config, reg prometheus.Registerer) (*agent.Agent, error) {
+	if err := d.ensurePolicies(cfg); err != nil {
+		return nil, err
+	}
 	return agent.New(cfg, agent.Options{Keys: d.store, Logger: d.log, Metrics: d.metrics,
-		Registerer: reg, Replay: d.replay, Now: d.opts.Now, Users: d.users})
+		Registerer: reg, Replay: d.replay, Now: d.opts.Now, Users: d.users, Policies: d.policies})
+}
+
+// ensurePolicies starts the WebAssembly engine the first time a config names a policy module;
+// it then serves every later config, so a reload keeps compiled modules and warm instances.
+func (d *Daemon) ensurePolicies(cfg *agent.Config) error {
+	if d.policies != nil {
+		return nil
+	}
+	need := false
+	for _, s := range cfg.Sites {
+		need = need || s.Policy != ""
+	}
+	if !need {
+		return nil
+	}
+	dir := cfg.Policies.CacheDir
+	if dir == "" {
+		if base, err := os.UserCacheDir(); err == nil {
+			dir = filepath.Join(base, "tokenagent", "wasm")
+		}
+	}
+	e, err := plugins.NewEngine(context.Background(), plugins.EngineOptions{
+		CacheDir: dir, Registerer: d.reg, Logger: d.log})
+	if err != nil {
+		return fmt.Errorf("policies: %w", err)
+	}
+	d.policies = agent.NewPolicies(e, d.log)
+	d.closePolicies = func() {
+		d.policies.Close(context.Background())
+		_ = e.Close(context.Background())
+	}
+	return nil
 }
 
 // OpenSource opens the key source cfg.Keys names. The returned func closes it.
@@ -248,6 +289,9 @@ func (d *Daemon) Shutdown(ctx context.Context) {
 
 // Close releases the key source and the cache.
 func (d *Daemon) Close() {
+	if d.closePolicies != nil {
+		d.closePolicies()
+	}
 	if d.store != nil {
 		d.store.Close()
 	}
@@ -303,6 +347,9 @@ func (d *Daemon) reload(path string) error {
 	d.mu.Unlock()
 	d.ext.SetChecker(a)
 	d.setFrontChecker(a)
+	if d.policies != nil {
+		d.policies.KeepOnly(a) // modules only the old config used go after a grace
+	}
 	return nil
 }
 

@@ -1,0 +1,63 @@
+package daemon_test
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/tokenagent/tokenagent/plugins/plugintest"
+)
+
+// TestPolicyOverGRPC: a site's WebAssembly policy decides over real gRPC, a reload switches
+// it, and a module that cannot load makes the agent not ready and its site fail closed.
+func TestPolicyOverGRPC(t *testing.T) {
+	readonly := plugintest.BuildGo(t, "../../policies/readonly-anonymous")
+	role := plugintest.BuildGo(t, "../../policies/role-header")
+	e := start(t)
+	withPolicy := func(p string) string {
+		return strings.Replace(configYAML, "    hosts: [docs.example.com, \"*.docs.example.com\"]\n",
+			"    hosts: [docs.example.com, \"*.docs.example.com\"]\n    policy: "+p+"\n", 1)
+	}
+	writeFile(t, e.configPath, withPolicy(readonly))
+	if err := e.d.Reload(e.configPath); err != nil {
+		t.Fatal(err)
+	}
+	resp := e.check(t, "PUT", "docs.example.com", "/page", nil)
+	if codes.Code(resp.GetStatus().GetCode()) != codes.Unauthenticated || headerOf(resp, "x-auth-reason") != "policy_denied" {
+		t.Fatalf("anonymous write under readonly-anonymous: %v", resp)
+	}
+
+	writeFile(t, e.configPath, withPolicy(role))
+	if err := e.d.Reload(e.configPath); err != nil {
+		t.Fatal(err)
+	}
+	resp = e.check(t, "PUT", "docs.example.com", "/page", nil)
+	ok := resp.GetOkResponse()
+	if ok == nil {
+		t.Fatalf("role-header allows: %v", resp)
+	}
+	var siteRole string
+	for _, h := range ok.GetHeaders() {
+		if h.GetHeader().GetKey() == "x-site-role" {
+			siteRole = h.GetHeader().GetValue()
+		}
+	}
+	if siteRole != "anonymous" {
+		t.Fatalf("x-site-role = %q", siteRole)
+	}
+
+	missing := filepath.Join(t.TempDir(), "missing.wasm")
+	writeFile(t, e.configPath, withPolicy(missing))
+	if err := e.d.Reload(e.configPath); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.d.Ready(); r.Ready || !strings.Contains(strings.Join(r.Problems, " "), "missing.wasm") {
+		t.Fatalf("readiness with a module that cannot load: %+v", r)
+	}
+	resp = e.check(t, "GET", "docs.example.com", "/", nil)
+	if headerOf(resp, "x-auth-reason") != "policy_error" {
+		t.Fatalf("a site whose module did not load: %v", resp)
+	}
+}
