@@ -124,10 +124,11 @@ func ToRequest(in *authv3.CheckRequest) (*agent.Request, error) {
 	if len(body) == 0 && h.GetBody() != "" {
 		body = []byte(h.GetBody())
 	}
-	truncated := false
-	if h.GetSize() > 0 && int64(len(body)) < h.GetSize() && len(body) > 0 {
-		truncated = true
-	}
+	// Envoy cut the body at max_request_bytes (allow_partial_message): it says so in the
+	// size it reports and in x-envoy-auth-partial-body, which it sets itself (a client-sent
+	// copy is replaced).
+	truncated := (h.GetSize() > 0 && int64(len(body)) < h.GetSize() && len(body) > 0) ||
+		headers["x-envoy-auth-partial-body"] == "true"
 	return &agent.Request{
 		Method: method, Scheme: h.GetScheme(), Host: host, Path: path,
 		Headers: headers, Body: body, BodyTruncated: truncated,

@@ -139,3 +139,26 @@ func TestGracefulStopFinishesInFlightChecks(t *testing.T) {
 	}
 	<-stopped
 }
+
+func TestToRequestPartialBody(t *testing.T) {
+	mk := func(size int64, headers map[string]string) *authv3.CheckRequest {
+		return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
+			Http: &authv3.AttributeContext_HttpRequest{Host: "a", RawBody: []byte("0123456789"), Size: size, Headers: headers}}}}
+	}
+	tests := []struct {
+		name string
+		in   *authv3.CheckRequest
+		want bool
+	}{
+		{"whole body", mk(10, nil), false},
+		{"size larger than the body", mk(20000, nil), true},
+		{"Envoy's partial-body header", mk(0, map[string]string{"x-envoy-auth-partial-body": "true"}), true},
+		{"partial-body header false", mk(10, map[string]string{"x-envoy-auth-partial-body": "false"}), false},
+	}
+	for _, tc := range tests {
+		r, err := ToRequest(tc.in)
+		if err != nil || r.BodyTruncated != tc.want {
+			t.Errorf("%s: truncated = %v (%v), want %v", tc.name, r.BodyTruncated, err, tc.want)
+		}
+	}
+}
