@@ -34,6 +34,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tokenagent/tokenagent/plugins"
 )
@@ -239,8 +240,21 @@ func NewEngine(tb testing.TB, opts ...plugins.EngineOptions) *plugins.Engine {
 
 // Load loads the module at path into e, failing the test on error; it is closed when the test
 // ends.
+//
+// Tests check behaviour, not timing, and run on loaded machines (with -race, a Go module can
+// take seconds to start), so the timeouts opts leaves at zero are generous here: Deadline 1 s,
+// InitTimeout and MaxWait 1 minute. Set them to test the limits themselves.
 func Load(tb testing.TB, e *plugins.Engine, path string, opts plugins.ModuleOptions) *plugins.Module {
 	tb.Helper()
+	if opts.Deadline == 0 {
+		opts.Deadline = time.Second
+	}
+	if opts.InitTimeout == 0 {
+		opts.InitTimeout = time.Minute
+	}
+	if opts.MaxWait == 0 {
+		opts.MaxWait = time.Minute
+	}
 	m, err := e.Load(context.Background(), path, opts)
 	if err != nil {
 		tb.Fatalf("plugintest: %v", err)
