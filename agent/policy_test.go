@@ -20,7 +20,9 @@ import (
 // runs otherPolicy, over a shared registry like the daemon's.
 func policyAgent(t *testing.T, docsPolicy, otherPolicy string) (*Agent, *Policies) {
 	t.Helper()
-	doc := "keys: {source: file, file: keys.yaml}\nsites:\n" +
+	// A generous deadline: these tests are about decisions, and a loaded machine under the race
+	// detector can take longer than the 5 ms default (the deadline has tests of its own).
+	doc := "keys: {source: file, file: keys.yaml}\npolicies: {deadline: 5s}\nsites:\n" +
 		"  - {id: docs, hosts: [docs.example.com], policy: " + docsPolicy + ", routes: [{path: /admin, require: user}]}\n" +
 		"  - {id: other, hosts: [other.example.com], policy: " + otherPolicy + "}\n"
 	cfg, err := ParseConfig([]byte(doc), t.TempDir())

@@ -18,7 +18,7 @@ func TestPolicyOverGRPC(t *testing.T) {
 	e := start(t)
 	withPolicy := func(p string) string {
 		return strings.Replace(configYAML, "    hosts: [docs.example.com, \"*.docs.example.com\"]\n",
-			"    hosts: [docs.example.com, \"*.docs.example.com\"]\n    policy: "+p+"\n", 1)
+			"    hosts: [docs.example.com, \"*.docs.example.com\"]\n    policy: "+p+"\n    policy_deadline: 5s\n", 1)
 	}
 	writeFile(t, e.configPath, withPolicy(readonly))
 	if err := e.d.Reload(e.configPath); err != nil {

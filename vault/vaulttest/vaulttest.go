@@ -250,8 +250,11 @@ func (s *Server) stop() {
 // the same root token.
 func (s *Server) Restart() error {
 	s.stop()
+	// The port may linger for a moment: try again, within one overall bound (each try's own
+	// health wait is bounded too), so a restart never hangs a test for long.
+	deadline := time.Now().Add(startTimeout)
 	var err error
-	for attempt := 0; attempt < 20; attempt++ { // the port may linger for a moment
+	for time.Now().Before(deadline) {
 		if err = s.start(); err == nil {
 			return nil
 		}
