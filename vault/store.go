@@ -31,6 +31,12 @@ type StoreOptions struct {
 	MaxCost int64
 	// ReadTimeout bounds one source read (default 5 s).
 	ReadTimeout time.Duration
+	// StaleWait bounds how long a lookup of a cached record past its refresh interval waits
+	// for the source to answer (default 100 ms). A source slower than that is treated as down
+	// for the lookup: the cached record serves (stale, within MaxStale) while the read goes on
+	// in the background, so a hung or slow source never holds a check of a cached key for
+	// longer (Envoy's ext_authz timeout is 200 ms by default).
+	StaleWait time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Logger receives reports of invalid records and source failures (default slog.Default()).
@@ -41,9 +47,9 @@ type StoreOptions struct {
 
 // Store reads records through a Source and keeps them in a ristretto cache, so a verifier's
 // lookup is a map read. It refreshes a record in the background once it is half its refresh
-// interval old, reads it again (waiting) once the interval has passed, serves it stale for up
-// to MaxStale while the source is down, and shares one source read among concurrent misses of
-// the same record.
+// interval old, reads it again (waiting up to StaleWait) once the interval has passed, serves
+// it stale for up to MaxStale while the source is down or slow, and shares one source read
+// among concurrent misses of the same record.
 //
 // # Notes
 //
@@ -67,6 +73,10 @@ type Store struct {
 
 	warnMu   sync.Mutex
 	warnings map[string]string // path -> problem
+
+	failMu   sync.Mutex
+	failing  error     // the last source read's failure, nil once a read succeeds
+	failedAt time.Time // when failing started
 }
 
 type entry struct {
@@ -75,6 +85,9 @@ type entry struct {
 	err        error // nil or ErrNotFound
 	fetched    time.Time
 	refreshing atomic.Bool
+	// slow is set while a read of this record outlived a lookup's StaleWait: later lookups
+	// serve the record stale at once instead of waiting for the same read again.
+	slow atomic.Bool
 }
 
 // NewStore returns a Store reading from src.
@@ -90,6 +103,9 @@ func NewStore(src Source, opts StoreOptions) (*Store, error) {
 	}
 	if opts.ReadTimeout <= 0 {
 		opts.ReadTimeout = 5 * time.Second
+	}
+	if opts.StaleWait <= 0 {
+		opts.StaleWait = 100 * time.Millisecond
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -132,16 +148,33 @@ func (s *Store) Refresh() time.Duration { return s.opts.Refresh }
 // Ready reports whether the source has answered.
 func (s *Store) Ready() error { return s.src.Ready() }
 
-// Warnings lists the problems that do not stop serving (invalid records), sorted.
+// Warnings lists the problems that do not stop serving, sorted: invalid records, and a key
+// source whose reads fail (cached records serve meanwhile, for up to MaxStale).
 func (s *Store) Warnings() []string {
 	s.warnMu.Lock()
-	defer s.warnMu.Unlock()
-	out := make([]string, 0, len(s.warnings))
+	out := make([]string, 0, len(s.warnings)+1)
 	for _, w := range s.warnings {
 		out = append(out, w)
 	}
+	s.warnMu.Unlock()
+	s.failMu.Lock()
+	if s.failing != nil {
+		out = append(out, fmt.Sprintf("key source %s: reads failing since %s (cached keys serve for up to %s; keys not cached are refused with keys_unavailable): %v",
+			s.src.Name(), s.failedAt.UTC().Format(time.RFC3339), s.opts.MaxStale, s.failing))
+	}
+	s.failMu.Unlock()
 	sort.Strings(out)
 	return out
+}
+
+// noteRead records whether the last source read failed, for Warnings.
+func (s *Store) noteRead(err error) {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	if err != nil && s.failing == nil {
+		s.failedAt = time.Now()
+	}
+	s.failing = err
 }
 
 func (s *Store) noteInvalid(path string, err error) {
@@ -219,10 +252,11 @@ func (s *Store) get(ctx context.Context, r ref) (any, error) {
 			}
 			return e.value, e.err
 		}
-		// Past its refresh interval: read again, unless the source is known to be down, in
-		// which case serve stale without waiting.
-		if !s.sourceDown(now) {
-			ne, err := s.load(ctx, h, e.ref)
+		// Past its refresh interval: read again, waiting at most StaleWait, unless the source
+		// is known to be down or this record's last read is still running after a lookup gave
+		// up on it; then serve stale without waiting.
+		if !s.sourceDown(now) && !e.slow.Load() {
+			ne, err := s.loadWithin(ctx, h, e)
 			if err == nil {
 				s.m.Misses.Inc()
 				return ne.value, ne.err
@@ -255,11 +289,62 @@ func (s *Store) refreshInBackground(h uint64, old *entry) {
 	_, _ = s.load(ctx, h, old.ref)
 }
 
+// errStaleWait reports a read that outlived a lookup's StaleWait (it goes on in the background).
+var errStaleWait = errors.New("key source slower than the stale wait")
+
+// loadWithin reads the record of the cached entry e again, waiting at most StaleWait. When the
+// read takes longer it goes on in the background (and is cached when it ends), e is marked
+// slow until then, and loadWithin returns errStaleWait.
+func (s *Store) loadWithin(ctx context.Context, h uint64, e *entry) (*entry, error) {
+	ch := s.startLoad(ctx, h, e.ref)
+	t := time.NewTimer(s.opts.StaleWait)
+	defer t.Stop()
+	select {
+	case res := <-ch:
+		return loaded(res)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		if e.slow.CompareAndSwap(false, true) {
+			go func() {
+				<-ch
+				e.slow.Store(false)
+			}()
+		}
+		return nil, errStaleWait
+	}
+}
+
 // load reads one record through singleflight and caches the result. It returns an error only
-// when the source failed; an absent record is a cached entry with err ErrNotFound.
+// when the source failed; an absent record is a cached entry with err ErrNotFound. It waits at
+// most ReadTimeout, even for a source that does not honour its context (a key file on a hung
+// network file system).
 func (s *Store) load(ctx context.Context, h uint64, r ref) (*entry, error) {
+	ch := s.startLoad(ctx, h, r)
+	t := time.NewTimer(s.opts.ReadTimeout)
+	defer t.Stop()
+	select {
+	case res := <-ch:
+		return loaded(res)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, fmt.Errorf("key source %s: no answer within %s", s.src.Name(), s.opts.ReadTimeout)
+	}
+}
+
+func loaded(res singleflight.Result) (*entry, error) {
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	return res.Val.(*entry), nil
+}
+
+// startLoad starts (or joins) the one read of r, which runs to its end (or ReadTimeout) even
+// when every caller stops waiting, and caches what it read.
+func (s *Store) startLoad(ctx context.Context, h uint64, r ref) <-chan singleflight.Result {
 	path := r.path()
-	ch := s.flight.DoChan(path, func() (any, error) {
+	return s.flight.DoChan(path, func() (any, error) {
 		// A flight that ended between this caller's cache miss and now has cached the record:
 		// use it, so that concurrent misses of one record share one source read. (An entry
 		// younger than half the refresh interval is one a refresh would not replace either.)
@@ -291,10 +376,12 @@ func (s *Store) load(ctx context.Context, h uint64, r ref) (*entry, error) {
 			if s.src.Ready() == nil {
 				s.downTill.Store(time.Now().Add(time.Second).UnixNano())
 			}
+			s.noteRead(err)
 			s.log.Warn("key source read failed", "source", s.src.Name(), "path", path, "error", err.Error())
 			return nil, err
 		}
 		s.downTill.Store(0)
+		s.noteRead(nil)
 		e := &entry{ref: r, value: v, err: err, fetched: fetched}
 		s.closeMu.RLock()
 		if !s.closed {
@@ -306,15 +393,6 @@ func (s *Store) load(ctx context.Context, h uint64, r ref) (*entry, error) {
 		s.closeMu.RUnlock()
 		return e, nil
 	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return nil, res.Err
-		}
-		return res.Val.(*entry), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 }
 
 func (s *Store) sourceDown(now time.Time) bool {
