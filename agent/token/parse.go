@@ -1,5 +1,7 @@
 package token
 
+import "unicode/utf8"
+
 // Small allocation-free parsers shared by the MindTouch-style token kinds.
 
 // allDigits reports whether s is 1 or more ASCII digits.
@@ -64,7 +66,8 @@ func isHex64(s string) bool {
 
 // validUser reports whether u is a user as tokens name it: a decimal id of 1 to 19 digits, or
 // "=" followed by a non-empty URL-encoded username (well-formed %XX escapes, no control
-// characters or spaces).
+// characters or spaces, and valid UTF-8 where not escaped: the user becomes a header value and
+// a protobuf string, which gRPC refuses to send when it is not UTF-8).
 func validUser(u string) bool {
 	if u == "" {
 		return false
@@ -76,6 +79,7 @@ func validUser(u string) bool {
 	if name == "" {
 		return false
 	}
+	ascii := true
 	for i := 0; i < len(name); i++ {
 		c := name[i]
 		switch {
@@ -86,9 +90,11 @@ func validUser(u string) bool {
 			i += 2
 		case c <= ' ' || c == 0x7f:
 			return false
+		case c >= utf8.RuneSelf:
+			ascii = false
 		}
 	}
-	return true
+	return ascii || utf8.ValidString(name)
 }
 
 func isHexDigit(c byte) bool {
