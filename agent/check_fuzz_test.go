@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"context"
+	"encoding/base64"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenagent/tokenagent/agent/reason"
+	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/file/filetest"
+)
+
+// The whole-pipeline fuzz target's site: every MindTouch credential kind turned on (browser
+// tokens with origins, both legacy credentials, unprefixed server tokens), so the fuzzer can
+// reach each verifier, the CORS answers and the preflight.
+const fuzzCheckConfig = `
+keys: {source: file, file: keys.yaml}
+sites:
+  - id: docs
+    hosts: [docs.example.com, "*.docs.example.com"]
+    legacy: {impersonation: true, apikey: true, unprefixed_server_tokens: true}
+    routes:
+      - {methods: [POST, PUT, DELETE], path: "/@api/deki/pages/*", require: user, scopes: [write]}
+      - {path: "/@api/deki/site/*", require: authenticated}
+  - id: other
+    hosts: [other.example.com]
+    server_token_single_use: true
+`
+
+const fuzzAPIKey = "legacy-api-key-for-the-fuzzer-0123456789"
+
+func fuzzCheckKeys() string {
+	return `
+sites:
+  docs:
+    authtoken:
+      - {key: "` + base64.StdEncoding.EncodeToString(testAuthKey) + `", created: "2026-11-01T00:00:00Z"}
+    server-tokens:
+      k1: {secret: "s3cret"}
+      bot: {secret: "bot-secret", restricted_user: "9"}
+      off: {secret: "off-secret", disabled: true}
+    browser-tokens:
+      pub1: {origins: ["*.example.com", "https://app.example.org", "partner.example.net"]}
+    legacy: {apikey: "` + fuzzAPIKey + `"}
+  other:
+    server-tokens:
+      k1: {secret: "other-secret"}
+`
+}
+
+// FuzzCheck drives the whole decision pipeline with arbitrary client-controlled request
+// parts: method, host, path and query, Origin and the preflight's Access-Control-Request-*,
+// X-Deki-Token, Authorization, Cookie, X-Authtoken and a spoofed x-auth-* header. Whatever
+// comes in:
+//   - the answer is a decision, and a denial has a known reason and that reason's status;
+//   - no header the agent writes (upstream, response, or denial) holds CR, LF or NUL, so a
+//     client cannot inject headers through a value the agent echoes (an Origin, a user name);
+//   - an allowed request's upstream headers are the agent's own: every client-sent x-auth-*
+//     header is overwritten or removed, x-auth-site is the decided site, and apikey and
+//     authtoken never reach the upstream's query;
+//   - a denial never echoes a credential.
+func FuzzCheck(f *testing.F) {
+	now := testNow
+	authTok := token.MintAuthToken(vault.NewSecret(testAuthKey), "42", now)
+	srvTok := token.MintServerToken("k1", vault.NewSecret([]byte("s3cret")), "=john_doe%40x", now)
+	unprefixed := token.MintUnprefixedServerToken("k1", vault.NewSecret([]byte("s3cret")), "7", now)
+	impTok := token.MintImpersonationToken(vault.NewSecret([]byte(fuzzAPIKey)), "=jane", now)
+	for _, s := range [][9]string{
+		{"GET", "docs.example.com", "/", "", "", "", "", "", ""},
+		{"POST", "docs.example.com", "/@api/deki/pages/home", "", "", srvTok, "", "", "alice"},
+		{"GET", "eu.docs.example.com:443", "/@api/deki/site/x", "https://app.example.com", "", "pub1", "", "authtoken=" + authTok, ""},
+		{"OPTIONS", "docs.example.com", "/x", "https://app.example.org", "PUT", "", "", "", ""},
+		{"GET", "docs.example.com", "/?apikey=" + fuzzAPIKey + "&impersonateuserid=5", "", "", "", "", "", "1"},
+		{"GET", "DOCS.example.com.", "/a/%2e%2e/@api/deki/site/?authtoken=" + impTok, "null", "", "", "", "", ""},
+		{"DELETE", "docs.example.com", "/@api/deki/pages/x", "", "", unprefixed, "Bearer a.b.c", "", ""},
+		{"GET", "other.example.com", "/", "http://x\r\nSet-Cookie: a=b", "GET\r\n", "k1_1_2_3", "Basic Zm9v", "authtoken=1_2_3; authtoken=4", "\x00"},
+	} {
+		f.Add(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8])
+	}
+	cfg, err := ParseConfig([]byte(fuzzCheckConfig), f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	clock := func() time.Time { return now }
+	store := filetest.Store(f, fuzzCheckKeys(), vault.StoreOptions{Now: clock, Logger: slog.New(slog.DiscardHandler)})
+	a, err := New(cfg, Options{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler),
+		Replay: token.NewReplayCache(clock)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	known := map[reason.Reason]bool{}
+	for _, r := range reason.All() {
+		known[r] = true
+	}
+	f.Fuzz(func(t *testing.T, method, host, path, origin, acrm, deki, authz, cookie, spoof string) {
+		h := map[string]string{}
+		for name, v := range map[string]string{"origin": origin, "access-control-request-method": acrm,
+			"x-deki-token": deki, "authorization": authz, "cookie": cookie, "x-auth-user": spoof} {
+			if v != "" {
+				h[name] = v
+			}
+		}
+		if spoof != "" {
+			h["x-auth-site"], h["X-Auth-Elevated"] = spoof, "true"
+		}
+		d := a.Check(context.Background(), &Request{Method: method, Scheme: "https", Host: host, Path: path, Headers: h})
+		if d == nil {
+			t.Fatal("nil decision")
+		}
+		for _, hs := range [][]Header{d.UpstreamHeaders, d.ResponseHeaders, d.Headers} {
+			for _, x := range hs {
+				if strings.ContainsAny(x.Name, "\r\n\x00 :") || x.Name == "" || strings.ContainsAny(x.Value, "\r\n\x00") {
+					t.Fatalf("header %q: %q could inject a header", x.Name, x.Value)
+				}
+			}
+		}
+		switch {
+		case d.Allowed:
+			set := map[string]bool{}
+			for _, x := range d.UpstreamHeaders {
+				set[strings.ToLower(x.Name)] = true
+			}
+			if v, _ := header(d.UpstreamHeaders, HeaderSite); v != d.Site || d.Site == "" {
+				t.Fatalf("allowed with x-auth-site %q for site %q", v, d.Site)
+			}
+			removed := map[string]bool{}
+			for _, n := range d.RemoveHeaders {
+				removed[n] = true
+			}
+			for name := range h {
+				if strings.HasPrefix(strings.ToLower(name), authPrefix) && !set[strings.ToLower(name)] && !removed[name] {
+					t.Fatalf("client-sent %s reaches the upstream (set %v, removed %v)", name, d.UpstreamHeaders, d.RemoveHeaders)
+				}
+			}
+			if d.Identity.Kind == token.KindAnonymous {
+				if _, ok := header(d.UpstreamHeaders, HeaderUser); ok {
+					t.Fatalf("anonymous request allowed with x-auth-user: %v", d.UpstreamHeaders)
+				}
+			}
+			q := strings.Join(d.RemoveQuery, ",")
+			if !strings.Contains(q, "apikey") || !strings.Contains(q, "authtoken") {
+				t.Fatalf("allowed without removing apikey and authtoken from the query: %v", d.RemoveQuery)
+			}
+		case d.Answered:
+			if d.Status != 204 && d.Status != 200 {
+				t.Fatalf("agent's own answer with status %d", d.Status)
+			}
+		default:
+			if !known[d.Reason] {
+				t.Fatalf("unknown reason %q", d.Reason)
+			}
+			if d.Reason != reason.PolicyDenied && d.Status != d.Reason.Status() {
+				t.Fatalf("reason %s with status %d, want %d", d.Reason, d.Status, d.Reason.Status())
+			}
+			for _, v := range []string{deki, authz, cookie, strings.TrimPrefix(path, "/")} {
+				if len(v) >= 12 && strings.Contains(string(d.Body), v) {
+					t.Fatalf("denial %s echoes %q", d.Body, v)
+				}
+			}
+		}
+	})
+}
+
+// FuzzSiteLookup checks the host → site lookup (SPEC §1) against its definition: whatever
+// :authority a client sends, a site is found only for one of its exact hostnames or a proper
+// subdomain of one of its `*.suffix` patterns (after lower-casing and dropping the port and
+// one trailing dot), and case never changes the answer.
+func FuzzSiteLookup(f *testing.F) {
+	for _, s := range []string{"docs.example.com", "DOCS.example.com:8443", "a.b.docs.example.com.",
+		".docs.example.com", "docs.example.com.evil.net", "evil-docs.example.com", "[::1]:80", "[docs.example.com]",
+		"docs.example.com:1:2", "other.example.com", "x.other.example.com", ":443", "."} {
+		f.Add(s)
+	}
+	cfg, err := ParseConfig([]byte(fuzzCheckConfig), f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	idx, _ := buildSites(cfg.Sites)
+	f.Fuzz(func(t *testing.T, authority string) {
+		s := idx.lookup(authority)
+		if up := idx.lookup(strings.ToUpper(authority)); up != s && strings.ToLower(strings.ToUpper(authority)) == strings.ToLower(authority) {
+			t.Fatalf("lookup(%q) = %v but lookup of its upper case = %v", authority, siteID(s), siteID(up))
+		}
+		if s == nil {
+			return
+		}
+		host := strings.ToLower(hostOnly(authority))
+		for _, sc := range cfg.Sites {
+			if sc.ID != s.ID {
+				continue
+			}
+			for _, pat := range sc.Hosts {
+				if suffix, ok := strings.CutPrefix(pat, "*"); ok {
+					if len(host) > len(suffix) && strings.HasSuffix(host, suffix) {
+						return
+					}
+				} else if host == pat {
+					return
+				}
+			}
+		}
+		t.Fatalf("lookup(%q) = site %s, whose hosts do not cover %q", authority, s.ID, host)
+	})
+}
+
+func siteID(s *Site) string {
+	if s == nil {
+		return "<none>"
+	}
+	return s.ID
+}
