@@ -28,6 +28,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -145,15 +146,26 @@ Example 3 — reload by hand instead of by watching the file:
 
 var mintHelp = helpPage{
 	name: "tokenagent mint — print a token of a kind for a site",
-	synopsis: `tokenagent mint authtoken --site ID --user DECIMAL_ID (--config FILE | --key-b64 KEY) [--at TIME]
-tokenagent mint server    --site ID --key NAME --user USER (--config FILE | --secret S)
-                          [--unprefixed] [--at TIME]`,
+	synopsis: `tokenagent mint authtoken     --site ID --user DECIMAL_ID (--config FILE | --key-b64 KEY) [--at TIME]
+tokenagent mint server        --site ID --key NAME --user USER (--config FILE | --secret S)
+                              [--unprefixed] [--at TIME]
+tokenagent mint jwt           --site ID --private-key JWK_FILE --user SUB [--client-id ID] [--scope S]
+                              [--issuer URL] [--audience AUD] [--ttl D] [--config FILE] [--at TIME]
+tokenagent mint impersonation --site ID --user USER (--config FILE | --secret APIKEY) [--at TIME]
+tokenagent mint apikey        --site ID [--user DECIMAL_ID] (--config FILE | --secret APIKEY)`,
 	description: `Prints one token on stdout, for tests and integrations:
 
   authtoken   {userid}_{ticks}_{sig}, an Auth Token signed with the site's current Auth Token
               key generation (the newest in the key source).
   server      tkn_{key}_{epoch}_{user}_{sig}, a Server API Token signed with the server key's
               secret; --user is a decimal id or = and a username (URL-encoded as it goes).
+  jwt         an OAuth access token (RFC 9068) signed with a private JWK (RSA, EC P-256,
+              Ed25519, or a 32-byte oct key for HS256) whose public half the site trusts; sub is
+              --user, --client-id defaults to it (give the same value for an application token);
+              iss and aud default to the site's own issuer record (--config).
+  impersonation  imp_{epoch}_{md5}_{user}, the legacy Impersonation Auth Token, digested with
+              the site's legacy API key (the site must turn it on: legacy.impersonation).
+  apikey      the query string presenting the legacy Site API Key (apikey=…[&impersonateuserid=…]).
 
 Keys are read from the config's key source (the key file or Vault); --secret and --key-b64 sign
 with a given secret instead and need no config. A minted token is a live credential: treat it
@@ -169,7 +181,11 @@ Example 2 — a Server API Token acting as the user alice:
     tokenagent mint server --config examples/dev/tokenagent.yaml --site demo --key k1 --user =alice
 
 Example 3 — sign with a known secret, at a fixed time (no config needed):
-    tokenagent mint server --site demo --key k1 --secret s3cret --user 42 --at 2026-11-21T12:00:00Z`,
+    tokenagent mint server --site demo --key k1 --secret s3cret --user 42 --at 2026-11-21T12:00:00Z
+
+Example 4 — an OAuth token with the write scope, signed with the issuer's private JWK:
+    tokenagent mint jwt --config tokenagent.yaml --site docs --private-key issuer.jwk.json \
+        --user jane --client-id portal --scope "read write" --ttl 10m`,
 }
 
 var checkHelp = helpPage{
@@ -411,7 +427,7 @@ func cmdMint(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	if *site == "" || *user == "" {
+	if *site == "" || (*user == "" && kind != "apikey") {
 		fmt.Fprintln(stderr, "tokenagent mint: --site and --user are required")
 		return errUsage
 	}
@@ -423,7 +439,11 @@ func cmdMint(args []string, stdout, stderr io.Writer) error {
 		}
 		when = t
 	}
-	store, closeStore, err := mintStore(*configPath, *secret != "" || *keyB64 != "")
+	if kind == "jwt" && *mf.privateKey == "" {
+		return fmt.Errorf("--private-key: required for jwt (a private JWK file)")
+	}
+	given := *secret != "" || *keyB64 != "" || (kind == "jwt" && *mf.issuer != "" && *mf.audience != "")
+	store, closeStore, err := mintStore(*configPath, given)
 	if err != nil {
 		return err
 	}
@@ -470,11 +490,77 @@ func cmdMint(args []string, stdout, stderr io.Writer) error {
 		} else {
 			fmt.Fprintln(stdout, token.MintServerToken(*key, sec, *user, when))
 		}
+	case "jwt":
+		tok, err := mintJWT(ctx, store, *site, mf, when)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, tok)
+	case "impersonation", "apikey":
+		var apiKey *vault.Secret
+		if *secret != "" {
+			apiKey = vault.NewSecret([]byte(*secret))
+		} else {
+			leg, err := store.Legacy(ctx, *site)
+			if err != nil {
+				return fmt.Errorf("site %q: legacy api key: %v", *site, err)
+			}
+			apiKey = leg.APIKey
+		}
+		if kind == "impersonation" {
+			fmt.Fprintln(stdout, token.MintImpersonationToken(apiKey, *user, when))
+			break
+		}
+		if *user != "" && !isDigits(*user) {
+			return fmt.Errorf("--user: impersonateuserid is a decimal user id, got %q", *user)
+		}
+		var key []byte
+		key = apiKey.AppendKey(key)
+		fmt.Fprintln(stdout, token.APIKeyQuery(string(key), *user))
+		clear(key)
 	default:
-		fmt.Fprintf(stderr, "tokenagent mint: unknown kind %q (want authtoken or server)\n", kind)
+		fmt.Fprintf(stderr, "tokenagent mint: unknown kind %q (want authtoken, server, jwt, impersonation or apikey)\n", kind)
 		return errUsage
 	}
 	return nil
+}
+
+// mintJWT signs an OAuth access token with the private JWK of --private-key.
+func mintJWT(ctx context.Context, store *vault.Store, site string, mf mintFlagSet, when time.Time) (string, error) {
+	b, err := os.ReadFile(*mf.privateKey)
+	if err != nil {
+		return "", fmt.Errorf("--private-key: %v", err)
+	}
+	var key jose.JSONWebKey
+	if err := key.UnmarshalJSON(b); err != nil {
+		return "", fmt.Errorf("--private-key %s: not a JWK: %v", *mf.privateKey, err)
+	}
+	iss, aud := *mf.issuer, *mf.audience
+	if iss == "" || aud == "" {
+		if store == nil {
+			return "", fmt.Errorf("--issuer and --audience, or --config to read the site's issuer, are required")
+		}
+		rec, err := store.OAuthIssuer(ctx, site)
+		if err != nil {
+			return "", fmt.Errorf("site %q: oauth issuer record: %v (or give --issuer and --audience)", site, err)
+		}
+		if iss == "" {
+			iss = rec.Issuer
+		}
+		if aud == "" {
+			aud = rec.Audience
+		}
+	}
+	clientID := *mf.clientID
+	if clientID == "" {
+		clientID = *mf.user
+	}
+	claims := map[string]any{"iss": iss, "aud": aud, "sub": *mf.user, "client_id": clientID,
+		"iat": when.Unix(), "exp": when.Add(*mf.ttl).Unix()}
+	if *mf.scope != "" {
+		claims["scope"] = *mf.scope
+	}
+	return token.MintJWT(key, claims)
 }
 
 // mintFlagSet is mint's flags.
@@ -483,6 +569,9 @@ type mintFlagSet struct {
 	configPath, site, user, key, secret, keyB64 *string
 	unprefixed                                  *bool
 	at                                          *string
+	// jwt
+	privateKey, issuer, audience, clientID, scope *string
+	ttl                                           *time.Duration
 }
 
 func mintFlags(fs *pflag.FlagSet) mintFlagSet {
@@ -495,6 +584,12 @@ func mintFlags(fs *pflag.FlagSet) mintFlagSet {
 		keyB64:     fs.String("key-b64", "", "auth tokens: sign with this base64 key instead of reading the key source"),
 		unprefixed: fs.Bool("unprefixed", false, "server tokens: the legacy form without tkn_ and separators in the signature"),
 		at:         fs.String("at", "", "issue time, RFC 3339 or Unix seconds (default: now)"),
+		privateKey: fs.String("private-key", "", "jwt: the issuer's private key, a JWK file (its kid goes into the header)"),
+		issuer:     fs.String("issuer", "", "jwt: the iss claim (default: the site's oauth record)"),
+		audience:   fs.String("audience", "", "jwt: the aud claim (default: the site's oauth record)"),
+		clientID:   fs.String("client-id", "", "jwt: the client_id claim (default: --user; equal to --user means an application token)"),
+		scope:      fs.String("scope", "", "jwt: the scope claim, space-separated"),
+		ttl:        fs.Duration("ttl", 10*time.Minute, "jwt: lifetime (exp = issue time + ttl)"),
 	}
 }
 
@@ -514,6 +609,16 @@ func mintStore(configPath string, secretGiven bool) (*vault.Store, func(), error
 	src, closer, err := daemon.OpenSource(context.Background(), cfg, nil, log)
 	if err != nil {
 		return nil, nil, err
+	}
+	// Vault logs in in the background: wait for it, so the first read is not refused.
+	if w, ok := src.(interface{ WaitReady(context.Context) error }); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		err := w.WaitReady(ctx)
+		cancel()
+		if err != nil {
+			closer()
+			return nil, nil, fmt.Errorf("key source: not ready: %v (%v)", err, src.Ready())
+		}
 	}
 	store, err := vault.NewStore(src, vault.StoreOptions{Logger: log})
 	if err != nil {

@@ -3,8 +3,17 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/daemon"
+	"github.com/tokenagent/tokenagent/vault"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -278,4 +287,107 @@ func waitLog(t *testing.T, logs <-chan string, msg string) {
 			t.Fatalf("no log line %q", msg)
 		}
 	}
+}
+
+// TestMintLegacyAndJWT mints the other kinds and has a real agent verify each.
+func TestMintLegacyAndJWT(t *testing.T) {
+	dir := t.TempDir()
+	priv, pub := testJWK(t)
+	if err := os.WriteFile(filepath.Join(dir, "issuer.jwk.json"), priv, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keys := "sites:\n  demo:\n    oauth: {issuer: \"https://demo.example\", audience: \"demo\", jwks: {keys: [" + string(pub) + "]}}\n" +
+		"    legacy: {apikey: \"legacy-key-0123456789\"}\n"
+	cfg := "keys: {source: file, file: keys.yaml}\nsites:\n  - id: demo\n    hosts: [localhost]\n" +
+		"    legacy: {impersonation: true, apikey: true}\n"
+	for name, body := range map[string]string{"keys.yaml": keys, "tokenagent.yaml": cfg} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfgPath := filepath.Join(dir, "tokenagent.yaml")
+	a := testAgent(t, cfgPath)
+
+	mint := func(args ...string) string {
+		t.Helper()
+		code, out, errOut := runCLI(append([]string{"mint"}, args...)...)
+		if code != 0 {
+			t.Fatalf("mint %v: %d %s", args, code, errOut)
+		}
+		return strings.TrimSpace(out)
+	}
+	jwt := mint("jwt", "--config", cfgPath, "--site", "demo", "--private-key", filepath.Join(dir, "issuer.jwk.json"),
+		"--user", "jane", "--client-id", "portal", "--scope", "read write")
+	imp := mint("impersonation", "--config", cfgPath, "--site", "demo", "--user", "=jane_doe")
+	query := mint("apikey", "--config", cfgPath, "--site", "demo", "--user", "7")
+
+	tests := []struct {
+		name, path string
+		headers    map[string]string
+		kind, user string
+	}{
+		{"jwt", "/", map[string]string{"authorization": "Bearer " + jwt}, "oauth", "jane"},
+		{"impersonation", "/", map[string]string{"x-authtoken": imp}, "impersonation", "=jane_doe"},
+		{"apikey", "/?" + query, nil, "apikey", "7"},
+	}
+	for _, tc := range tests {
+		d := a.Check(context.Background(), &agent.Request{Method: "GET", Host: "localhost", Path: tc.path, Headers: orEmpty(tc.headers)})
+		if !d.Allowed || string(d.Identity.Kind) != tc.kind || d.Identity.User != tc.user {
+			t.Errorf("%s: allowed %v kind %s user %q (%s), want %s %q", tc.name, d.Allowed, d.Identity.Kind, d.Identity.User, d.Body, tc.kind, tc.user)
+		}
+	}
+	if code, _, errOut := runCLI("mint", "jwt", "--site", "demo", "--user", "x"); code != 1 || !strings.Contains(errOut, "--private-key") {
+		t.Errorf("jwt without a key: %d %q", code, errOut)
+	}
+}
+
+func orEmpty(h map[string]string) map[string]string {
+	if h == nil {
+		return map[string]string{}
+	}
+	return h
+}
+
+// testJWK returns a fresh ES256 private JWK and its public half, as JSON.
+func testJWK(t *testing.T) (priv, pub []byte) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwk := jose.JSONWebKey{Key: k, KeyID: "k1", Algorithm: "ES256", Use: "sig"}
+	priv, err = jwk.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err = jwk.Public().MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return priv, pub
+}
+
+// testAgent builds an in-process agent from a config file.
+func testAgent(t *testing.T, cfgPath string) *agent.Agent {
+	t.Helper()
+	cfg, err := agent.LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	src, closer, err := daemon.OpenSource(context.Background(), cfg, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closer)
+	store, err := vault.NewStore(src, vault.StoreOptions{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	a, err := agent.New(cfg, agent.Options{Keys: store, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
