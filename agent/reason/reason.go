@@ -42,7 +42,6 @@ const (
 	PolicyDenied           Reason = "policy_denied"
 	PolicyError            Reason = "policy_error"
 	KeysUnavailable        Reason = "keys_unavailable"
-	NotImplemented         Reason = "not_implemented"
 )
 
 type info struct {
@@ -75,7 +74,6 @@ var table = map[Reason]info{
 	PolicyDenied:           {http.StatusForbidden, "the site's policy refused the request"},
 	PolicyError:            {http.StatusForbidden, "the site's policy failed; the request is refused"},
 	KeysUnavailable:        {http.StatusServiceUnavailable, "keys cannot be read right now; retry later"},
-	NotImplemented:         {http.StatusUnauthorized, "this kind of credential is not supported yet"},
 }
 
 // All returns every reason, in the order of SPEC §4 (for documentation and tests).
@@ -84,8 +82,7 @@ func All() []Reason {
 		UnknownKey, RevokedKey, ReplayedToken, UserRestricted, OriginNotAllowed,
 		MultipleCredentials, LegacyTokenDisabled, UserTokenRequired, InsufficientScope,
 		AuthenticationRequired, UnsupportedAlgorithm, UnknownIssuer, InvalidAudience,
-		InvalidAPIKey, InvalidIDToken, BodyTooLarge, PolicyDenied, PolicyError, KeysUnavailable,
-		NotImplemented}
+		InvalidAPIKey, InvalidIDToken, BodyTooLarge, PolicyDenied, PolicyError, KeysUnavailable}
 }
 
 // Status is the HTTP status of a denial for r (401 for a reason not in the list).
