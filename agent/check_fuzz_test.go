@@ -182,7 +182,7 @@ func FuzzSiteLookup(f *testing.F) {
 	idx, _ := buildSites(cfg.Sites)
 	f.Fuzz(func(t *testing.T, authority string) {
 		s := idx.lookup(authority)
-		if up := idx.lookup(strings.ToUpper(authority)); up != s && strings.ToLower(strings.ToUpper(authority)) == strings.ToLower(authority) {
+		if up := idx.lookup(strings.ToUpper(authority)); up != s && strings.EqualFold(strings.ToUpper(authority), authority) {
 			t.Fatalf("lookup(%q) = %v but lookup of its upper case = %v", authority, siteID(s), siteID(up))
 		}
 		if s == nil {
