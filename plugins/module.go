@@ -40,6 +40,9 @@ type ModuleOptions struct {
 	// (default 1 s; the caller's context may end it sooner).
 	MaxWait time.Duration
 	// InitTimeout bounds making one instance, the module's _initialize included (default 2 s).
+	// Outside a call (pre-warming at Load and Reload, replacing a broken instance) it is at
+	// most MaxWait/2 as well, so a module whose initialisation hangs never holds an engine slot
+	// long enough to fail the calls of other modules waiting for it.
 	InitTimeout time.Duration
 	// Watch polls the file every EngineOptions.PollInterval and swaps in a changed module.
 	Watch bool

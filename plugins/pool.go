@@ -159,23 +159,32 @@ func typeString(params, results []api.ValueType) string {
 	return names(params) + " -> " + names(results)
 }
 
-// instantiateInSlot is instantiate for callers that do not hold an engine slot.
+// instantiateInSlot is instantiate for callers that do not hold an engine slot: pre-warming
+// a version (Load, Reload) and replacing broken instances, outside any call. It holds the slot
+// for at most half a call's MaxWait (and at most InitTimeout): a module whose _initialize
+// hangs must not keep the slot until the calls of the modules serving meanwhile give up
+// waiting for it (with GOMAXPROCS 2 the engine has one slot).
 func (v *version) instantiateInSlot(ctx context.Context) (*instance, error) {
 	e := v.mod.e
 	if err := e.acquireSlot(ctx, v.mod.opts.InitTimeout); err != nil {
 		return nil, fmt.Errorf("instantiate: %w", err)
 	}
 	defer e.releaseSlot()
-	return v.instantiate(ctx)
+	return v.instantiateWithin(ctx, min(v.mod.opts.InitTimeout, v.mod.opts.MaxWait/2))
 }
 
 // instantiate makes one instance and runs its _initialize, within InitTimeout. The caller holds
 // an engine slot.
 func (v *version) instantiate(ctx context.Context) (*instance, error) {
+	return v.instantiateWithin(ctx, v.mod.opts.InitTimeout)
+}
+
+// instantiateWithin is instantiate bounded by timeout.
+func (v *version) instantiateWithin(ctx context.Context, timeout time.Duration) (*instance, error) {
 	m := v.mod
 	e := m.e
 	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, m.opts.InitTimeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	inst := &instance{ver: v, memory: &cappedMemory{limit: uint64(m.opts.MemoryLimitPages) << 16}}
 	cfg := e.modCfg.WithStdout(&inst.output).WithStderr(&inst.output)
@@ -191,7 +200,7 @@ func (v *version) instantiate(ctx context.Context) (*instance, error) {
 	e.instances.Store(mod, inst)
 	if f := mod.ExportedFunction(exportInit); f != nil {
 		if err := f.CallWithStack(ctx, nil); err != nil {
-			kind, msg := inst.describe(parent, err, m.opts.InitTimeout)
+			kind, msg := inst.describe(parent, err, timeout)
 			inst.close()
 			m.mm.instErr.Inc()
 			return nil, fmt.Errorf("%s: %s: %s", exportInit, kind, msg)
