@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"hash"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -41,12 +42,46 @@ func (s *Secret) Len() int { return len(s.key) }
 
 // Equal reports, in constant time, whether the secret equals candidate.
 func (s *Secret) Equal(candidate string) bool {
+	noteKeyUse(s, KeyUseEqual)
 	return subtle.ConstantTimeCompare(s.key, []byte(candidate)) == 1
 }
 
 // Bytes returns a copy of the key, for the rare caller that must hand it to another library
 // (for example an MD5 digest for the legacy impersonation token).
-func (s *Secret) Bytes() []byte { return append([]byte(nil), s.key...) }
+func (s *Secret) Bytes() []byte {
+	noteKeyUse(s, KeyUseBytes)
+	return append([]byte(nil), s.key...)
+}
+
+// KeyUse names how a Secret's key was used, for ObserveKeyUse.
+type KeyUse uint8
+
+// The uses of a key.
+const (
+	KeyUseMAC    KeyUse = iota + 1 // an HMAC computed: MAC, HexMAC, VerifyHex
+	KeyUseEqual                    // Equal
+	KeyUseBytes                    // Bytes
+	KeyUseAppend                   // AppendKey
+)
+
+// keyUseObserver is ObserveKeyUse's function; nil (always, outside tests) costs one load.
+var keyUseObserver atomic.Pointer[func(*Secret, KeyUse)]
+
+func noteKeyUse(s *Secret, u KeyUse) {
+	if f := keyUseObserver.Load(); f != nil {
+		(*f)(s, u)
+	}
+}
+
+// ObserveKeyUse calls f with every Secret whose key is used, and how, until stop is called.
+// It is for tests that prove a code path rather than time it: that an unknown key and a known
+// key with a bad signature both compute exactly one HMAC (the decoy compare), for example. f
+// sees every use in the process and must be safe for concurrent use; production code never
+// calls ObserveKeyUse (unset, it costs one atomic load per use).
+func ObserveKeyUse(f func(s *Secret, use KeyUse)) (stop func()) {
+	keyUseObserver.Store(&f)
+	return func() { keyUseObserver.Store(nil) }
+}
 
 // keyedHash is a pooled HMAC with a scratch buffer for its digest: hash.Hash.Sum's argument
 // escapes through the interface, so summing into a caller's stack array would allocate.
@@ -57,6 +92,7 @@ type keyedHash struct {
 
 // mac computes HMAC-SHA256(key, msg...) into kh.sum.
 func (s *Secret) mac(msg []string) *keyedHash {
+	noteKeyUse(s, KeyUseMAC)
 	kh := s.pool.Get().(*keyedHash)
 	kh.h.Reset()
 	for _, m := range msg {
@@ -106,7 +142,10 @@ func DecodeHex(dst []byte, src string) bool {
 
 // AppendKey appends the key to dst, for a caller that must feed it to another digest (the
 // legacy impersonation token's MD5) without a heap copy; the caller clears dst after use.
-func (s *Secret) AppendKey(dst []byte) []byte { return append(dst, s.key...) }
+func (s *Secret) AppendKey(dst []byte) []byte {
+	noteKeyUse(s, KeyUseAppend)
+	return append(dst, s.key...)
+}
 
 func fromHex(c byte) (byte, int) {
 	switch {
