@@ -1,0 +1,253 @@
+package faulttest
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc/codes"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/tokenagent/tokenagent/vault/vaulttest"
+)
+
+// vaultFixture is a real Vault dev server, seeded, with a fault-injecting proxy in front and a
+// daemon reading its keys through the proxy.
+type vaultFixture struct {
+	v     *vaulttest.Server
+	proxy *Proxy
+	a     *agentEnv
+}
+
+func newVaultFixture(t *testing.T, refresh time.Duration, vaultToken string) *vaultFixture {
+	t.Helper()
+	v := vaulttest.Start(t)
+	seedVault(t, v)
+	p, err := NewProxy(strings.TrimPrefix(v.Addr, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	if vaultToken == "" {
+		vaultToken = v.Token
+	}
+	a := startDaemon(t, vaultConfig(p.URL(), refresh), map[string]string{"vault-token": vaultToken})
+	eventually(t, "ready after the Vault login", func() bool { return a.d.Ready().Ready })
+	return &vaultFixture{v: v, proxy: p, a: a}
+}
+
+// cachedChecks alternates the checks whose keys the fixture's tests warm up before a fault:
+// the Auth Token key and server keys k1 and k2.
+func cachedChecks(_, i int) *authv3.CheckRequest {
+	switch i % 3 {
+	case 0:
+		return authTokenCheck("7")
+	case 1:
+		return serverCheck("k1", "42")
+	}
+	return serverCheck("k2", "=bot")
+}
+
+// mustAllow is the judge of cached-key checks: every one is allowed, whatever the fault.
+func mustAllow(_ string, r result) string {
+	if !r.ok() {
+		return "a valid token with a cached key was refused: " + r.String()
+	}
+	return ""
+}
+
+func (f *vaultFixture) warm(t *testing.T) {
+	t.Helper()
+	for i := 0; i < 3; i++ {
+		if r := check(context.Background(), f.a.client, cachedChecks(0, i)); !r.ok() {
+			t.Fatalf("warming check %d: %v", i, r)
+		}
+	}
+}
+
+// requireUnavailable checks that an unseen key is refused 503 keys_unavailable with Retry-After
+// (SPEC §6).
+func requireUnavailable(t *testing.T, r result, what string) {
+	t.Helper()
+	if r.code != codes.Unavailable || r.reason != "keys_unavailable" ||
+		r.resp.GetDeniedResponse().GetStatus().GetCode() != 503 || deniedHeader(r.resp, "retry-after") == "" {
+		t.Fatalf("%s: %v, want 503 keys_unavailable with Retry-After", what, r)
+	}
+}
+
+// TestVaultKilledAndRestarted stops the Vault server under load and brings it back (empty,
+// then seeded again, as a restarted dev server must be). Checks with cached keys are allowed
+// throughout — including after their refresh interval passed while Vault was down (served
+// stale, SPEC §6) —; a key never seen is 503 keys_unavailable while Vault is down; and once
+// Vault answers again the unseen key verifies, with no restart of the agent.
+func TestVaultKilledAndRestarted(t *testing.T) {
+	const refresh = 300 * time.Millisecond
+	f := newVaultFixture(t, refresh, "")
+	f.warm(t)
+	l := startLoad(t, f.a.client, 4, cachedChecks, mustAllow)
+	l.setPhase(t, "vault up", 300)
+
+	f.v.Stop()
+	staleBefore := counter(t, f.a.d, "tokenagent_key_cache_stale_total")
+	l.setPhase(t, "vault down", 300)
+	for i := 0; i < 5; i++ {
+		requireUnavailable(t, check(context.Background(), f.a.client, serverCheck("k3", "1")), "unseen key while Vault is down")
+	}
+	// Outlast the refresh interval, so cached records are past it and serve stale.
+	eventually(t, "cached records served stale", func() bool {
+		return counter(t, f.a.d, "tokenagent_key_cache_stale_total") > staleBefore
+	})
+	l.waitPhase(t, "vault down", 600)
+
+	// A dev server restarts empty: keep the agent away from it (connections refused) until it
+	// is seeded again, as a real Vault restarting from its storage would be.
+	f.proxy.Down()
+	l.setPhase(t, "vault restarting", 200)
+	f.v.RestartT(t)
+	seedVault(t, f.v)
+	if err := f.proxy.Up(); err != nil {
+		t.Fatal(err)
+	}
+	l.setPhase(t, "vault back", 100)
+	eventually(t, "the unseen key verifies once Vault is back", func() bool {
+		return check(context.Background(), f.a.client, serverCheck("k3", "1")).ok()
+	})
+	l.waitPhase(t, "vault back", 300)
+	counts := l.finish(t)
+	if t.Failed() {
+		return
+	}
+	t.Logf("RESULT vault-kill-restart: %d checks with cached keys, 0 refused; unseen key 503 while down, verified after restart", sum(counts))
+}
+
+// TestVaultStalled holds every byte between the agent and Vault (a hung Vault, a network
+// black hole) while checks run. Checks with cached keys — past their refresh interval, so the
+// agent does try to read them again — are answered while the stall is held and before the
+// agent gives up on its stalled read: they never wait for Vault. A key never seen fails closed
+// (503 keys_unavailable) on the agent's own read timeout, with the stall still held. Then
+// Vault is slowed instead (every chunk delayed): everything is answered, unseen keys too.
+func TestVaultStalled(t *testing.T) {
+	const refresh = 300 * time.Millisecond
+	f := newVaultFixture(t, refresh, "")
+	f.warm(t)
+	time.Sleep(refresh) // setup, not an assertion: the warmed records are now due for a read
+
+	f.proxy.Stall()
+	l := startLoad(t, f.a.client, 4, cachedChecks, mustAllow)
+	<-f.proxy.Holding() // the agent's read of a past-refresh record is held in the proxy
+	l.setPhase(t, "vault stalled", 300)
+	if n := f.proxy.Abandoned(); n != 0 {
+		t.Fatalf("cached-key checks were answered only after the agent abandoned %d stalled Vault reads: they waited for Vault", n)
+	}
+	// An unseen key: refused by the agent's own timeout while the stall is still held.
+	r := check(context.Background(), f.a.client, serverCheck("k4", "1"))
+	requireUnavailable(t, r, "unseen key while Vault is stalled")
+	if f.proxy.Abandoned() == 0 {
+		t.Fatal("the unseen key was answered without the agent giving up on its stalled read")
+	}
+	l.waitPhase(t, "vault stalled", 600)
+
+	// Slowed, not stalled: every chunk is late, every read still succeeds.
+	f.proxy.Slow(50 * time.Millisecond)
+	f.proxy.Release()
+	l.setPhase(t, "vault slow", 200)
+	eventually(t, "an unseen key verifies through a slow Vault", func() bool {
+		return check(context.Background(), f.a.client, serverCheck("k5", "1")).ok()
+	})
+	f.proxy.Slow(0)
+	l.setPhase(t, "vault normal", 200)
+	counts := l.finish(t)
+	if t.Failed() {
+		return
+	}
+	t.Logf("RESULT vault-stall: %d checks with cached keys, 0 refused, none waited for the stalled Vault; unseen key 503 on the read timeout; %d stalled reads abandoned by the agent",
+		sum(counts), f.proxy.Abandoned())
+}
+
+// TestVaultRefusesToken revokes the agent's Vault token under load, so every read answers 403
+// (as with a token that lost its policy). Cached keys keep serving, an unseen key is 503
+// keys_unavailable, /readyz stays 200 (the agent still decides) but warns that the key source
+// fails; when a valid token is put in the token file, the agent logs in again on its own and
+// the unseen key verifies.
+func TestVaultRefusesToken(t *testing.T) {
+	const refresh = 300 * time.Millisecond
+	v := vaulttest.Start(t)
+	seedVault(t, v)
+	ctx := context.Background()
+	policy := `
+path "secret/data/tokenagent/*"     { capabilities = ["read", "list"] }
+path "secret/metadata/tokenagent/*" { capabilities = ["read", "list"] }
+`
+	if err := v.Client.Sys().PutPolicyWithContext(ctx, "tokenagent", policy); err != nil {
+		t.Fatal(err)
+	}
+	newToken := func() string {
+		sec, err := v.Client.Auth().Token().CreateWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"tokenagent"}, TTL: "1h"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sec.Auth.ClientToken
+	}
+	first := newToken()
+	p, err := NewProxy(strings.TrimPrefix(v.Addr, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	a := startDaemon(t, vaultConfig(p.URL(), refresh), map[string]string{"vault-token": first})
+	eventually(t, "ready after the Vault login", func() bool { return a.d.Ready().Ready })
+	f := &vaultFixture{v: v, proxy: p, a: a}
+	f.warm(t)
+	l := startLoad(t, a.client, 4, cachedChecks, mustAllow)
+	l.setPhase(t, "token valid", 300)
+
+	if err := v.Client.Auth().Token().RevokeTreeWithContext(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	failedBefore := counter(t, a.d, "tokenagent_vault_requests_total")
+	l.setPhase(t, "token revoked", 300)
+	eventually(t, "an unseen key refused 503 keys_unavailable", func() bool {
+		r := check(ctx, a.client, serverCheck("k6", "1"))
+		return r.code == codes.Unavailable && r.reason == "keys_unavailable"
+	})
+	eventually(t, "/readyz warns that the key source fails", func() bool {
+		code, body := readyz(t, a.http)
+		if code != 200 {
+			t.Fatalf("/readyz %d during the 403s: cached keys still serve, so the agent stays ready: %+v", code, body)
+		}
+		return strings.Contains(strings.Join(body.Warnings, "\n"), "key source")
+	})
+	if counter(t, a.d, "tokenagent_vault_requests_total") <= failedBefore {
+		t.Fatal("no Vault request was made while the token was revoked")
+	}
+	l.waitPhase(t, "token revoked", 600)
+
+	writeFile(t, filepath.Join(a.dir, "vault-token"), newToken())
+	l.setPhase(t, "new token", 100)
+	eventually(t, "the unseen key verifies after the agent logs in with the new token", func() bool {
+		return check(ctx, a.client, serverCheck("k6", "1")).ok()
+	})
+	eventually(t, "/readyz warning cleared", func() bool {
+		_, body := readyz(t, a.http)
+		return !strings.Contains(strings.Join(body.Warnings, "\n"), "key source")
+	})
+	l.waitPhase(t, "new token", 300)
+	counts := l.finish(t)
+	if t.Failed() {
+		return
+	}
+	t.Logf("RESULT vault-403: %d checks with cached keys, 0 refused; unseen key 503 while revoked; /readyz 200 with a warning; recovered on a new token",
+		sum(counts))
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
