@@ -340,6 +340,9 @@ func (r *reader) headers(what string) (map[string]string, error) {
 				return nil, fmt.Errorf("output %s %q: value holds control character %#x", what, name, c)
 			}
 		}
+		if !utf8.Valid(value) { // gRPC cannot carry it: the answer would be an Internal error
+			return nil, fmt.Errorf("output %s %q: value is not UTF-8", what, name)
+		}
 		if _, dup := m[string(name)]; dup {
 			return nil, fmt.Errorf("output %s %q is given twice", what, name)
 		}
