@@ -1,10 +1,13 @@
 package extauthz
 
 import (
+	"bufio"
 	"context"
 	"crypto/md5"
 	"encoding/hex"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -193,4 +196,53 @@ func deniedHeader(r *authv3.CheckResponse, name string) string {
 		}
 	}
 	return ""
+}
+
+// FuzzHTTPFront sends arbitrary authorization requests to the HTTP front, as raw HTTP/1.1 (so
+// what reaches the handler is what net/http would parse from a proxy): any endpoint, method,
+// request target, forwarding headers (X-Original-*, X-Forwarded-*), credentials and body.
+// Nothing panics; every answer has a valid status, no header value the front writes holds CR,
+// LF or NUL; a 2xx answer of an authorization endpoint (envoy, nginx, traefik) is an allowed
+// decision (it carries x-auth-site), never the agent's own answer or an error, since the proxy
+// would let the request through.
+func FuzzHTTPFront(f *testing.F) {
+	srv := token.MintServerToken("k1", vault.NewSecret([]byte(fuzzSecret)), "=jane", fuzzNow)
+	f.Add("GET", "/envoy/@api/x?a=1", "X-Deki-Token: "+srv+"\nX-Auth-User: spoof", []byte(nil))
+	f.Add("GET", "/nginx", "X-Original-URI: /@api/x\nX-Original-Method: POST\nX-Original-Host: eu.docs.example.com\nCookie: authtoken=1_2_3", []byte(nil))
+	f.Add("GET", "/traefik", "X-Forwarded-Uri: https://docs.example.com/x?apikey="+fuzzAPIKey+"\nX-Forwarded-Host: docs.example.com\nX-Forwarded-Method: DELETE", []byte(nil))
+	f.Add("OPTIONS", "/answer/x", "Origin: https://app.example.org\nAccess-Control-Request-Method: PUT", []byte(nil))
+	f.Add("POST", "/answer/@app/auth/token/exchange", "Content-Type: text/plain\nX-Envoy-Auth-Partial-Body: true", []byte("a.b.c"))
+	f.Add("GET", "/envoyx", "", []byte(nil))
+	h := NewHTTPHandler(fuzzAgent(f), HTTPOptions{Logger: slog.New(slog.DiscardHandler)})
+	f.Fuzz(func(t *testing.T, method, target, headers string, body []byte) {
+		var raw strings.Builder
+		raw.WriteString(method + " " + target + " HTTP/1.1\r\nHost: docs.example.com\r\n")
+		for _, line := range strings.Split(headers, "\n") {
+			if line != "" {
+				raw.WriteString(line + "\r\n")
+			}
+		}
+		raw.WriteString("Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n")
+		raw.Write(body)
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw.String())))
+		if err != nil {
+			return // not a request a proxy could send
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code < 100 || rec.Code > 599 {
+			t.Fatalf("status %d", rec.Code)
+		}
+		for name, vs := range rec.Header() {
+			for _, v := range vs {
+				if strings.ContainsAny(name+v, "\r\n\x00") {
+					t.Fatalf("header %q: %q could inject a header", name, v)
+				}
+			}
+		}
+		ep, _ := h.route(req) // the answer endpoint's 2xx go to the client as they are
+		if ep != EndpointAnswer && rec.Code >= 200 && rec.Code < 300 && rec.Header().Get(agent.HeaderSite) == "" {
+			t.Fatalf("a %d answer that is not an allowed decision: %v %s", rec.Code, rec.Header(), rec.Body.Bytes())
+		}
+	})
 }
