@@ -8,20 +8,31 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 config=examples/dev/tokenagent.yaml
 bin=${TMPDIR:-/tmp}/tokenagent-demo
-grpc=127.0.0.1:${TOKENAGENT_DEMO_GRPC_PORT:-19191}
-http=127.0.0.1:${TOKENAGENT_DEMO_HTTP_PORT:-19192}
+log=$(mktemp)
 
 echo "==> building tokenagent"
 go build -o "$bin" ./agent/cmd/tokenagent
 
-echo "==> starting: tokenagent serve --config $config --grpc-addr $grpc --http-addr $http"
-"$bin" serve --config "$config" --grpc-addr "$grpc" --http-addr "$http" --log-level warn &
+# Free ports chosen by the system (:0); the agent logs the addresses it bound.
+echo "==> starting: tokenagent serve --config $config --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0"
+"$bin" serve --config "$config" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 2>"$log" &
 agent=$!
-trap 'kill $agent 2>/dev/null; wait $agent 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  curl -fsS "http://$http/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
+trap 'kill $agent 2>/dev/null; wait $agent 2>/dev/null || true; rm -f "$log"' EXIT
+grpc="" http=""
+for _ in $(seq 1 200); do
+  if ! kill -0 $agent 2>/dev/null; then
+    echo "tokenagent did not start:"; cat "$log"; exit 1
+  fi
+  line=$(grep -m1 '"msg":"tokenagent serving"' "$log" || true)
+  if [ -n "$line" ]; then
+    grpc=$(printf '%s' "$line" | sed -E 's/.*"grpc":"([^"]+)".*/\1/')
+    http=$(printf '%s' "$line" | sed -E 's/.*"http":"([^"]+)".*/\1/')
+    break
+  fi
+  sleep 0.05
 done
+[ -n "$grpc" ] || { echo "tokenagent did not say where it listens:"; cat "$log"; exit 1; }
+echo "==> serving ext_authz on $grpc, /healthz /readyz /metrics on http://$http"
 echo "==> /readyz: $(curl -fsS "http://$http/readyz")"
 
 show() { # show TITLE ARGS...: run one check (host localhost unless HOST is set) and print it
