@@ -105,8 +105,8 @@ func startDaemonClock(t *testing.T, cfgYAML string, files map[string]string, now
 }
 
 // vaultConfig is a daemon config reading keys from Vault at addr with the token in the file
-// vault-token, refreshing every refresh.
-func vaultConfig(addr string, refresh time.Duration) string {
+// vault-token, refreshing every refresh, each Vault request bounded by timeout.
+func vaultConfig(addr string, refresh, timeout time.Duration) string {
 	return `
 grpc_addr: 127.0.0.1:0
 http_addr: 127.0.0.1:0
@@ -114,7 +114,7 @@ keys:
   source: vault
   refresh: ` + refresh.String() + `
   max_stale: 1h
-  vault: {address: "` + addr + `", timeout: 1s, auth: {method: token, token_file: vault-token}}
+  vault: {address: "` + addr + `", timeout: ` + timeout.String() + `, auth: {method: token, token_file: vault-token}}
 sites:
   - id: docs
     hosts: [docs.example.com]

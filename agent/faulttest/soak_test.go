@@ -73,7 +73,6 @@ func TestSoak(t *testing.T) {
 
 	p := startBinary(t, `
 keys: {source: file, file: keys.yaml, refresh: 5s}
-log: {level: warn}
 sites:
   - id: docs
     hosts: [docs.example.com]

@@ -23,7 +23,7 @@ type vaultFixture struct {
 	a     *agentEnv
 }
 
-func newVaultFixture(t *testing.T, refresh time.Duration, vaultToken string) *vaultFixture {
+func newVaultFixture(t *testing.T, refresh, timeout time.Duration, vaultToken string) *vaultFixture {
 	t.Helper()
 	v := vaulttest.Start(t)
 	seedVault(t, v)
@@ -35,7 +35,7 @@ func newVaultFixture(t *testing.T, refresh time.Duration, vaultToken string) *va
 	if vaultToken == "" {
 		vaultToken = v.Token
 	}
-	a := startDaemon(t, vaultConfig(p.URL(), refresh), map[string]string{"vault-token": vaultToken})
+	a := startDaemon(t, vaultConfig(p.URL(), refresh, timeout), map[string]string{"vault-token": vaultToken})
 	eventually(t, "ready after the Vault login", func() bool { return a.d.Ready().Ready })
 	return &vaultFixture{v: v, proxy: p, a: a}
 }
@@ -86,7 +86,7 @@ func requireUnavailable(t *testing.T, r result, what string) {
 // Vault answers again the unseen key verifies, with no restart of the agent.
 func TestVaultKilledAndRestarted(t *testing.T) {
 	const refresh = 300 * time.Millisecond
-	f := newVaultFixture(t, refresh, "")
+	f := newVaultFixture(t, refresh, time.Second, "")
 	f.warm(t)
 	l := startLoad(t, f.a.client, 4, cachedChecks, mustAllow)
 	l.setPhase(t, "vault up", 300)
@@ -132,14 +132,16 @@ func TestVaultKilledAndRestarted(t *testing.T) {
 // Vault is slowed instead (every chunk delayed): everything is answered, unseen keys too.
 func TestVaultStalled(t *testing.T) {
 	const refresh = 300 * time.Millisecond
-	f := newVaultFixture(t, refresh, "")
+	// The agent gives up on a Vault request after 3 s: the cached-key checks below must all be
+	// answered before that, which they are only if none waits for the stalled read.
+	f := newVaultFixture(t, refresh, 3*time.Second, "")
 	f.warm(t)
 	time.Sleep(refresh) // setup, not an assertion: the warmed records are now due for a read
 
 	f.proxy.Stall()
 	l := startLoad(t, f.a.client, 4, cachedChecks, mustAllow)
 	<-f.proxy.Holding() // the agent's read of a past-refresh record is held in the proxy
-	l.setPhase(t, "vault stalled", 300)
+	l.setPhase(t, "vault stalled", 200)
 	if n := f.proxy.Abandoned(); n != 0 {
 		t.Fatalf("cached-key checks were answered only after the agent abandoned %d stalled Vault reads: they waited for Vault", n)
 	}
@@ -149,7 +151,7 @@ func TestVaultStalled(t *testing.T) {
 	if f.proxy.Abandoned() == 0 {
 		t.Fatal("the unseen key was answered without the agent giving up on its stalled read")
 	}
-	l.waitPhase(t, "vault stalled", 600)
+	l.waitPhase(t, "vault stalled", 400)
 
 	// Slowed, not stalled: every chunk is late, every read still succeeds.
 	f.proxy.Slow(50 * time.Millisecond)
@@ -198,7 +200,7 @@ path "secret/metadata/tokenagent/*" { capabilities = ["read", "list"] }
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
-	a := startDaemon(t, vaultConfig(p.URL(), refresh), map[string]string{"vault-token": first})
+	a := startDaemon(t, vaultConfig(p.URL(), refresh, time.Second), map[string]string{"vault-token": first})
 	eventually(t, "ready after the Vault login", func() bool { return a.d.Ready().Ready })
 	f := &vaultFixture{v: v, proxy: p, a: a}
 	f.warm(t)
