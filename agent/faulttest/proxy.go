@@ -1,8 +1,6 @@
 package faulttest
 
 import (
-	"errors"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -229,11 +227,7 @@ func (p *Proxy) pipe(dst, src, client net.Conn, abandoned *atomic.Bool) {
 			}
 		}
 		if err != nil {
-			if tc, ok := dst.(*net.TCPConn); ok && errors.Is(err, io.EOF) {
-				_ = tc.CloseWrite() // pass the half-close on; the other direction ends the pair
-				return
-			}
-			return
+			return // either side closing ends the pair (HTTP clients and servers need no half-close)
 		}
 	}
 }
