@@ -116,6 +116,26 @@ func BenchmarkServerTokenVerifyParallel(b *testing.B) {
 	})
 }
 
+// BenchmarkServerTokenVerifyUnprefixed is the legacy form {key}_{epoch}_{user}_{sig} (site
+// switch legacy.unprefixed_server_tokens), whose signature covers key, epoch and user joined
+// without separators.
+func BenchmarkServerTokenVerifyUnprefixed(b *testing.B) {
+	v := &token.ServerTokenVerifier{Keys: hmStore(b)}
+	site := hmSite()
+	site.LegacyUnprefixedServerToken = true
+	tok := token.MintUnprefixedServerToken("k1", vault.NewSecret([]byte(hmSecret)), "42", hmNow)
+	ctx := context.Background()
+	if _, err := v.VerifyUnprefixed(ctx, site, tok); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.VerifyUnprefixed(ctx, site, tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkServerTokenVerifyUnknownKey is the flood case: a made-up key, answered from the
 // negative cache after the first miss, with the decoy HMAC so timing matches a known key.
 func BenchmarkServerTokenVerifyUnknownKey(b *testing.B) {

@@ -138,7 +138,7 @@ func New(ctx context.Context, cfg *agent.Config, opts Options) (*Daemon, error) 
 	}
 	d.agent = a
 	d.ext = extauthz.NewServer(a)
-	d.grpc = grpc.NewServer()
+	d.grpc = grpc.NewServer(extauthz.ServerOptions()...)
 	d.ext.Register(d.grpc)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
