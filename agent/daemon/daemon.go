@@ -241,7 +241,14 @@ func (d *Daemon) HTTPAddr() string { return d.httpLis.Addr().String() }
 func (d *Daemon) Serve() error {
 	errc := make(chan error, 3)
 	n := 2 + d.startOps(errc)
-	go func() { errc <- d.grpc.Serve(d.grpcLis) }()
+	go func() {
+		// A Shutdown that came before Serve started is a clean stop, not a failure.
+		if err := d.grpc.Serve(d.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- err
+			return
+		}
+		errc <- nil
+	}()
 	go func() {
 		if err := d.http.Serve(d.httpLis); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
