@@ -77,13 +77,14 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 	return c, nil
 }
 
+// setState moves the auth state gauge to state. The new state is set before the old one is
+// cleared, so a scrape in between never sees no state at all.
 func (m *metrics) setState(state string) {
+	m.state.WithLabelValues(state).Set(1)
 	for _, s := range states {
-		v := 0.0
-		if s == state {
-			v = 1
+		if s != state {
+			m.state.WithLabelValues(s).Set(0)
 		}
-		m.state.WithLabelValues(s).Set(v)
 	}
 }
 
