@@ -325,72 +325,35 @@ func idTokenHeaderProblem(h *jose.Header) string {
 // refused, strings valid UTF-8, `aud` a string or a list of strings, dates numbers.
 func parseIDClaims(b []byte, c *idClaims) bool {
 	s := jsonScanner{b: b}
-	s.ws()
-	if !s.eat('{') {
-		return false
-	}
-	var seen uint16
-	s.ws()
-	if !s.eat('}') {
-		for {
-			s.ws()
-			key, ok := s.str()
-			if !ok {
-				return false
-			}
-			s.ws()
-			if !s.eat(':') {
-				return false
-			}
-			s.ws()
-			if bit := idClaimBit(key); bit != 0 {
-				if seen&bit != 0 {
-					return false
-				}
-				seen |= bit
-			}
-			switch key {
-			case "iss":
-				ok = s.optString(&c.iss, nil)
-			case "sub":
-				ok = s.optString(&c.sub, nil)
-			case "azp":
-				ok = s.optString(&c.azp, &c.hasAzp)
-			case "given_name":
-				ok = s.optString(&c.givenName, nil)
-			case "family_name":
-				ok = s.optString(&c.familyName, nil)
-			case "email":
-				ok = s.optString(&c.email, &c.hasEmail)
-			case "aud":
-				ok = s.stringOrList(&c.aud)
-			case "exp":
-				ok = s.date(&c.exp)
-			case "iat":
-				ok = s.date(&c.iat)
-			case "nbf":
-				ok = s.date(&c.nbf)
-			case "events":
-				c.events = s.peek() != 'n'
-				ok = s.skip(0)
-			default:
-				ok = s.skip(0)
-			}
-			if !ok {
-				return false
-			}
-			s.ws()
-			if s.eat(',') {
-				continue
-			}
-			if s.eat('}') {
-				break
-			}
-			return false
+	return s.object(idClaimBit, func(key string) bool {
+		switch key {
+		case "iss":
+			return s.optString(&c.iss, nil)
+		case "sub":
+			return s.optString(&c.sub, nil)
+		case "azp":
+			return s.optString(&c.azp, &c.hasAzp)
+		case "given_name":
+			return s.optString(&c.givenName, nil)
+		case "family_name":
+			return s.optString(&c.familyName, nil)
+		case "email":
+			return s.optString(&c.email, &c.hasEmail)
+		case "aud":
+			return s.stringOrList(&c.aud)
+		case "exp":
+			return s.date(&c.exp)
+		case "iat":
+			return s.date(&c.iat)
+		case "nbf":
+			return s.date(&c.nbf)
+		case "events":
+			c.events = s.peek() != 'n'
+			return s.skip(0)
+		default:
+			return s.skip(0)
 		}
-	}
-	s.ws()
-	return s.i == len(s.b) && utf8.Valid(b)
+	}) && utf8.Valid(b)
 }
 
 func idClaimBit(key string) uint16 {

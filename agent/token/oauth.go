@@ -876,6 +876,38 @@ func (n *numericDate) time() time.Time {
 // allocates only the strings it keeps.
 func parseClaims(b []byte, c *jwtClaims) bool {
 	s := jsonScanner{b: b}
+	return s.object(claimBit, func(key string) bool {
+		switch key {
+		case "iss":
+			return s.optString(&c.Iss, nil)
+		case "sub":
+			return s.optString(&c.Sub, nil)
+		case "client_id":
+			return s.optString(&c.ClientID, nil)
+		case "scope":
+			return s.optString(&c.scope, &c.hasScope)
+		case "aud":
+			return s.stringOrList(&c.Aud)
+		case "scp":
+			ok := s.stringOrList(&c.scp)
+			c.hasScp = c.scp.set
+			return ok
+		case "exp":
+			return s.date(&c.Exp)
+		case "nbf":
+			return s.date(&c.Nbf)
+		case "iat":
+			return s.date(&c.Iat)
+		default:
+			return s.skip(0)
+		}
+	})
+}
+
+// object walks one JSON object and nothing after it: for each member it reads the name and
+// calls value, which must consume the member's value. A name for which bit is not 0 may
+// appear once only (a claim read twice is refused). It reports whether all was well formed.
+func (s *jsonScanner) object(bit func(string) uint16, value func(key string) bool) bool {
 	s.ws()
 	if !s.eat('{') {
 		return false
@@ -894,37 +926,13 @@ func parseClaims(b []byte, c *jwtClaims) bool {
 				return false
 			}
 			s.ws()
-			bit := claimBit(key)
-			if bit != 0 {
-				if seen&bit != 0 {
+			if b := bit(key); b != 0 {
+				if seen&b != 0 {
 					return false // a claim we read, given twice
 				}
-				seen |= bit
+				seen |= b
 			}
-			switch key {
-			case "iss":
-				ok = s.optString(&c.Iss, nil)
-			case "sub":
-				ok = s.optString(&c.Sub, nil)
-			case "client_id":
-				ok = s.optString(&c.ClientID, nil)
-			case "scope":
-				ok = s.optString(&c.scope, &c.hasScope)
-			case "aud":
-				ok = s.stringOrList(&c.Aud)
-			case "scp":
-				ok = s.stringOrList(&c.scp)
-				c.hasScp = c.scp.set
-			case "exp":
-				ok = s.date(&c.Exp)
-			case "nbf":
-				ok = s.date(&c.Nbf)
-			case "iat":
-				ok = s.date(&c.Iat)
-			default:
-				ok = s.skip(0)
-			}
-			if !ok {
+			if !value(key) {
 				return false
 			}
 			s.ws()
