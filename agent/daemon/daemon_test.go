@@ -67,11 +67,18 @@ func start(t *testing.T) *env {
 	cfgPath := filepath.Join(dir, "tokenagent.yaml")
 	writeFile(t, cfgPath, configYAML)
 	writeFile(t, filepath.Join(dir, "keys.yaml"), keysYAML())
+	return serveConfig(t, cfgPath, daemon.Options{Logger: slog.New(slog.DiscardHandler)})
+}
+
+// serveConfig runs a real daemon on the config file at cfgPath with opts, on free loopback
+// ports, connects a gRPC client to it, and stops both when the test ends.
+func serveConfig(t *testing.T, cfgPath string, opts daemon.Options) *env {
+	t.Helper()
 	cfg, err := agent.LoadConfig(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := daemon.New(context.Background(), cfg, daemon.Options{Logger: slog.New(slog.DiscardHandler)})
+	d, err := daemon.New(context.Background(), cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

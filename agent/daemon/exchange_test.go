@@ -14,9 +14,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/daemon"
@@ -38,32 +36,7 @@ sites:
     idps:
       corp: `+p.RecordYAML(t, 0)+`
 `)
-	cfg, err := agent.LoadConfig(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := daemon.New(context.Background(), cfg, daemon.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- d.Serve() }()
-	conn, err := grpc.NewClient(d.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		d.Shutdown(context.Background())
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return &env{d: d, client: authv3.NewAuthorizationClient(conn), conn: conn,
-		httpBase: "http://" + d.HTTPAddr(), configPath: cfgPath}, dir
+	return serveConfig(t, cfgPath, daemon.Options{Logger: slog.New(slog.DiscardHandler)}), dir
 }
 
 // exchangeRequest is the CheckRequest Envoy sends for the exchange with body: as raw_body

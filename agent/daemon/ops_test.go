@@ -16,12 +16,9 @@ import (
 	"testing"
 	"time"
 
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/daemon"
@@ -40,38 +37,13 @@ func startWith(t *testing.T, cfgYAML string, opts daemon.Options) *env {
 	cfgPath := filepath.Join(dir, "tokenagent.yaml")
 	writeFile(t, cfgPath, cfgYAML)
 	writeFile(t, filepath.Join(dir, "keys.yaml"), keysYAML())
-	cfg, err := agent.LoadConfig(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.ConfigPath == "" {
 		opts.ConfigPath = cfgPath
 	}
-	d, err := daemon.New(context.Background(), cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- d.Serve() }()
-	conn, err := grpc.NewClient(d.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		d.Shutdown(context.Background())
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return &env{d: d, client: authv3.NewAuthorizationClient(conn), conn: conn,
-		httpBase: "http://" + d.HTTPAddr(), configPath: cfgPath}
+	return serveConfig(t, cfgPath, opts)
 }
 
 // eventually polls cond until it holds, for at most 20 s (an outcome bound, not a timing
