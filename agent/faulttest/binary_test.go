@@ -364,8 +364,11 @@ sites:
 			eventually(t, "the reload to "+to+" decides", func() bool {
 				return configOf(check(context.Background(), c, anon)) == to
 			})
+			// Phase first, then the narrower outcomes: a check still running under the old
+			// config spans the change and is not judged.
+			l.phase.Store(to)
 			accept.Store(map[string]bool{to: true})
-			l.setPhase(t, to, 200)
+			l.waitPhase(t, to, 200)
 
 			// A bad file: refused, the config just loaded keeps deciding.
 			reload(bad[(2*round+len(to))%len(bad)])
