@@ -144,18 +144,21 @@ func (a *Agent) decide(ctx context.Context, req *Request) (*Decision, token.Kind
 	if site == nil {
 		return a.deny(nil, reason.New(reason.UnknownSite)), token.KindAnonymous
 	}
-	rawPath, query := splitPath(req.Path)
-	path := NormalizePath(rawPath)
-
-	if req.Method == "POST" && path == ExchangePath {
+	// The request itself (SPEC §2a), before any credential: every later step reads the
+	// upper-case method and the normalised path.
+	tg, terr := readTarget(req.Method, req.Path)
+	if terr != nil {
+		return a.deny(site, terr), token.KindAnonymous
+	}
+	if tg.method == "POST" && tg.path == ExchangePath {
 		return a.doExchange(ctx, site, req), token.KindAuthToken
 	}
-	creds, derr := findCredentials(req.Headers, query)
+	creds, derr := findCredentials(req.Headers, tg.query)
 	kind := creds.kind()
 	if derr != nil {
 		return a.deny(site, derr), kind
 	}
-	if req.Method == "OPTIONS" && kind == token.KindAnonymous &&
+	if tg.method == "OPTIONS" && kind == token.KindAnonymous &&
 		req.Headers["origin"] != "" && req.Headers["access-control-request-method"] != "" {
 		return a.preflight(ctx, site, req), token.KindBrowser
 	}
@@ -166,7 +169,7 @@ func (a *Agent) decide(ctx context.Context, req *Request) (*Decision, token.Kind
 	if err != nil {
 		return withHeaders(a.deny(site, reason.From(err)), corsHeaders), kind
 	}
-	if rule := matchRoute(site.Routes, req.Method, path); rule != nil {
+	if rule := matchRoute(site.Routes, tg.method, tg.path); rule != nil {
 		if e := checkRule(rule, &id); e != nil {
 			return withHeaders(a.deny(site, e), corsHeaders), kind
 		}
@@ -174,7 +177,7 @@ func (a *Agent) decide(ctx context.Context, req *Request) (*Decision, token.Kind
 	if site.Policy == "" {
 		return a.allow(site, req, id, corsHeaders, nil), kind
 	}
-	pr, e := a.evaluatePolicy(ctx, site, req, path, query, &id)
+	pr, e := a.evaluatePolicy(ctx, site, req, &tg, &id)
 	if e != nil {
 		return withHeaders(a.deny(site, e), corsHeaders), kind
 	}

@@ -49,17 +49,19 @@ func (a *Agent) allow(s *Site, req *Request, id token.Identity, respHeaders, ext
 	return d
 }
 
-// spoofedAuthHeaders lists the client-sent x-auth-* headers the agent does not set, so no
-// upstream ever sees one it did not write.
+// spoofedAuthHeaders lists the client-sent headers in the x-auth-* namespace, in any spelling
+// (isAuthHeader: `x_auth_user`, `X-Auth_User` …), that the agent does not set under that exact
+// name, so no upstream ever sees one it did not write (SPEC §2a, §4). They are listed under the
+// exact name the client used.
 func spoofedAuthHeaders(h map[string]string, set []Header) []string {
 	var out []string
 	for name := range h {
-		if len(name) < len(authPrefix) || !strings.EqualFold(name[:len(authPrefix)], authPrefix) {
+		if !isAuthHeader(name) {
 			continue
 		}
 		mine := false
 		for _, s := range set {
-			if strings.EqualFold(s.Name, name) {
+			if s.Name == name {
 				mine = true
 				break
 			}

@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/base64"
 	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/idna"
 
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
@@ -78,6 +81,18 @@ func FuzzCheck(f *testing.F) {
 		{"GET", "DOCS.example.com.", "/a/%2e%2e/@api/deki/site/?authtoken=" + impTok, "null", "", "", "", "", ""},
 		{"DELETE", "docs.example.com", "/@api/deki/pages/x", "", "", unprefixed, "Bearer a.b.c", "", ""},
 		{"GET", "other.example.com", "/", "http://x\r\nSet-Cookie: a=b", "GET\r\n", "k1_1_2_3", "Basic Zm9v", "authtoken=1_2_3; authtoken=4", "\x00"},
+		// The adversarial review's cases (SPEC §1, §2, §2a).
+		{"GET", "docs.example.com:1@evil.example.com", "/", "", "", "", "", "", "42"},
+		{"post", "docs.example.com", "/@api/deki/pages/home", "", "", "", "", "", "42"},
+		{"GET", "docs.example.com", "/@api/deki/users/current%00", "", "", "", "", "", ""},
+		{"GET", "docs.example.com", "/@api/deki/users\\current", "", "", "", "", "", ""},
+		{"GET", "docs.example.com", "/@api/deki/users%5Ccurrent", "", "", "", "", "", ""},
+		{"GET", "docs.example.com", "/@api/deki/users/current#x", "", "", "", "", "", ""},
+		{"GET", "docs.example.com", "https://docs.example.com/@api/deki/site/x", "", "", "", "", "", ""},
+		{"GET", "docs.example.com", "/public/..;/@api/deki/site/x", "", "", "", "", "", ""},
+		{"GET", "docs.example.com", "/", "", "", "", "", "authtoken=" + authTok + "; authtoken=1_2_3", ""},
+		{"GET", "docs.example.com", "/?apikey=a&apikey=b", "", "", "", "", "", ""},
+		{"OPTIONS", "docs.example.com", "/x", "https://docs.example.com:8443", "POST", "", "", "", ""},
 	} {
 		f.Add(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8])
 	}
@@ -105,7 +120,7 @@ func FuzzCheck(f *testing.F) {
 			}
 		}
 		if spoof != "" {
-			h["x-auth-site"], h["X-Auth-Elevated"] = spoof, "true"
+			h["x-auth-site"], h["X-Auth-Elevated"], h["x_auth_user"], h["x-auth_elevated"] = spoof, "true", spoof, "true"
 		}
 		d := a.Check(context.Background(), &Request{Method: method, Scheme: "https", Host: host, Path: path, Headers: h})
 		if d == nil {
@@ -132,9 +147,19 @@ func FuzzCheck(f *testing.F) {
 				removed[n] = true
 			}
 			for name := range h {
-				if strings.HasPrefix(strings.ToLower(name), authPrefix) && !set[strings.ToLower(name)] && !removed[name] {
+				// CGI, WSGI, Rack and PHP read "_" as "-": every spelling is the agent's.
+				spelled := strings.ReplaceAll(strings.ToLower(name), "_", "-")
+				if strings.HasPrefix(spelled, authPrefix) && !set[name] && !removed[name] {
 					t.Fatalf("client-sent %s reaches the upstream (set %v, removed %v)", name, d.UpstreamHeaders, d.RemoveHeaders)
 				}
+			}
+			// The request was read one way (SPEC §2a): no control character, backslash or
+			// fragment in its path, and an origin-form target.
+			p, _, _ := strings.Cut(path, "?")
+			if !(strings.HasPrefix(path, "/") || path == "*") || strings.ContainsAny(path, "#\x7f") ||
+				strings.ContainsFunc(path, func(r rune) bool { return r < 0x20 }) || strings.Contains(p, "\\") ||
+				strings.Contains(strings.ToLower(p), "%5c") || strings.Contains(p, "%00") {
+				t.Fatalf("allowed a request whose target %q an upstream may read differently", path)
 			}
 			if d.Identity.Kind == token.KindAnonymous {
 				if _, ok := header(d.UpstreamHeaders, HeaderUser); ok {
@@ -166,13 +191,17 @@ func FuzzCheck(f *testing.F) {
 }
 
 // FuzzSiteLookup checks the host → site lookup (SPEC §1) against its definition: whatever
-// :authority a client sends, a site is found only for one of its exact hostnames or a proper
-// subdomain of one of its `*.suffix` patterns (after lower-casing and dropping the port and
-// one trailing dot), and case never changes the answer.
+// :authority a client sends, a site is found only for a plain host[:port] (no user info, path,
+// space or bad port) whose host, lower-cased and without one trailing dot, is one of the
+// site's exact hostnames or a proper subdomain of one of its `*.suffix` patterns; and case
+// never changes the answer.
 func FuzzSiteLookup(f *testing.F) {
 	for _, s := range []string{"docs.example.com", "DOCS.example.com:8443", "a.b.docs.example.com.",
 		".docs.example.com", "docs.example.com.evil.net", "evil-docs.example.com", "[::1]:80", "[docs.example.com]",
-		"docs.example.com:1:2", "other.example.com", "x.other.example.com", ":443", "."} {
+		"docs.example.com:1:2", "other.example.com", "x.other.example.com", ":443", ".",
+		"docs.example.com:1@evil.example.com", "evil.example.com@docs.example.com", "docs.example.com:",
+		"docs.example.com:0", "docs.example.com:65536", "docs.example.com:080", "docs.example.com/x",
+		"docs.example.com x", "docs.example.com%2f", "docs.example.com\\x"} {
 		f.Add(s)
 	}
 	cfg, err := ParseConfig([]byte(fuzzCheckConfig), f.TempDir())
@@ -188,7 +217,21 @@ func FuzzSiteLookup(f *testing.F) {
 		if s == nil {
 			return
 		}
-		host := strings.ToLower(hostOnly(authority))
+		if strings.ContainsAny(authority, "@/?#\\% \t\r\n\x00") {
+			t.Fatalf("lookup(%q) = site %s, but the authority is not a plain host[:port]", authority, s.ID)
+		}
+		host := authority
+		if i := strings.LastIndexByte(authority, ':'); i >= 0 && !strings.HasSuffix(authority, "]") {
+			host = authority[:i]
+			port, err := strconv.Atoi(authority[i+1:])
+			if err != nil || port < 1 || port > 65535 || authority[i+1] == '0' {
+				t.Fatalf("lookup(%q) = site %s, but its port is not 1–65535", authority, s.ID)
+			}
+		}
+		host = strings.TrimSuffix(strings.ToLower(host), ".")
+		if a, err := idna.Lookup.ToASCII(host); err == nil {
+			host = a
+		}
 		for _, sc := range cfg.Sites {
 			if sc.ID != s.ID {
 				continue

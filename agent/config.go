@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tokenagent/tokenagent/agent/internal/hostname"
 	"github.com/tokenagent/tokenagent/agent/token"
 )
 
@@ -441,26 +443,36 @@ func validSiteID(id string) bool {
 	return true
 }
 
-// normalizeHostPattern lower-cases a configured hostname ("docs.example.com" or
-// "*.docs.example.com") and checks its shape.
+// normalizeHostPattern returns a configured hostname ("docs.example.com", "*.docs.example.com",
+// "[::1]") in the canonical form requests are looked up in (package hostname).
 func normalizeHostPattern(h string) (string, error) {
-	h = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(h)), ".")
-	name := strings.TrimPrefix(h, "*.")
-	if name == "" {
-		return "", fmt.Errorf("%q is not a hostname", h)
-	}
-	if strings.Contains(name, "*") {
-		return "", fmt.Errorf("%q: a wildcard is allowed only as a leading \"*.\"", h)
-	}
-	if strings.ContainsAny(name, ":/ ") {
+	name, wild := strings.CutPrefix(strings.TrimSpace(h), "*.")
+	if strings.ContainsAny(name, "/ ") || (strings.Contains(name, ":") && !isIPv6Literal(name)) {
 		return "", fmt.Errorf("%q: give a hostname without scheme, port or path", h)
 	}
-	for _, label := range strings.Split(name, ".") {
-		if label == "" || len(label) > 63 {
-			return "", fmt.Errorf("%q is not a valid hostname", h)
-		}
+	if ip, err := netip.ParseAddr(name); err == nil && ip.Is6() {
+		name = "[" + name + "]" // an IPv6 address, written without its brackets
 	}
-	return h, nil
+	c, err := hostname.Canonical(name)
+	if err != nil {
+		if strings.Contains(name, "*") {
+			return "", fmt.Errorf("%q: a wildcard is allowed only as a leading \"*.\"", h)
+		}
+		return "", fmt.Errorf("%q is not a valid hostname: %v", h, err)
+	}
+	if wild {
+		if hostname.IsIP(c) {
+			return "", fmt.Errorf("%q: a \"*.\" wildcard cannot stand over an IP address", h)
+		}
+		return "*." + c, nil
+	}
+	return c, nil
+}
+
+// isIPv6Literal reports whether h is an IPv6 address, with or without brackets.
+func isIPv6Literal(h string) bool {
+	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"))
+	return err == nil && a.Is6()
 }
 
 // Requirements of a route rule.

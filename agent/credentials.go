@@ -63,47 +63,57 @@ func (c *credentials) kind() token.Kind {
 }
 
 // findCredentials collects the request's credentials and applies the rules of SPEC §2 that
-// need no key: at most one credential (a Browser API Token may come with an Auth Token), and
-// no empty or oversized one.
+// need no key: at most one credential (a Browser API Token may come with an Auth Token), one
+// value of each (two different `authtoken` cookies, query parameters or headers, two
+// `apikey` parameters, two X-Deki-Token or Bearer values are two credentials; the same value
+// repeated counts once), and no empty or oversized one.
+//
+// A header sent twice reaches the agent joined with "," (Envoy's rule for its headers map and
+// the HTTP front's), so X-Deki-Token, X-Authtoken and Authorization are read as comma lists:
+// no token of these kinds holds a comma.
 func findCredentials(h map[string]string, rawQuery string) (credentials, *reason.Error) {
 	var c credentials
+	conflict := false
+	add := func(cr *credential, v string) {
+		switch {
+		case !cr.present:
+			*cr = credential{v, true}
+		case v != cr.value:
+			conflict = true
+		}
+	}
 	if v, ok := h[headerDekiToken]; ok {
-		c.deki = credential{v, true}
+		for part := range strings.SplitSeq(v, ",") {
+			add(&c.deki, strings.Trim(part, " \t"))
+		}
 	}
 	if v, ok := h[headerAuthorization]; ok {
-		if scheme, rest, _ := strings.Cut(v, " "); strings.EqualFold(scheme, "bearer") {
-			c.bearer = credential{strings.TrimSpace(rest), true}
+		// Only the Bearer scheme is ours; other schemes (and a Digest header's own
+		// comma-separated parameters) are left to the upstream.
+		for part := range strings.SplitSeq(v, ",") {
+			part = strings.Trim(part, " \t")
+			if scheme, rest, _ := strings.Cut(part, " "); strings.EqualFold(scheme, "bearer") {
+				add(&c.bearer, strings.TrimSpace(rest))
+			}
 		}
 	}
-
 	// The Auth Token may come from a cookie, a header or the query; the same token in several
 	// places is one credential, different tokens are several.
-	var authDiffers bool
-	addAuth := func(v string) {
-		if !c.auth.present {
-			c.auth = credential{v, true}
-		} else if v != c.auth.value {
-			authDiffers = true
-		}
-	}
 	if v, ok := h[headerAuthtoken]; ok {
-		addAuth(v)
+		for part := range strings.SplitSeq(v, ",") {
+			add(&c.auth, strings.Trim(part, " \t"))
+		}
 	}
 	if ck, ok := h[headerCookie]; ok {
-		if v, ok := cookieValue(ck, cookieAuthtoken); ok {
-			addAuth(v)
-		}
+		eachCookie(ck, cookieAuthtoken, func(v string) { add(&c.auth, v) })
 	}
 	if rawQuery != "" {
-		if v, ok := queryValue(rawQuery, queryAuthtoken); ok {
-			addAuth(v)
-		}
-		if v, ok := queryValue(rawQuery, queryAPIKey); ok {
-			c.apikey = credential{v, true}
-		}
-		if v, ok := queryValue(rawQuery, queryImpersonate); ok {
-			c.impersonate = credential{v, true}
-		}
+		eachQueryValue(rawQuery, queryAuthtoken, func(v string) { add(&c.auth, v) })
+		eachQueryValue(rawQuery, queryAPIKey, func(v string) { add(&c.apikey, v) })
+		eachQueryValue(rawQuery, queryImpersonate, func(v string) { add(&c.impersonate, v) })
+	}
+	if conflict {
+		return c, reason.New(reason.MultipleCredentials)
 	}
 
 	n := 0
@@ -113,7 +123,7 @@ func findCredentials(h map[string]string, rawQuery string) (credentials, *reason
 		}
 	}
 	browserWithAuth := n == 2 && c.deki.present && c.auth.present && dekiKind(c.deki.value) == token.KindBrowser
-	if authDiffers || (n > 1 && !browserWithAuth) {
+	if n > 1 && !browserWithAuth {
 		return c, reason.New(reason.MultipleCredentials)
 	}
 
@@ -128,8 +138,9 @@ func findCredentials(h map[string]string, rawQuery string) (credentials, *reason
 	return c, nil
 }
 
-// cookieValue returns the value of the first cookie called name in a Cookie header.
-func cookieValue(header, name string) (string, bool) {
+// eachCookie calls fn with the value of every cookie called name in a Cookie header (double
+// quotes around a value removed).
+func eachCookie(header, name string, fn func(string)) {
 	for header != "" {
 		var part string
 		part, header, _ = strings.Cut(header, ";")
@@ -139,14 +150,15 @@ func cookieValue(header, name string) (string, bool) {
 			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 				v = v[1 : len(v)-1]
 			}
-			return v, true
+			fn(v)
 		}
 	}
-	return "", false
 }
 
-// queryValue returns the decoded value of the first parameter called name in a raw query.
-func queryValue(q, name string) (string, bool) {
+// eachQueryValue calls fn with the decoded value of every parameter called name in a raw
+// query (the name compared after percent-decoding). A value that does not decode is passed
+// as a marker that no credential parser accepts.
+func eachQueryValue(q, name string, fn func(string)) {
 	for q != "" {
 		var part string
 		part, q, _ = strings.Cut(q, "&")
@@ -162,13 +174,12 @@ func queryValue(q, name string) (string, bool) {
 		if strings.ContainsAny(v, "%+") {
 			dv, err := url.QueryUnescape(v)
 			if err != nil {
-				return "\x00invalid", true // present but not decodable: malformed downstream
+				dv = "\x00invalid" // present but not decodable: malformed downstream
 			}
 			v = dv
 		}
-		return v, true
+		fn(v)
 	}
-	return "", false
 }
 
 // splitPath splits a request path into path and raw query.

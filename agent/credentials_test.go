@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -54,6 +55,23 @@ func TestFindCredentials(t *testing.T) {
 		{"api key over 255", nil, "apikey=" + long, token.KindAPIKey, reason.MalformedToken},
 		{"jwt over 8 KiB", map[string]string{"authorization": "Bearer " + strings.Repeat("a", 8<<10+1)}, "", token.KindOAuth, reason.MalformedToken},
 		{"jwt of 8 KiB", map[string]string{"authorization": "Bearer " + strings.Repeat("a", 8<<10)}, "", token.KindOAuth, ""},
+		// Two different values of one credential are two credentials (SPEC §2); the same
+		// value repeated counts once.
+		{"two authtoken cookies (cookie tossing)", map[string]string{"cookie": "authtoken=42_x; lang=en; authtoken=43_y"}, "", token.KindAuthToken, reason.MultipleCredentials},
+		{"the same authtoken cookie twice", map[string]string{"cookie": "authtoken=42_x; authtoken=42_x"}, "", token.KindAuthToken, ""},
+		{"two authtoken parameters", nil, "authtoken=42_x&authtoken=43_y", token.KindAuthToken, reason.MultipleCredentials},
+		{"the same authtoken parameter twice", nil, "authtoken=42_x&authtoken=42%5Fx", token.KindAuthToken, ""},
+		{"two apikey parameters", nil, "apikey=a&apikey=b", token.KindAPIKey, reason.MultipleCredentials},
+		{"the same apikey parameter twice", nil, "apikey=a&apikey=a", token.KindAPIKey, ""},
+		{"two impersonateuserid parameters", nil, "apikey=a&impersonateuserid=1&impersonateuserid=2", token.KindAPIKey, reason.MultipleCredentials},
+		{"two X-Deki-Token values", map[string]string{"x-deki-token": "tkn_k_1_2_s,tkn_k_1_3_s"}, "", token.KindServer, reason.MultipleCredentials},
+		{"the same X-Deki-Token twice", map[string]string{"x-deki-token": "pub1, pub1"}, "", token.KindBrowser, ""},
+		{"an X-Deki-Token and an empty one", map[string]string{"x-deki-token": "pub1,"}, "", token.KindBrowser, reason.MultipleCredentials},
+		{"two Bearer values", map[string]string{"authorization": "Bearer a.b.c, Bearer d.e.f"}, "", token.KindOAuth, reason.MultipleCredentials},
+		{"the same Bearer twice", map[string]string{"authorization": "Bearer a.b.c,Bearer a.b.c"}, "", token.KindOAuth, ""},
+		{"a Bearer after Basic", map[string]string{"authorization": "Basic dTpw, Bearer a.b.c"}, "", token.KindOAuth, ""},
+		{"Digest parameters are not credentials", map[string]string{"authorization": `Digest username="u", realm="r", nonce="n"`}, "", token.KindAnonymous, ""},
+		{"two X-Authtoken values", map[string]string{"x-authtoken": "42_x,43_y"}, "", token.KindAuthToken, reason.MultipleCredentials},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,13 +95,24 @@ func TestFindCredentials(t *testing.T) {
 }
 
 func TestQueryValueDecodes(t *testing.T) {
-	if v, ok := queryValue("x=1&apikey=a%2Bb+c", "apikey"); !ok || v != "a+b c" {
-		t.Fatalf("apikey = %q, %v", v, ok)
+	values := func(q, name string) []string {
+		var out []string
+		eachQueryValue(q, name, func(v string) { out = append(out, v) })
+		return out
 	}
-	if v, ok := queryValue("%61pikey=k", "apikey"); !ok || v != "k" {
-		t.Fatalf("encoded name: %q, %v", v, ok)
+	tests := []struct {
+		q, name string
+		want    []string
+	}{
+		{"x=1&apikey=a%2Bb+c", "apikey", []string{"a+b c"}},
+		{"%61pikey=k", "apikey", []string{"k"}},
+		{"apikeys=k", "apikey", nil},
+		{"authtoken=A&x=1&authtoken=B", "authtoken", []string{"A", "B"}},
+		{"authtoken=%zz", "authtoken", []string{"\x00invalid"}},
 	}
-	if _, ok := queryValue("apikeys=k", "apikey"); ok {
-		t.Fatal("matched a longer name")
+	for _, tc := range tests {
+		if got := values(tc.q, tc.name); !slices.Equal(got, tc.want) {
+			t.Errorf("values of %s in %q = %q, want %q", tc.name, tc.q, got, tc.want)
+		}
 	}
 }

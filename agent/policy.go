@@ -238,8 +238,9 @@ type policyResult struct {
 }
 
 // evaluatePolicy runs the site's policy last: an allow with headers to add, or a denial
-// (policy_denied with the module's status, or policy_error on any failure: fail closed).
-func (a *Agent) evaluatePolicy(ctx context.Context, s *Site, req *Request, path, query string, id *token.Identity) (policyResult, *reason.Error) {
+// (policy_denied with the module's status, or policy_error on any failure: fail closed). The
+// module sees the request without its credentials (policyHeaders, cleanQuery).
+func (a *Agent) evaluatePolicy(ctx context.Context, s *Site, req *Request, tg *target, id *token.Identity) (policyResult, *reason.Error) {
 	e := a.policy.sites[s.ID]
 	var m *plugins.Module
 	if e != nil {
@@ -249,14 +250,10 @@ func (a *Agent) evaluatePolicy(ctx context.Context, s *Site, req *Request, path,
 		return policyResult{}, &reason.Error{Reason: reason.PolicyError,
 			Detail: "the site's policy module is not loaded", Cause: fmt.Errorf("policy %s not loaded", s.Policy)}
 	}
-	headers := make([][2]string, 0, len(req.Headers))
-	for k, v := range req.Headers {
-		headers = append(headers, [2]string{k, v})
-	}
-	host, _ := toLower(hostOnly(req.Host))
 	in := plugins.Input{Site: s.ID, Kind: string(id.Kind), User: id.User, ClientID: id.ClientID,
-		Scopes: id.Scopes, Method: req.Method, Path: path, Query: query, Host: host,
-		Origin: req.Headers["origin"], Headers: headers, Time: a.now()}
+		Scopes: id.Scopes, Method: tg.method, Path: tg.path, Query: cleanQuery(tg.query),
+		Host: requestHost(req.Host), Origin: req.Headers["origin"], Headers: policyHeaders(req.Headers),
+		Time: a.now()}
 	out, err := m.Evaluate(ctx, &in)
 	if err != nil {
 		return policyResult{}, &reason.Error{Reason: reason.PolicyError, Cause: err}

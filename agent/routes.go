@@ -16,7 +16,14 @@ type Route struct {
 }
 
 func compileRoute(c RouteConfig) Route {
-	r := Route{Methods: c.Methods, Require: c.Require, Scopes: c.Scopes}
+	r := Route{Require: c.Require, Scopes: c.Scopes}
+	// Methods are compared upper-case (SPEC §2a), and a rule that lists GET also covers HEAD.
+	for _, m := range c.Methods {
+		r.Methods = appendMethod(r.Methods, strings.ToUpper(m))
+		if strings.EqualFold(m, "GET") {
+			r.Methods = appendMethod(r.Methods, "HEAD")
+		}
+	}
 	p := c.Path
 	if strings.HasSuffix(p, "*") {
 		r.Prefix = true
@@ -32,7 +39,17 @@ func compileRoute(c RouteConfig) Route {
 	return r
 }
 
-// matches reports whether the rule applies to method and the normalised path.
+func appendMethod(ms []string, m string) []string {
+	for _, have := range ms {
+		if have == m {
+			return ms
+		}
+	}
+	return append(ms, m)
+}
+
+// matches reports whether the rule applies to method (upper-case) and the normalised path.
+// An exact pattern also matches the path with one trailing "/" (SPEC §5).
 func (r *Route) matches(method, path string) bool {
 	if len(r.Methods) > 0 {
 		found := false
@@ -49,7 +66,7 @@ func (r *Route) matches(method, path string) bool {
 	if r.Prefix {
 		return strings.HasPrefix(path, r.Path)
 	}
-	return path == r.Path
+	return path == r.Path || (len(path) == len(r.Path)+1 && path[len(path)-1] == '/' && strings.HasPrefix(path, r.Path))
 }
 
 // matchRoute returns the first rule of routes that applies, or nil (require: any).
@@ -62,12 +79,20 @@ func matchRoute(routes []Route, method, path string) *Route {
 	return nil
 }
 
-// NormalizePath normalises a request path (without its query) as SPEC §5 says: percent-
-// encoded octets decoded (RFC 3986 §6.2.2.2, and beyond it every octet but "/" and "%", since
-// upstream servers decode them too and a rule must not be bypassed by encoding), remaining
-// escapes upper-cased, repeated slashes merged, and dot segments removed (RFC 3986 §5.2.4).
-// An encoded slash (%2F) stays encoded. A path that needs no change is returned as is,
-// without allocating.
+// NormalizePath normalises a request path (without its query) as SPEC §5 says, for route rules
+// and policies:
+//
+//  1. percent-encoded octets are decoded (RFC 3986 §6.2.2.2, and beyond it every octet but "/"
+//     and "%", since upstream servers decode them too and a rule must not be bypassed by
+//     encoding); the remaining escapes are upper-cased, so an encoded slash (%2F) stays one;
+//  2. matrix parameters (";name=value" at the end of a segment, which servlet containers
+//     strip) are removed from every segment, before dot segments are read, so "/a/..;/b" is
+//     "/b" as Tomcat reads it;
+//  3. repeated slashes are merged and dot segments removed (RFC 3986 §5.2.4); ".." never
+//     climbs above the root.
+//
+// A path that needs no change is returned as is, without allocating. Callers refuse paths
+// holding control characters or backslashes before (SPEC §2a).
 func NormalizePath(p string) string {
 	if p == "" {
 		return "/"
@@ -102,7 +127,7 @@ func needsNormalizing(p string) bool {
 	}
 	for i := 0; i < len(p); i++ {
 		switch p[i] {
-		case '%':
+		case '%', ';':
 			return true
 		case '/':
 			if i+1 < len(p) && (p[i+1] == '/' || p[i+1] == '.') {
@@ -113,13 +138,16 @@ func needsNormalizing(p string) bool {
 	return false
 }
 
-// removeDotSegments merges repeated slashes and resolves "." and ".." segments of an
-// absolute path; ".." never climbs above the root.
+// removeDotSegments strips each segment's matrix parameters, merges repeated slashes and
+// resolves "." and ".." segments of an absolute path; ".." never climbs above the root.
 func removeDotSegments(p string) string {
 	segs := strings.Split(p[1:], "/")
 	out := make([]string, 0, len(segs))
 	trailing := false
 	for i, s := range segs {
+		if j := strings.IndexByte(s, ';'); j >= 0 {
+			s = s[:j]
+		}
 		last := i == len(segs)-1
 		switch s {
 		case "", ".":

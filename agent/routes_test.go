@@ -28,6 +28,15 @@ func TestNormalizePath(t *testing.T) {
 		{"/@api/deki/pages/home", "/@api/deki/pages/home"},
 		{"/x/.hidden", "/x/.hidden"},
 		{"/x/..hidden/..", "/x/"},
+		// Matrix parameters (SPEC §5), removed before dot segments are read.
+		{"/admin;x=1/secret", "/admin/secret"},
+		{"/@api/deki/users/current;jsessionid=1", "/@api/deki/users/current"},
+		{"/public/..;/admin", "/admin"},
+		{"/public/..;x=1/admin", "/admin"},
+		{"/a/.;x/b", "/a/b"},
+		{"/;x=1/admin", "/admin"},
+		{"/admin%3Bx=1/secret", "/admin/secret"},
+		{"/a;b;c/d", "/a/d"},
 	}
 	for _, tc := range tests {
 		if got := NormalizePath(tc.in); got != tc.want {
@@ -42,6 +51,7 @@ func TestRouteMatching(t *testing.T) {
 		compileRoute(RouteConfig{Path: "/@api/deki/site/*", Require: RequireAuthenticated}),
 		compileRoute(RouteConfig{Path: "/exact", Require: RequireUser}),
 		compileRoute(RouteConfig{Path: "/pre*", Require: RequireAuthenticated}),
+		compileRoute(RouteConfig{Methods: []string{"get"}, Path: "/reads", Require: RequireUser}),
 	}
 	tests := []struct {
 		method, path string
@@ -55,11 +65,16 @@ func TestRouteMatching(t *testing.T) {
 		{"GET", "/@api/deki/site/", 1},
 		{"GET", "/@api/deki/Site/x", -1}, // case-sensitive
 		{"GET", "/exact", 2},
-		{"GET", "/exact/", -1},
+		{"GET", "/exact/", 2}, // an exact pattern covers one trailing slash
+		{"GET", "/exact//", -1},
+		{"GET", "/exactx", -1},
 		{"GET", "/exactly", -1},
 		{"GET", "/prefix", 3},
 		{"GET", "/pre", 3},
 		{"GET", "/pr", -1},
+		{"GET", "/reads", 4},
+		{"HEAD", "/reads", 4}, // a GET rule covers HEAD (SPEC §2a)
+		{"POST", "/reads", -1},
 	}
 	for _, tc := range tests {
 		r := matchRoute(routes, tc.method, tc.path)
@@ -79,7 +94,7 @@ func TestSiteLookup(t *testing.T) {
 	idx, _ := buildSites([]SiteConfig{
 		{ID: "docs", Hosts: []string{"docs.example.com", "*.docs.example.com"}},
 		{ID: "eu", Hosts: []string{"*.eu.docs.example.com"}},
-		{ID: "local", Hosts: []string{"localhost", "::1", "127.0.0.1"}},
+		{ID: "local", Hosts: []string{"localhost", "[::1]", "127.0.0.1"}},
 	})
 	tests := []struct{ host, want string }{
 		{"docs.example.com", "docs"},
@@ -96,8 +111,27 @@ func TestSiteLookup(t *testing.T) {
 		{"localhost:9191", "local"},
 		{"[::1]:80", "local"},
 		{"127.0.0.1:8080", "local"},
+		{"[0:0::1]:80", "local"},
 		{"", ""},
 		{"[::1", ""},
+		// Not a plain host[:port]: no site (SPEC §1).
+		{"docs.example.com:1@evil.example.com", ""},
+		{"evil.example.com@docs.example.com", ""},
+		{"user@docs.example.com", ""},
+		{"docs.example.com:", ""},
+		{"docs.example.com:0", ""},
+		{"docs.example.com:65536", ""},
+		{"docs.example.com:8x", ""},
+		{"docs.example.com:1:2", ""},
+		{"docs.example.com/x", ""},
+		{"docs.example.com x", ""},
+		{" docs.example.com", ""},
+		{"docs.example.com%2e", ""},
+		{"docs.example.com\\", ""},
+		{"docs.example.com#", ""},
+		{"docs..example.com", ""},
+		{"1.2.3.4.docs.example.com", "docs"},
+		{"x.127.0.0.1", ""},
 	}
 	for _, tc := range tests {
 		got := ""

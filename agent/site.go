@@ -3,6 +3,7 @@ package agent
 import (
 	"strings"
 
+	"github.com/tokenagent/tokenagent/agent/internal/hostname"
 	"github.com/tokenagent/tokenagent/agent/token"
 )
 
@@ -69,20 +70,19 @@ func buildSites(cfgs []SiteConfig) (*siteIndex, []*Site) {
 	return idx, sites
 }
 
-// lookup returns the site serving host (the request's :authority), or nil.
+// lookup returns the site serving authority (the request's :authority or Host), or nil when
+// none does. An authority that is not a plain host[:port] (user info, a path, spaces, a bad
+// port; see hostname.ParseAuthority) names no site (SPEC §1).
 func (x *siteIndex) lookup(authority string) *Site {
-	h := hostOnly(authority)
-	if h == "" {
+	h, _, err := hostname.ParseAuthority(authority)
+	if err != nil {
 		return nil
 	}
 	if s, ok := x.exact[h]; ok {
 		return s
 	}
-	if lower, changed := toLower(h); changed {
-		h = lower
-		if s, ok := x.exact[h]; ok {
-			return s
-		}
+	if hostname.IsIP(h) {
+		return nil // an IP address is only ever matched exactly
 	}
 	for _, ss := range x.suffixes {
 		if len(h) > len(ss.suffix) && strings.HasSuffix(h, ss.suffix) {
@@ -92,29 +92,12 @@ func (x *siteIndex) lookup(authority string) *Site {
 	return nil
 }
 
-// hostOnly strips the port (and IPv6 brackets) and a trailing dot from an authority.
-func hostOnly(a string) string {
-	if a == "" {
+// requestHost returns the canonical host of an authority (lower case, no port, no trailing
+// dot), or "" when it does not parse.
+func requestHost(authority string) string {
+	h, _, err := hostname.ParseAuthority(authority)
+	if err != nil {
 		return ""
 	}
-	if a[0] == '[' {
-		if i := strings.IndexByte(a, ']'); i > 0 {
-			return a[1:i]
-		}
-		return ""
-	}
-	if i := strings.LastIndexByte(a, ':'); i >= 0 && strings.IndexByte(a, ':') == i {
-		a = a[:i]
-	}
-	return strings.TrimSuffix(a, ".")
-}
-
-// toLower lower-cases ASCII, allocating only when s has upper-case letters.
-func toLower(s string) (string, bool) {
-	for i := 0; i < len(s); i++ {
-		if 'A' <= s[i] && s[i] <= 'Z' {
-			return strings.ToLower(s), true
-		}
-	}
-	return s, false
+	return h
 }

@@ -25,7 +25,6 @@ func request(kind, user, method string) *plugins.Input {
 			{"user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"},
 			{"x-forwarded-for", "203.0.113.7"},
 			{"x-request-id", "7f3c2a9e-51d4-4b8e-9a4f-0c2b1e6d8a31"},
-			{"cookie", "authtoken=1_638000000000000000_abc"}, // never passed to the module
 		},
 		Time: time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC),
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 
 	"github.com/tokenagent/tokenagent/agent"
@@ -38,6 +39,11 @@ func TestEnvoyBootstrap(t *testing.T) {
 	}
 	if !p.hcm.GetNormalizePath().GetValue() || !p.hcm.GetMergeSlashes() {
 		t.Error("the connection manager must normalise paths and merge slashes, as the agent does")
+	}
+	// Underscore header names are refused: CGI/WSGI/Rack/PHP upstreams read X_Auth_User as
+	// X-Auth-User (SPEC §2a).
+	if a := p.hcm.GetCommonHttpProtocolOptions().GetHeadersWithUnderscoresAction(); a != corev3.HttpProtocolOptions_REJECT_REQUEST {
+		t.Errorf("headers_with_underscores_action = %v, want REJECT_REQUEST", a)
 	}
 	if a := b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(); a != "127.0.0.1" {
 		t.Errorf("admin listens on %s; keep it on the loopback", a)

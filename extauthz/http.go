@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -227,11 +226,9 @@ func (h *HTTPHandler) toRequest(ep Endpoint, rest string, r *http.Request) (*age
 			req.Method = m
 		}
 	}
-	p, ok := originForm(req.Path)
-	if !ok {
-		return nil, "the original request target is not a path"
-	}
-	req.Path = p
+	// The target goes to the agent as the proxy forwarded it: the agent refuses what is not a
+	// plain path (an absolute-form target, a fragment, control characters; SPEC §2a), exactly
+	// as over gRPC.
 	if req.Scheme == "" {
 		req.Scheme = "http"
 		if r.TLS != nil {
@@ -254,23 +251,6 @@ func (h *HTTPHandler) toRequest(ep Endpoint, rest string, r *http.Request) (*age
 		req.BodyTruncated = true
 	}
 	return req, ""
-}
-
-// originForm returns the path-and-query of a request target given in a forwarding header:
-// origin-form as it is, absolute-form ("https://host/p?q", which nginx's $request_uri can hold)
-// reduced to its path and query.
-func originForm(t string) (string, bool) {
-	switch {
-	case strings.HasPrefix(t, "/"):
-		return t, true
-	case t == "*":
-		return t, true
-	}
-	u, err := url.Parse(t)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", false
-	}
-	return u.RequestURI(), true
 }
 
 // flattenHTTPHeader lower-cases header names and joins repeated headers with "," (cookies

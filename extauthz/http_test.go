@@ -181,6 +181,16 @@ func TestHTTPFrontEnvoy(t *testing.T) {
 		wantAllowed(t, a, map[string]string{"x-auth-site": "docs", "x-auth-kind": "server",
 			"x-auth-user": "42", HeaderEnvoyRemove: "x-auth-admin"})
 	})
+	t.Run("spoofed x-auth headers in any spelling are listed for removal", func(t *testing.T) {
+		a := f.call(t, "GET", "/envoy/page", "docs.example.com", map[string]string{
+			"X_Auth_User": "42", "X-Auth_User": "42", "x_auth-elevated": "true"}, "")
+		wantAllowed(t, a, map[string]string{"x-auth-kind": "anonymous",
+			HeaderEnvoyRemove: "x-auth_user,x_auth-elevated,x_auth_user"})
+	})
+	t.Run("the method is compared upper-case", func(t *testing.T) {
+		a := f.call(t, "post", "/envoy/@api/deki/pages/home", "docs.example.com", nil, "")
+		wantDenied(t, a, http.StatusUnauthorized, "authentication_required")
+	})
 	t.Run("the path after the prefix is the original path", func(t *testing.T) {
 		a := f.call(t, "POST", "/envoy/@api/deki/pages/home", "docs.example.com", nil, "")
 		wantDenied(t, a, http.StatusUnauthorized, "authentication_required")
@@ -294,8 +304,21 @@ func TestHTTPFrontNginx(t *testing.T) {
 		wantDenied(t, a, http.StatusUnauthorized, "authentication_required")
 	})
 	t.Run("absolute-form X-Original-URI", func(t *testing.T) {
+		// SPEC §2a: the agent reads the target one way and refuses what an upstream may read
+		// another way (nginx is told 403, the real status in x-auth-status).
 		a := f.call(t, "GET", "/nginx", "", nginx("POST", "https://docs.example.com/@api/deki/pages/x", "docs.example.com", nil), "")
+		wantDenied(t, a, http.StatusForbidden, "malformed_request")
+		if a.headers.Get(HeaderStatus) != "400" {
+			t.Errorf("%s = %q, want 400", HeaderStatus, a.headers.Get(HeaderStatus))
+		}
+	})
+	t.Run("the original method is compared upper-case", func(t *testing.T) {
+		a := f.call(t, "GET", "/nginx", "", nginx("post", "/@api/deki/pages/home", "docs.example.com", nil), "")
 		wantDenied(t, a, http.StatusUnauthorized, "authentication_required")
+	})
+	t.Run("an encoded backslash in X-Original-URI", func(t *testing.T) {
+		a := f.call(t, "GET", "/nginx", "", nginx("GET", "/%5Cadmin", "docs.example.com", nil), "")
+		wantDenied(t, a, http.StatusForbidden, "malformed_request")
 	})
 	t.Run("without X-Original-URI the request is refused", func(t *testing.T) {
 		a := f.call(t, "GET", "/nginx", "docs.example.com", map[string]string{"X-Deki-Token": tok}, "")
@@ -303,12 +326,10 @@ func TestHTTPFrontNginx(t *testing.T) {
 			t.Fatalf("answer %d %s, want 400 invalid_request", a.status, a.body)
 		}
 		a = f.call(t, "GET", "/nginx", "docs.example.com", map[string]string{"X-Original-URI": "pages"}, "")
-		if a.status != http.StatusBadRequest {
-			t.Fatalf("a target that is not a path: %d, want 400", a.status)
-		}
+		wantDenied(t, a, http.StatusForbidden, "malformed_request")
 	})
-	if got := counterValue(t, f.metrics.Responses.WithLabelValues("nginx", "403")); got != 2 {
-		t.Errorf("nginx 403 answers counted %v, want 2", got)
+	if got := counterValue(t, f.metrics.Responses.WithLabelValues("nginx", "403")); got != 5 {
+		t.Errorf("nginx 403 answers counted %v, want 5", got)
 	}
 }
 

@@ -3,7 +3,6 @@ package plugins
 import (
 	"encoding/binary"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -54,16 +53,18 @@ type Input struct {
 	// Path is the request path without the query; the agent passes the path normalised as for
 	// route rules (SPEC §5).
 	Path string
-	// Query is the raw query without "?". The host removes the authtoken and apikey parameters
-	// before the module sees it.
+	// Query is the raw query without "?", as the module sees it: the agent removes the
+	// authtoken, apikey and impersonateuserid parameters before (SPEC §5).
 	Query string
 	// Host is the request host, lower-case, without the port.
 	Host string
 	// Origin is the Origin header, if any.
 	Origin string
-	// Headers are the request headers, names in lower case. The host never passes the headers
-	// that carry credentials (authorization, proxy-authorization, cookie, x-deki-token,
-	// x-authtoken) nor any x-auth-* header.
+	// Headers are the request headers, names in lower case, passed to the module as given.
+	// The agent gives none that carries a credential: not authorization, proxy-authorization,
+	// x-deki-token or x-authtoken, not the authtoken cookie, no client-sent x-auth-* header in
+	// any spelling, and no credential parameter in a header that carries a URL (SPEC §5,
+	// ABI.md "Input record").
 	Headers [][2]string
 	// Time is the request time; the zero Time means the engine's clock (EngineOptions.Now).
 	Time time.Time
@@ -86,92 +87,23 @@ type Output struct {
 	ResponseHeaders map[string]string
 }
 
-// skipHeader reports whether the host keeps a request header away from modules: credentials
-// and the agent's own identity headers.
-func skipHeader(name string) bool {
-	switch len(name) {
-	case 6:
-		return strings.EqualFold(name, "cookie")
-	case 11:
-		if strings.EqualFold(name, "x-authtoken") {
-			return true
-		}
-	case 12:
-		if strings.EqualFold(name, "x-deki-token") {
-			return true
-		}
-	case 13:
-		if strings.EqualFold(name, "authorization") {
-			return true
-		}
-	case 19:
-		if strings.EqualFold(name, "proxy-authorization") {
-			return true
-		}
-	}
-	return len(name) >= 7 && strings.EqualFold(name[:7], "x-auth-")
-}
-
-// cleanQuery returns q without its authtoken and apikey parameters (names compared without
-// case and after percent-decoding). It returns q itself, without allocating, when there are
-// none.
-func cleanQuery(q string) string {
-	found := false
-	for rest, more := q, true; more && !found; {
-		var pair string
-		pair, rest, more = strings.Cut(rest, "&")
-		found = secretParam(pair)
-	}
-	if !found {
-		return q
-	}
-	var b strings.Builder
-	b.Grow(len(q))
-	for rest, more := q, true; more; {
-		var pair string
-		pair, rest, more = strings.Cut(rest, "&")
-		if pair != "" && !secretParam(pair) {
-			if b.Len() > 0 {
-				b.WriteByte('&')
-			}
-			b.WriteString(pair)
-		}
-	}
-	return b.String()
-}
-
-func secretParam(pair string) bool {
-	name := pair
-	if i := strings.IndexByte(pair, '='); i >= 0 {
-		name = pair[:i]
-	}
-	if strings.ContainsAny(name, "%+") {
-		if u, err := url.QueryUnescape(name); err == nil {
-			name = u
-		}
-	}
-	return strings.EqualFold(name, "authtoken") || strings.EqualFold(name, "apikey")
-}
-
-// inputSize returns the size of in's record, with query the cleaned query.
-func inputSize(in *Input, query string) int {
+// inputSize returns the size of in's record.
+func inputSize(in *Input) int {
 	n := 4 + 8 + 9*4 + len(in.Site) + len(in.Kind) + len(in.User) + len(in.ClientID) +
-		len(in.Method) + len(in.Path) + len(query) + len(in.Host) + len(in.Origin)
+		len(in.Method) + len(in.Path) + len(in.Query) + len(in.Host) + len(in.Origin)
 	n += 4
 	for _, s := range in.Scopes {
 		n += 4 + len(s)
 	}
 	n += 4
 	for _, h := range in.Headers {
-		if !skipHeader(h[0]) {
-			n += 8 + len(h[0]) + len(h[1])
-		}
+		n += 8 + len(h[0]) + len(h[1])
 	}
 	return n
 }
 
 // encodeInput writes in's record into b, which is exactly inputSize bytes long.
-func encodeInput(b []byte, in *Input, query string, now time.Time) {
+func encodeInput(b []byte, in *Input, now time.Time) {
 	le := binary.LittleEndian
 	le.PutUint32(b, layoutVersion)
 	le.PutUint64(b[4:], uint64(now.UnixNano()))
@@ -186,7 +118,7 @@ func encodeInput(b []byte, in *Input, query string, now time.Time) {
 	put(in.ClientID)
 	put(in.Method)
 	put(in.Path)
-	put(query)
+	put(in.Query)
 	put(in.Host)
 	put(in.Origin)
 	le.PutUint32(b[off:], uint32(len(in.Scopes)))
@@ -194,17 +126,12 @@ func encodeInput(b []byte, in *Input, query string, now time.Time) {
 	for _, s := range in.Scopes {
 		put(s)
 	}
-	countAt := off
+	le.PutUint32(b[off:], uint32(len(in.Headers)))
 	off += 4
-	var n uint32
 	for _, h := range in.Headers {
-		if !skipHeader(h[0]) {
-			put(h[0])
-			put(h[1])
-			n++
-		}
+		put(h[0])
+		put(h[1])
 	}
-	le.PutUint32(b[countAt:], n)
 }
 
 // decodeOutput decodes and checks an ABI v1 output record. Every rule of ABI.md "Output" is

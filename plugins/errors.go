@@ -35,6 +35,9 @@ const (
 	KindBusy ErrorKind = "busy"
 	// KindInstantiate: a new instance could not be made.
 	KindInstantiate ErrorKind = "instantiate"
+	// KindBackoff: the module failed its recent calls and is refused for a short backoff (it
+	// was not called; see ModuleOptions and the package documentation on isolation).
+	KindBackoff ErrorKind = "backoff"
 	// KindClosed: the module or its engine is closed.
 	KindClosed ErrorKind = "closed"
 )

@@ -12,6 +12,7 @@ type metrics struct {
 	reloads        *prometheus.CounterVec
 	reloadFailing  *prometheus.GaugeVec
 	logDropped     *prometheus.CounterVec
+	backoffs       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,10 +35,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "1 while the module file on disk failed to load and the previous module keeps serving."}, []string{"policy"}),
 		logDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_policy_log_lines_dropped_total",
 			Help: "Log lines from modules dropped by the rate limit."}, []string{"policy"}),
+		backoffs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_policy_backoffs_total",
+			Help: "Backoffs started because a module kept failing; its calls are refused meanwhile (errors of kind backoff)."},
+			[]string{"policy"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.evaluations, m.errors, m.duration, m.instances,
-			m.instantiations, m.reloads, m.reloadFailing, m.logDropped} {
+			m.instantiations, m.reloads, m.reloadFailing, m.logDropped, m.backoffs} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -53,6 +57,7 @@ type moduleMetrics struct {
 	instances         prometheus.Gauge
 	instOK, instErr   prometheus.Counter
 	logDropped        prometheus.Counter
+	backoffs          prometheus.Counter
 }
 
 func (m *metrics) forPolicy(name string) moduleMetrics {
@@ -65,5 +70,6 @@ func (m *metrics) forPolicy(name string) moduleMetrics {
 		instOK:     m.instantiations.WithLabelValues(name, "ok"),
 		instErr:    m.instantiations.WithLabelValues(name, "error"),
 		logDropped: m.logDropped.WithLabelValues(name),
+		backoffs:   m.backoffs.WithLabelValues(name),
 	}
 }

@@ -27,9 +27,10 @@ type ModuleOptions struct {
 	// EngineOptions.MemoryLimitPages). A module that starts with more does not load; growing past
 	// it fails (memory.grow returns -1).
 	MemoryLimitPages uint32
-	// PoolSize is the most instances kept for the module (default EngineOptions.MaxConcurrency,
-	// since no more can run at once). The pool grows on demand up to it; a call that finds every
-	// instance busy waits.
+	// PoolSize is the most instances kept for the module, and so the most calls of it that run
+	// at once (default EngineOptions.MaxConcurrency-1, at least 1: with two engine slots or
+	// more, one module never holds them all). The pool grows on demand up to it; a call that
+	// finds every instance busy waits for one, without holding an engine slot.
 	PoolSize int
 	// Prewarm is how many instances are made at load and kept ready after a failure replaced
 	// one (default min(2, PoolSize)).
@@ -62,13 +63,16 @@ type ModuleOptions struct {
 //   - A reload (Watch, or Reload) swaps the compiled module atomically: calls already running
 //     finish on the old one, which is closed when its last call returns.
 type Module struct {
-	e        *Engine
-	path     string
-	name     string
-	opts     ModuleOptions
-	mm       moduleMetrics
-	logLimit *limiter // the module's own log lines (tokenagent.log)
-	errLimit *limiter // the host's log lines about the module's failures
+	e    *Engine
+	path string
+	name string
+	opts ModuleOptions
+	mm   moduleMetrics
+	brk  *breaker // refuses the module's calls for a while when it keeps failing
+	// backoffErr is the error of a call refused by brk, made once: refusing costs nothing.
+	backoffErr *Error
+	logLimit   *limiter // the module's own log lines (tokenagent.log)
+	errLimit   *limiter // the host's log lines about the module's failures
 
 	cur atomic.Pointer[version]
 
@@ -135,7 +139,9 @@ func (e *Engine) Load(ctx context.Context, path string, opts ModuleOptions) (*Mo
 			path, opts.MemoryLimitPages, e.opts.MemoryLimitPages)
 	}
 	if opts.PoolSize <= 0 {
-		opts.PoolSize = e.opts.MaxConcurrency
+		// No more can run at once; and with two slots or more, one module alone can never
+		// hold them all (isolation between modules).
+		opts.PoolSize = max(1, e.opts.MaxConcurrency-1)
 	}
 	if opts.Prewarm <= 0 {
 		opts.Prewarm = min(2, opts.PoolSize)
@@ -151,11 +157,14 @@ func (e *Engine) Load(ctx context.Context, path string, opts ModuleOptions) (*Mo
 		opts.InitTimeout = 2 * time.Second
 	}
 	m := &Module{
-		e:        e,
-		path:     path,
-		name:     opts.Name,
-		opts:     opts,
-		mm:       e.metrics.forPolicy(opts.Name),
+		e:    e,
+		path: path,
+		name: opts.Name,
+		opts: opts,
+		mm:   e.metrics.forPolicy(opts.Name),
+		brk:  newBreaker(),
+		backoffErr: &Error{Policy: opts.Name, Kind: KindBackoff,
+			Err: errors.New("the module failed its recent calls and is refused for a short backoff")},
 		logLimit: newLimiter(e.opts.LogRate, e.opts.LogBurst),
 		errLimit: newLimiter(1, 10),
 		stop:     make(chan struct{}),
@@ -348,7 +357,7 @@ func (m *Module) Evaluate(ctx context.Context, in *Input) (Output, error) {
 			kind = pe.Kind
 		}
 		m.e.metrics.errors.WithLabelValues(m.name, string(kind)).Inc()
-		if kind != KindCanceled && kind != KindClosed {
+		if kind != KindCanceled && kind != KindClosed && kind != KindBackoff {
 			// Rate-limited: a module failing every call must not flood the log (the metric counts
 			// every failure).
 			if ok, suppressed := m.errLimit.allow(time.Now()); ok {
@@ -372,34 +381,77 @@ func (m *Module) evaluate(ctx context.Context, in *Input) (Output, error) {
 		return Output{}, m.errorf(KindClosed, "%w", ErrClosed)
 	}
 	defer v.release()
-	query := cleanQuery(in.Query)
-	size := inputSize(in, query)
+	size := inputSize(in)
 	if size > MaxInputBytes {
 		return Output{}, m.errorf(KindInputTooLarge, "the input record would be %d bytes, over %d", size, MaxInputBytes)
 	}
+	if !m.brk.allow(time.Now()) {
+		return Output{}, m.backoffErr
+	}
+	// An instance first, then an engine slot: waiting for this module's instances never keeps
+	// a slot from the other modules.
+	inst, reserved, err := v.get(ctx)
+	if err != nil {
+		m.brk.release()
+		return Output{}, err
+	}
+	if reserved && m.brk.refusing(time.Now()) {
+		// The module started a backoff while this call waited: do not make it an instance.
+		v.unreserve()
+		return Output{}, m.backoffErr
+	}
 	if err := m.e.acquireSlot(ctx, m.opts.MaxWait); err != nil {
+		if reserved {
+			v.unreserve()
+		} else {
+			v.put(inst)
+		}
+		m.brk.release()
 		kind := KindBusy
 		if ctx.Err() != nil {
 			kind = KindCanceled
 		}
 		return Output{}, m.errorf(kind, "%w", err)
 	}
-	defer m.e.releaseSlot()
-	inst, err := v.get(ctx)
-	if err != nil {
-		return Output{}, err
+	start := time.Now()
+	if reserved {
+		if inst, err = v.instantiate(ctx); err != nil {
+			m.e.releaseSlot()
+			v.unreserve()
+			m.failed(start, ctx.Err() == nil)
+			return Output{}, m.errorf(KindInstantiate, "%w", err)
+		}
+		v.setGauge()
 	}
 	now := in.Time
 	if now.IsZero() {
 		now = m.e.opts.Now()
 	}
-	out, err := inst.call(ctx, in, query, size, now)
+	out, err := inst.call(ctx, in, size, now)
+	m.e.releaseSlot()
 	if err != nil {
 		v.discard(inst)
+		var pe *Error
+		counts := !errors.As(err, &pe) || pe.Kind != KindCanceled
+		m.failed(start, counts)
 		return Output{}, err
 	}
+	m.brk.success()
 	v.put(inst)
 	return out, nil
+}
+
+// failed records a failure that took the engine's time since start; counts is false when the
+// caller gave up rather than the module failing. A backoff that starts is logged.
+func (m *Module) failed(start time.Time, counts bool) {
+	now := time.Now()
+	if backoff := m.brk.failure(now, now.Sub(start), counts); backoff > 0 {
+		m.mm.backoffs.Inc()
+		if ok, _ := m.errLimit.allow(now); ok {
+			m.e.log.Warn("policy module keeps failing; its calls are refused for a backoff (policy_error)",
+				"policy", m.name, "backoff", backoff.Round(time.Millisecond).String())
+		}
+	}
 }
 
 // acquire returns the serving version with a call counted on it, or nil once closed.

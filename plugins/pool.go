@@ -25,8 +25,9 @@ type version struct {
 
 	idle chan *instance // ready instances; capacity PoolSize
 
-	mu   sync.Mutex
-	live int // instances made and not yet thrown away (idle, busy or being made)
+	mu    sync.Mutex
+	live  int           // instances made and not yet thrown away (idle, busy or being made)
+	freed chan struct{} // closed (and replaced) when live goes down
 
 	inflight  atomic.Int64 // calls and refills holding the version open
 	retired   atomic.Bool
@@ -64,6 +65,7 @@ func (e *Engine) newVersion(ctx context.Context, m *Module, bin []byte, hash str
 		hash:     hash,
 		loadedAt: time.Now(),
 		idle:     make(chan *instance, m.opts.PoolSize),
+		freed:    make(chan struct{}),
 	}
 	for i := 0; i < m.opts.Prewarm; i++ {
 		inst, err := v.instantiateInSlot(ctx)
@@ -215,39 +217,58 @@ func (inst *instance) close() {
 	_ = inst.mod.Close(context.Background())
 }
 
-// get takes a ready instance, makes one if the pool is below PoolSize, or waits for one.
-func (v *version) get(ctx context.Context) (*instance, error) {
-	select {
-	case inst := <-v.idle:
-		return inst, nil
-	default:
-	}
+// get takes a ready instance, or reserves room for a new one when the pool is below PoolSize
+// (inst nil, reserved true: the caller makes it with instantiate inside an engine slot, or
+// gives the room back with unreserve), or waits for an instance to come back or room to be
+// freed. It never holds an engine slot: a call waits for its own module's instances without
+// keeping another module's calls from running.
+func (v *version) get(ctx context.Context) (inst *instance, reserved bool, err error) {
 	m := v.mod
-	v.mu.Lock()
-	if v.live < m.opts.PoolSize {
-		v.live++
-		v.mu.Unlock()
-		inst, err := v.instantiate(ctx)
-		if err != nil {
-			v.mu.Lock()
-			v.live--
-			v.mu.Unlock()
-			return nil, m.errorf(KindInstantiate, "%w", err)
+	var timer *time.Timer
+	for {
+		select {
+		case inst := <-v.idle:
+			return inst, false, nil
+		default:
 		}
-		v.setGauge()
-		return inst, nil
+		v.mu.Lock()
+		if v.live < m.opts.PoolSize {
+			v.live++
+			v.mu.Unlock()
+			return nil, true, nil
+		}
+		freed := v.freed
+		v.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(m.opts.MaxWait)
+			defer timer.Stop()
+		}
+		select {
+		case inst := <-v.idle:
+			return inst, false, nil
+		case <-freed: // an instance was thrown away: look again
+		case <-ctx.Done():
+			return nil, false, m.errorf(KindCanceled, "waiting for a free instance: %w", ctx.Err())
+		case <-timer.C:
+			return nil, false, m.errorf(KindBusy, "all %d instances stayed busy for %v", m.opts.PoolSize, m.opts.MaxWait)
+		}
 	}
+}
+
+// dropLocked counts one instance (or reserved room) less and wakes the calls waiting in get.
+// v.mu must be held.
+func (v *version) dropLocked() {
+	v.live--
+	close(v.freed)
+	v.freed = make(chan struct{})
+}
+
+// unreserve gives back room reserved by get that was not used.
+func (v *version) unreserve() {
+	v.mu.Lock()
+	v.dropLocked()
 	v.mu.Unlock()
-	t := time.NewTimer(m.opts.MaxWait)
-	defer t.Stop()
-	select {
-	case inst := <-v.idle:
-		return inst, nil
-	case <-ctx.Done():
-		return nil, m.errorf(KindCanceled, "waiting for a free instance: %w", ctx.Err())
-	case <-t.C:
-		return nil, m.errorf(KindBusy, "all %d instances stayed busy for %v", m.opts.PoolSize, m.opts.MaxWait)
-	}
+	v.setGauge()
 }
 
 // put returns a healthy instance to the pool.
@@ -259,16 +280,16 @@ func (v *version) put(inst *instance) {
 	}
 }
 
-// discard throws a failed instance away and, if the pool fell below Prewarm, makes new ones in
-// the background.
+// discard throws a failed instance away and, if the pool fell below Prewarm and the module is
+// not refused (breaker), makes new ones in the background.
 func (v *version) discard(inst *instance) {
 	inst.close()
 	v.mu.Lock()
-	v.live--
+	v.dropLocked()
 	refill := v.live < v.mod.opts.Prewarm && !v.retired.Load()
 	v.mu.Unlock()
 	v.setGauge()
-	if refill {
+	if refill && !v.mod.brk.refusing(time.Now()) {
 		v.inflight.Add(1) // released by refill
 		if !v.mod.e.goBackground(v.refill) {
 			v.release()
@@ -276,6 +297,8 @@ func (v *version) discard(inst *instance) {
 	}
 }
 
+// refill makes instances until the pool holds Prewarm again. Each one's engine time is charged
+// to the module's failure budget: replacing broken instances is the cost of its failures.
 func (v *version) refill() {
 	defer v.release()
 	for !v.retired.Load() {
@@ -286,10 +309,12 @@ func (v *version) refill() {
 		}
 		v.live++
 		v.mu.Unlock()
+		start := time.Now()
 		inst, err := v.instantiateInSlot(context.Background())
+		v.mod.brk.charge(time.Now(), time.Since(start))
 		if err != nil {
 			v.mu.Lock()
-			v.live--
+			v.dropLocked()
 			v.mu.Unlock()
 			v.mod.e.log.Error("policy instance could not be replaced", "policy", v.mod.name, "err", err)
 			return
@@ -338,7 +363,7 @@ func (v *version) closeAll() {
 }
 
 // call evaluates one input on the instance. Any error means the instance must be thrown away.
-func (inst *instance) call(ctx context.Context, in *Input, query string, size int, now time.Time) (Output, error) {
+func (inst *instance) call(ctx context.Context, in *Input, size int, now time.Time) (Output, error) {
 	m := inst.ver.mod
 	if uint32(size) > inst.inCap {
 		want := min(uint32(size+4095)&^4095, MaxInputBytes)
@@ -357,7 +382,7 @@ func (inst *instance) call(ctx context.Context, in *Input, query string, size in
 	if !ok { // memory does not shrink, so this cannot happen
 		return Output{}, m.errorf(KindBadOutput, "the input region moved outside the module's memory")
 	}
-	encodeInput(buf, in, query, now)
+	encodeInput(buf, in, now)
 	inst.stack[0], inst.stack[1] = uint64(inst.inPtr), uint64(size)
 	if err := inst.invoke(ctx, inst.eval); err != nil {
 		return Output{}, err

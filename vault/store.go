@@ -64,7 +64,7 @@ type Store struct {
 	flight   singleflight.Group
 	log      *slog.Logger
 	m        *StoreMetrics
-	downTill atomic.Int64 // unix nanos until which the source is taken to be down
+	downTill atomic.Int64 // unix nanos (on the store's clock) until which the source is taken to be down
 
 	// closeMu orders cache writes before Close: ristretto must not be written to (Set, Wait)
 	// once closed, and background refreshes may still be finishing when the Store is closed.
@@ -374,7 +374,7 @@ func (s *Store) startLoad(ctx context.Context, h uint64, r ref) <-chan singlefli
 			// A source that has not logged in yet is not down: don't hold later reads back
 			// (the first one after the login must go through at once).
 			if s.src.Ready() == nil {
-				s.downTill.Store(time.Now().Add(time.Second).UnixNano())
+				s.downTill.Store(s.opts.Now().Add(time.Second).UnixNano())
 			}
 			s.noteRead(err)
 			s.log.Warn("key source read failed", "source", s.src.Name(), "path", path, "error", err.Error())

@@ -193,7 +193,7 @@ func TestStoreChangeTakesEffectWithinRefresh(t *testing.T) {
 	if err := os.WriteFile(p, []byte(disabled), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1100 * time.Millisecond) // the file source checks its file at most once a second
+	reloadKeyFile(t, s) // the file source would see the change by itself within a second
 	c.add(30 * time.Second)
 	if sk, err := s.ServerKey(ctx, "docs", "k1"); err != nil || !sk.Disabled {
 		t.Fatalf("disabled within the refresh interval: %+v %v", sk, err)
@@ -202,7 +202,7 @@ func TestStoreChangeTakesEffectWithinRefresh(t *testing.T) {
 	if err := os.WriteFile(p, []byte(deleted), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1100 * time.Millisecond)
+	reloadKeyFile(t, s)
 	c.add(30 * time.Second)
 	if _, err := s.ServerKey(ctx, "docs", "k1"); !errors.Is(err, vault.ErrNotFound) {
 		t.Fatalf("deleted within the refresh interval: %v", err)
@@ -231,19 +231,20 @@ func TestStoreSingleflight(t *testing.T) {
 	s, src, _, _ := newStore(t, keysYAML)
 	src.slow = make(chan struct{})
 	var wg sync.WaitGroup
+	var started atomic.Int64
 	errs := make(chan error, 64)
 	for i := 0; i < 64; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			started.Add(1)
 			_, err := s.ServerKey(context.Background(), "docs", "k1")
 			errs <- err
 		}()
 	}
-	for src.reads.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond) // let the other callers pile up behind the read
+	// Hold the first read until every caller has started its lookup. Whether a caller then
+	// joins the read or finds its result cached, there must be one read in all.
+	waitFor(t, "the first read and every caller", func() bool { return src.reads.Load() >= 1 && started.Load() == 64 })
 	close(src.slow)
 	wg.Wait()
 	close(errs)
@@ -272,13 +273,12 @@ func TestStoreOutage(t *testing.T) {
 	if _, err := s.ServerKey(ctx, "docs", "never-seen"); !errors.As(err, &re) || re.Reason != reason.KeysUnavailable || re.Headers["Retry-After"] == "" {
 		t.Fatalf("unseen key during the outage: %v, want keys_unavailable with Retry-After", err)
 	}
-	c.add(time.Hour) // past max_stale
-	time.Sleep(1100 * time.Millisecond)
+	c.add(time.Hour) // past max_stale (and past the second the store waits before asking a failed source again)
 	if _, err := s.ServerKey(ctx, "docs", "k1"); !errors.As(err, &re) || re.Reason != reason.KeysUnavailable {
 		t.Fatalf("past max_stale: %v, want keys_unavailable", err)
 	}
-	src.down.Store(false) // recovery needs no restart
-	time.Sleep(1100 * time.Millisecond)
+	src.down.Store(false)  // recovery needs no restart
+	c.add(2 * time.Second) // the store asks a failed source again after a second
 	if _, err := s.ServerKey(ctx, "docs", "never-seen"); !errors.Is(err, vault.ErrNotFound) {
 		t.Fatalf("after recovery, unseen key: %v, want an answer from the source", err)
 	}
@@ -305,6 +305,29 @@ func TestStoreRotationGrace(t *testing.T) {
 		}
 		if len(keys.Generations) != tc.want {
 			t.Errorf("grace %v: %d generations, want %d", tc.grace, len(keys.Generations), tc.want)
+		}
+	}
+}
+
+// reloadKeyFile makes the store's file source read its file again now.
+func reloadKeyFile(t *testing.T, s *vault.Store) {
+	t.Helper()
+	fs, ok := s.Source().(*faultySource).Source.(*file.Source)
+	if !ok {
+		t.Fatal("the store's source is not a file source")
+	}
+	if err := fs.Reload(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after a generous deadline: it waits for
+// an event, it asserts no timing.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(30 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("gave up waiting for %s", what)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,7 +22,14 @@ type vaultFixture struct {
 	v     *vaulttest.Server
 	proxy *Proxy
 	a     *agentEnv
+	ahead atomic.Int64 // how far the agent's clock runs ahead of the real one
 }
+
+// now is the agent's clock: the real one, moved ahead by skip.
+func (f *vaultFixture) now() time.Time { return time.Now().Add(time.Duration(f.ahead.Load())) }
+
+// skip moves the agent's clock ahead by d, so cached records age without the test waiting.
+func (f *vaultFixture) skip(d time.Duration) { f.ahead.Add(int64(d)) }
 
 func newVaultFixture(t *testing.T, refresh, timeout time.Duration, vaultToken string) *vaultFixture {
 	t.Helper()
@@ -35,9 +43,10 @@ func newVaultFixture(t *testing.T, refresh, timeout time.Duration, vaultToken st
 	if vaultToken == "" {
 		vaultToken = v.Token
 	}
-	a := startDaemon(t, vaultConfig(p.URL(), refresh, timeout), map[string]string{"vault-token": vaultToken})
-	eventually(t, "ready after the Vault login", func() bool { return a.d.Ready().Ready })
-	return &vaultFixture{v: v, proxy: p, a: a}
+	f := &vaultFixture{v: v, proxy: p}
+	f.a = startDaemonClock(t, vaultConfig(p.URL(), refresh, timeout), map[string]string{"vault-token": vaultToken}, f.now)
+	eventually(t, "ready after the Vault login", func() bool { return f.a.d.Ready().Ready })
+	return f
 }
 
 // cachedChecks alternates the checks whose keys the fixture's tests warm up before a fault:
@@ -136,7 +145,7 @@ func TestVaultStalled(t *testing.T) {
 	// answered before that, which they are only if none waits for the stalled read.
 	f := newVaultFixture(t, refresh, 3*time.Second, "")
 	f.warm(t)
-	time.Sleep(refresh) // setup, not an assertion: the warmed records are now due for a read
+	f.skip(refresh) // the warmed records are now due for a read
 
 	f.proxy.Stall()
 	l := startLoad(t, f.a.client, 4, cachedChecks, mustAllow)

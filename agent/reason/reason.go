@@ -42,6 +42,7 @@ const (
 	PolicyDenied           Reason = "policy_denied"
 	PolicyError            Reason = "policy_error"
 	KeysUnavailable        Reason = "keys_unavailable"
+	MalformedRequest       Reason = "malformed_request"
 )
 
 type info struct {
@@ -74,6 +75,7 @@ var table = map[Reason]info{
 	PolicyDenied:           {http.StatusForbidden, "the site's policy refused the request"},
 	PolicyError:            {http.StatusForbidden, "the site's policy failed; the request is refused"},
 	KeysUnavailable:        {http.StatusServiceUnavailable, "keys cannot be read right now; retry later"},
+	MalformedRequest:       {http.StatusBadRequest, "the request's method or path cannot be read safely"},
 }
 
 // All returns every reason, in the order of SPEC §4 (for documentation and tests).
@@ -82,7 +84,8 @@ func All() []Reason {
 		UnknownKey, RevokedKey, ReplayedToken, UserRestricted, OriginNotAllowed,
 		MultipleCredentials, LegacyTokenDisabled, UserTokenRequired, InsufficientScope,
 		AuthenticationRequired, UnsupportedAlgorithm, UnknownIssuer, InvalidAudience,
-		InvalidAPIKey, InvalidIDToken, BodyTooLarge, PolicyDenied, PolicyError, KeysUnavailable}
+		InvalidAPIKey, InvalidIDToken, BodyTooLarge, PolicyDenied, PolicyError, KeysUnavailable,
+		MalformedRequest}
 }
 
 // Status is the HTTP status of a denial for r (401 for a reason not in the list).

@@ -135,18 +135,16 @@ func (v *BrowserVerifier) Verify(ctx context.Context, site *Site, key, origin st
 	return Identity{Kind: KindBrowser}, nil
 }
 
-// OriginAllowed reports whether origin may make browser requests to site at all: it is one
-// of the site's own hostnames, or it matches an origin of any of the site's browser keys. An
-// origin that does not parse is not allowed. The error is a keys_unavailable denial when the
-// key set cannot be read.
+// OriginAllowed reports whether origin may make browser requests to site at all (SPEC §3.3):
+// the site has at least one browser key, and the origin is one of the site's own hostnames
+// or matches an origin of any of its browser keys. A site without browser keys allows no
+// origin, not even its own hostnames on another port or scheme: no page may then send it
+// credentialed cross-origin requests. An origin that does not parse is not allowed. The error
+// is a keys_unavailable denial when the key set cannot be read.
 func (v *BrowserVerifier) OriginAllowed(ctx context.Context, site *Site, origin string) (bool, error) {
 	o, err := ParseOrigin(origin)
 	if err != nil {
 		return false, nil
-	}
-	so := v.siteFor(site)
-	if so.own.Match(o) {
-		return true, nil
 	}
 	set, err := v.Keys.BrowserKeys(ctx, site.ID)
 	switch {
@@ -154,6 +152,12 @@ func (v *BrowserVerifier) OriginAllowed(ctx context.Context, site *Site, origin 
 		return false, nil
 	case err != nil:
 		return false, reason.From(err)
+	case len(set.Keys) == 0:
+		return false, nil
+	}
+	so := v.siteFor(site)
+	if so.own.Match(o) {
+		return true, nil
 	}
 	return v.preflightMatcher(site.ID, so, set).Match(o), nil
 }

@@ -193,9 +193,10 @@ func TestBrowserVerifyKeysUnavailable(t *testing.T) {
 	if blReason(err) != reason.KeysUnavailable {
 		t.Fatalf("preflight got %v, want keys_unavailable", err)
 	}
-	// The site's own hostnames need no key.
-	if _, err := v.Preflight(context.Background(), blSite, "https://docs.example.com", "GET", ""); err != nil {
-		t.Fatalf("preflight from the site's own host: %v", err)
+	// The site's own hostnames too: a preflight is allowed only when the site has a browser
+	// key (SPEC §3.3), which cannot be known while the keys cannot be read.
+	if _, err := v.Preflight(context.Background(), blSite, "https://docs.example.com", "GET", ""); blReason(err) != reason.KeysUnavailable {
+		t.Fatalf("preflight from the site's own host got %v, want keys_unavailable", err)
 	}
 }
 
@@ -284,6 +285,24 @@ func TestPreflight(t *testing.T) {
 
 // TestPreflightIndexPerSet checks that the preflight index is built once per key set and
 // rebuilt when the store hands out a new set.
+// A site with no browser key allows no preflight, not even from its own hostnames on another
+// port or scheme (SPEC §3.3).
+func TestPreflightSiteWithoutBrowserKeys(t *testing.T) {
+	v, _, _, _ := browserFixture(t)
+	bare := &Site{ID: "bare", Hosts: []string{"bare.example.com"}}
+	for _, origin := range []string{"https://bare.example.com", "https://bare.example.com:8443", "http://bare.example.com"} {
+		if _, err := v.Preflight(context.Background(), bare, origin, "GET", ""); blReason(err) != reason.OriginNotAllowed {
+			t.Errorf("preflight from %s at a site without browser keys: %v, want origin_not_allowed", origin, err)
+		}
+	}
+	// With a browser key, the site's own hostnames are allowed on any port and scheme.
+	for _, origin := range []string{"https://docs.example.com", "http://docs.example.com:8443"} {
+		if _, err := v.Preflight(context.Background(), blSite, origin, "GET", ""); err != nil {
+			t.Errorf("preflight from %s: %v", origin, err)
+		}
+	}
+}
+
 func TestPreflightIndexPerSet(t *testing.T) {
 	v, src, clock, _ := browserFixture(t)
 	ctx := context.Background()

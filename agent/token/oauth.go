@@ -799,7 +799,7 @@ type jwtClaims struct {
 	hasScp             bool
 }
 
-// scopes returns the token's scopes: `scope` split on spaces (RFC 9068); without `scope`,
+// scopes returns the token's scopes: `scope` split on U+0020 (RFC 6749 §3.3, RFC 9068); without `scope`,
 // `scp` as a space-separated string or a list of strings (Okta, Azure AD). ok is false when
 // they hold control characters.
 func (c *jwtClaims) scopes() ([]string, bool) {
@@ -823,8 +823,12 @@ func splitScopes(out []string, s string) ([]string, bool) {
 	if !headerSafe(s) {
 		return nil, false
 	}
-	for f := range strings.FieldsSeq(s) {
-		out = append(out, f)
+	// RFC 6749 §3.3: scopes are separated by the space character U+0020 only; any other
+	// space (U+00A0, a tab) is part of a scope (SPEC §3.4).
+	for f := range strings.SplitSeq(s, " ") {
+		if f != "" {
+			out = append(out, f)
+		}
 	}
 	return out, true
 }

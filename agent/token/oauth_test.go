@@ -438,6 +438,7 @@ func TestOAuthVerify(t *testing.T) {
 		{name: "docs token at site other", site: e.other, tok: mint(t, k.ec, "k-ec", "ES256", c(nil)), want: reason.UnknownIssuer},
 		{name: "unknown kid", tok: mint(t, k.ec, "k-nope", "ES256", c(nil)), want: reason.UnknownKey},
 		{name: "scp array", tok: mint(t, k.ec, "k-ec", "ES256", c(map[string]any{"scope": nil, "scp": []string{"a", "b"}})), user: "user-1", client: "app-1", scopes: []string{"a", "b"}},
+		{name: "scope split on U+0020 only", tok: mint(t, k.ec, "k-ec", "ES256", c(map[string]any{"scope": "read\u00a0write  admin\u2003x"})), user: "user-1", client: "app-1", scopes: []string{"read\u00a0write", "admin\u2003x"}},
 		{name: "scp string", tok: mint(t, k.ec, "k-ec", "ES256", c(map[string]any{"scope": nil, "scp": "a b"})), user: "user-1", client: "app-1", scopes: []string{"a", "b"}},
 		{name: "scope wins over scp", tok: mint(t, k.ec, "k-ec", "ES256", c(map[string]any{"scope": "x", "scp": []string{"a"}})), user: "user-1", client: "app-1", scopes: []string{"x"}},
 		{name: "scope with repeated spaces", tok: mint(t, k.ec, "k-ec", "ES256", c(map[string]any{"scope": "  read   write "})), user: "user-1", client: "app-1", scopes: []string{"read", "write"}},
@@ -1339,7 +1340,7 @@ func TestParseClaims(t *testing.T) {
 func FuzzOAuthClaims(f *testing.F) {
 	for _, s := range []string{`{"iss":"a","sub":"b","aud":["x","y"],"exp":1.5,"nbf":0,"iat":-1,"scope":"r w","client_id":"c"}`,
 		`{"\u0069ss":"a","x":{"y":[null,true]}}`, `{"scp":["a","b"]}`, `{"scp":"a b"}`, `{"aud":"x"}`, `{}`, `[]`,
-		`{"exp":1e3}`, `{"sub":"\ud83d\ude00"}`} {
+		`{"exp":1e3}`, `{"sub":"\ud83d\ude00"}`, `{"scope":"read\u00a0write"}`, "{\"scope\":\"read\u00a0write \u2003admin\"}"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {

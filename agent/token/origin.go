@@ -2,12 +2,10 @@ package token
 
 import (
 	"errors"
-	"net/netip"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
-	"golang.org/x/net/idna"
+	"github.com/tokenagent/tokenagent/agent/internal/hostname"
 )
 
 // Origins: parsing the `Origin` request header and matching it against the origin patterns of
@@ -55,8 +53,6 @@ var (
 	errOriginNull      = errors.New("the null (opaque) origin is never allowed")
 	errOriginScheme    = errors.New("the scheme is not http or https")
 	errOriginSyntax    = errors.New("an origin is scheme://host[:port] with no path, query, fragment or user info")
-	errOriginPort      = errors.New("the port is not a number from 1 to 65535 without leading zeros")
-	errOriginHost      = errors.New("the host is not a valid hostname or IP address")
 	errOriginTooLong   = errors.New("the origin is too long")
 	errPatternWildcard = errors.New("a wildcard is only allowed as a leading '*.' of a pattern without scheme")
 	errPatternPort     = errors.New("a port needs a scheme: write scheme://host:port")
@@ -88,78 +84,14 @@ func ParseOrigin(s string) (Origin, error) {
 	default:
 		return Origin{}, errOriginScheme
 	}
-	host, port, err := splitOriginAuthority(s[i+3:])
+	h, port, err := hostname.ParseAuthority(s[i+3:])
 	if err != nil {
 		return Origin{}, err
 	}
 	if port == 0 {
 		port = originDefaultPort(scheme)
 	}
-	h, err := canonicalOriginHost(host)
-	if err != nil {
-		return Origin{}, err
-	}
 	return Origin{Scheme: scheme, Host: h, Port: port}, nil
-}
-
-// splitOriginAuthority splits an origin's authority into host and port (0 when none is given). It
-// refuses every character that cannot stand in an origin's authority.
-func splitOriginAuthority(a string) (host string, port uint16, err error) {
-	if a == "" {
-		return "", 0, errOriginHost
-	}
-	for i := 0; i < len(a); i++ {
-		switch c := a[i]; {
-		case c <= ' ' || c == 0x7f:
-			return "", 0, errOriginSyntax
-		case c == '/' || c == '?' || c == '#' || c == '@' || c == '\\' || c == '%':
-			return "", 0, errOriginSyntax
-		}
-	}
-	rest := ""
-	if a[0] == '[' {
-		j := strings.IndexByte(a, ']')
-		if j < 0 {
-			return "", 0, errOriginHost
-		}
-		host, rest = a[:j+1], a[j+1:]
-	} else if j := strings.IndexByte(a, ':'); j >= 0 {
-		host, rest = a[:j], a[j:]
-	} else {
-		host = a
-	}
-	if rest != "" {
-		if rest[0] != ':' {
-			return "", 0, errOriginSyntax
-		}
-		p, ok := parseOriginPort(rest[1:])
-		if !ok {
-			return "", 0, errOriginPort
-		}
-		port = p
-	}
-	if host == "" {
-		return "", 0, errOriginHost
-	}
-	return host, port, nil
-}
-
-// parseOriginPort parses 1 to 65535 written without sign or leading zeros.
-func parseOriginPort(s string) (uint16, bool) {
-	if len(s) == 0 || len(s) > 5 || s[0] == '0' {
-		return 0, false
-	}
-	n := 0
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, false
-		}
-		n = n*10 + int(s[i]-'0')
-	}
-	if n > 65535 {
-		return 0, false
-	}
-	return uint16(n), true
 }
 
 func originDefaultPort(scheme string) uint16 {
@@ -167,100 +99,6 @@ func originDefaultPort(scheme string) uint16 {
 		return 443
 	}
 	return 80
-}
-
-// canonicalOriginHost returns h in canonical ASCII form: an IPv6 literal in brackets in its
-// RFC 5952 form, or a hostname lower-cased, without one trailing dot, with Unicode labels as
-// punycode. Labels are 1 to 63 characters of letters, digits, '-' and '_' (browsers allow '_'
-// in hostnames), the whole at most 253.
-func canonicalOriginHost(h string) (string, error) {
-	if h == "" {
-		return "", errOriginHost
-	}
-	if h[0] == '[' {
-		if len(h) < 3 || h[len(h)-1] != ']' {
-			return "", errOriginHost
-		}
-		a, err := netip.ParseAddr(h[1 : len(h)-1])
-		if err != nil || !a.Is6() || a.Zone() != "" {
-			return "", errOriginHost
-		}
-		s := a.String()
-		if len(s) == len(h)-2 && s == h[1:len(h)-1] {
-			return h, nil
-		}
-		return "[" + s + "]", nil
-	}
-	ascii := true
-	upper := false
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		switch {
-		case c >= utf8.RuneSelf:
-			ascii = false
-		case 'A' <= c && c <= 'Z':
-			upper = true
-		}
-	}
-	if !ascii {
-		if !utf8.ValidString(h) {
-			return "", errOriginHost
-		}
-		a, err := idna.Lookup.ToASCII(h)
-		if err != nil {
-			return "", errOriginHost
-		}
-		h = a
-	} else if upper {
-		h = strings.ToLower(h)
-	}
-	if h != "" && h[len(h)-1] == '.' {
-		h = h[:len(h)-1]
-	}
-	if !validOriginHostname(h) {
-		return "", errOriginHost
-	}
-	return h, nil
-}
-
-// validOriginHostname reports whether h is a lower-case ASCII hostname: dot-separated labels of 1 to
-// 63 letters, digits, '-' or '_', at most 253 characters in all.
-func validOriginHostname(h string) bool {
-	if h == "" || len(h) > 253 {
-		return false
-	}
-	label := 0
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		switch {
-		case c == '.':
-			if label == 0 {
-				return false
-			}
-			label = 0
-			continue
-		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
-		default:
-			return false
-		}
-		label++
-		if label > 63 {
-			return false
-		}
-	}
-	return label > 0
-}
-
-// isIPOriginHost reports whether a canonical host is an IP address: an IPv6 literal, or a host whose
-// last label is all digits (WHATWG URL treats such a host as IPv4). It is only matched exactly.
-func isIPOriginHost(h string) bool {
-	if h == "" {
-		return false
-	}
-	if h[0] == '[' {
-		return true
-	}
-	return allDigits(h[strings.LastIndexByte(h, '.')+1:])
 }
 
 // OriginMatcher is a compiled set of origin patterns (see the package's origin rules): a map
@@ -361,12 +199,12 @@ func (m *OriginMatcher) addHost(p string, fail func(error) error) error {
 			return fail(errOriginSyntax)
 		}
 	}
-	h, err := canonicalOriginHost(suffix)
+	h, err := hostname.Canonical(suffix)
 	if err != nil {
 		return fail(err)
 	}
 	if wild {
-		if isIPOriginHost(h) {
+		if hostname.IsIP(h) {
 			return fail(errPatternIPSuffix)
 		}
 		if m.suffixes == nil {
@@ -393,7 +231,7 @@ func (m *OriginMatcher) Match(o Origin) bool {
 	if _, ok := m.exact[o]; ok {
 		return true
 	}
-	if len(m.suffixes) == 0 || isIPOriginHost(o.Host) {
+	if len(m.suffixes) == 0 || hostname.IsIP(o.Host) {
 		return false
 	}
 	// Every proper suffix that starts after a dot: "a.b.example.com" looks up
@@ -423,22 +261,14 @@ func (m *OriginMatcher) Len() int {
 	return len(m.exact) + len(m.hosts) + len(m.suffixes)
 }
 
-// originRequestHost returns the canonical host of a request's authority (`:authority` or Host): the
-// port removed, lower case, no trailing dot. A value that is not a valid host is returned
-// lower-cased as it is, so that it differs from any origin's host.
+// originRequestHost returns the canonical host of a request's authority (`:authority` or
+// Host). An authority that does not parse gives "", which no origin's host equals.
 func originRequestHost(authority string) string {
-	h := authority
-	if h != "" && h[0] == '[' {
-		if i := strings.IndexByte(h, ']'); i > 0 {
-			h = h[:i+1]
-		}
-	} else if i := strings.LastIndexByte(h, ':'); i >= 0 && strings.IndexByte(h, ':') == i {
-		h = h[:i]
+	h, _, err := hostname.ParseAuthority(authority)
+	if err != nil {
+		return ""
 	}
-	if c, err := canonicalOriginHost(h); err == nil {
-		return c
-	}
-	return strings.ToLower(h)
+	return h
 }
 
 // CrossOrigin reports whether a request carrying Origin origin to the authority originRequestHost

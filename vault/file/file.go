@@ -120,6 +120,12 @@ func (s *Source) List(_ context.Context, dir string) ([]string, error) {
 	return append([]string(nil), s.dirs[strings.TrimSuffix(dir, "/")]...), nil
 }
 
+// Reload reads the file again now, whether or not it changed. (Reads look at the file by
+// themselves, at most once a second, and read it again when its size or modification time
+// changed; Reload is for callers that know it changed, such as tests.) On failure the records
+// read before keep serving and Ready reports the error.
+func (s *Source) Reload() error { return s.reload() }
+
 // maybeReload re-reads the file when its size or modification time changed, checking at most
 // once per checkGap.
 func (s *Source) maybeReload() {

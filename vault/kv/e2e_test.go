@@ -137,12 +137,24 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 					mu.Unlock()
 				}
 				verified.Add(1)
-				time.Sleep(time.Millisecond)
+				time.Sleep(time.Millisecond) // pacing the load, not a wait for an event
 			}
 		}()
 	}
 
-	time.Sleep(2 * refresh)
+	// Let the load run across two refreshes of the key record (two more Vault requests).
+	requests := func() float64 { return f.counter("tokenagent_vault_requests_total", nil) }
+	acrossRefreshes := func(what string) {
+		t.Helper()
+		before, ran := requests(), verified.Load()
+		eventually(t, what, func() error {
+			if requests() < before+2 || verified.Load() < ran+20 {
+				return fmt.Errorf("%v Vault requests, %d verifications so far", requests()-before, verified.Load()-ran)
+			}
+			return nil
+		})
+	}
+	acrossRefreshes("verifications across two refreshes before the rotation")
 	f.put(vault.SitePath("docs", "authtoken"), map[string]any{"key": genKey(2)})
 	eventually(t, "the store sees the new generation", func() error {
 		keys, err := st.AuthTokenKeys(ctx, site.ID, site.AuthTokenRotationGrace)
@@ -154,7 +166,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(2 * refresh) // keep verifying across more refreshes
+	acrossRefreshes("verifications across two refreshes after the rotation")
 	stop.Store(true)
 	wg.Wait()
 

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -236,3 +237,10 @@ func eventually(t testing.TB, what string, cond func() error) {
 
 // isNotFound reports whether err is vault.ErrNotFound.
 func isNotFound(err error) bool { return errors.Is(err, vault.ErrNotFound) }
+
+// testClock is a store's clock that a test moves ahead, so cached records age without the
+// test waiting for them.
+type testClock struct{ ahead atomic.Int64 }
+
+func (c *testClock) now() time.Time       { return time.Now().Add(time.Duration(c.ahead.Load())) }
+func (c *testClock) skip(d time.Duration) { c.ahead.Add(int64(d)) }

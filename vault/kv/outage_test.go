@@ -33,8 +33,9 @@ func TestOutage(t *testing.T) {
 		f.put(vault.SitePath("docs", "authtoken"), map[string]any{"key": genKey(1)})
 	}
 	seed()
-	st := f.store(f.src, vault.StoreOptions{Refresh: refresh, MaxStale: time.Hour})
-	short := f.store(f.src, vault.StoreOptions{Refresh: refresh, MaxStale: 2 * refresh})
+	clk := &testClock{}
+	st := f.store(f.src, vault.StoreOptions{Refresh: refresh, MaxStale: time.Hour, Now: clk.now})
+	short := f.store(f.src, vault.StoreOptions{Refresh: refresh, MaxStale: 2 * refresh, Now: clk.now})
 	for _, s := range []*vault.Store{st, short} {
 		if _, err := s.ServerKey(ctx, "docs", "k1"); err != nil {
 			t.Fatal(err)
@@ -45,7 +46,7 @@ func TestOutage(t *testing.T) {
 	}
 
 	own.Stop()
-	time.Sleep(refresh) // every cached record is now due for a refresh, which fails
+	clk.skip(refresh) // every cached record is now due for a refresh, which fails
 
 	t.Run("cached keys keep serving", func(t *testing.T) {
 		for i := 0; i < 3; i++ {
@@ -68,7 +69,7 @@ func TestOutage(t *testing.T) {
 		}
 	})
 	t.Run("past max_stale is keys_unavailable", func(t *testing.T) {
-		time.Sleep(2 * refresh)
+		clk.skip(2 * refresh)
 		if _, err := short.ServerKey(ctx, "docs", "k1"); !isKeysUnavailable(err) {
 			t.Fatalf("cached key past max_stale: %v, want keys_unavailable", err)
 		}

@@ -30,7 +30,7 @@ func readsUntil(t *testing.T, src *Source, p string, until time.Time) {
 		if _, err := src.Read(context.Background(), p); err != nil {
 			t.Fatalf("read during the token's life: %v", err)
 		}
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(250 * time.Millisecond) // pacing: a read every 250 ms over the token's real TTL in Vault
 	}
 }
 

@@ -46,6 +46,14 @@ func policy(in *guest.Input) guest.Output {
 		return guest.Allow(guest.Header{Name: "x-auth-user", Value: "1"})
 	case "/log":
 		guest.Log(guest.LevelInfo, "hello from "+in.User)
+	case "/logrequest":
+		// Logs everything it sees of the request: the agent must never give it a credential.
+		var b strings.Builder
+		b.WriteString(in.Method + " " + in.Path + "?" + in.Query)
+		for _, h := range in.Headers {
+			b.WriteString(" " + h.Name + "=" + h.Value)
+		}
+		guest.Log(guest.LevelInfo, b.String())
 	}
 	var hs []string
 	for _, h := range in.Headers {
