@@ -1,18 +1,22 @@
 // Package agent is tokenagent's decision pipeline: for one Request it finds the site by host,
-// finds the credentials, verifies them with the verifier of their kind (package token, keys
-// from package vault), applies the site's route rules and policy, and returns a Decision. It
-// knows nothing of Envoy: package extauthz turns wire messages into Requests and Decisions
-// back into wire answers.
+// reads the request line, finds the credentials, verifies them with the verifier of their
+// kind (package token, keys from package vault), applies the site's route rules and policy,
+// and returns a Decision. It knows nothing of Envoy: package extauthz turns wire messages into
+// Requests and Decisions back into wire answers.
 //
-//	a, err := agent.New(cfg, agent.Options{Keys: store})
+//	rt, err := agent.NewRuntime(agent.RuntimeOptions{Keys: store})   // once per process
+//	a, err := agent.New(rt, cfg)                                     // once per config
 //	d := a.Check(ctx, &agent.Request{Method: "GET", Host: "docs.example.com", Path: "/", Headers: h})
 //	if d.Allowed { ... }
 //
 // # Notes
 //
-//   - An Agent is immutable once built and safe for concurrent use; a config reload builds a
-//     new Agent over the same key store.
-//   - Every internal failure fails closed: the request is denied, never allowed.
+//   - Two lifetimes: a Runtime holds what outlives a config (caches, key sets, replay memory,
+//     policy modules, collectors) and is closed at exit; an Agent is one config compiled
+//     against it, immutable, owning nothing that needs closing. A config reload builds a new
+//     Agent over the same Runtime.
+//   - Safe for concurrent use. Every internal failure fails closed: the request is denied,
+//     never allowed.
 package agent
 
 import (
@@ -20,104 +24,75 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/exchange"
+	"github.com/tokenagent/tokenagent/agent/policy"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
-	"github.com/tokenagent/tokenagent/vault"
-	"github.com/tokenagent/tokenagent/vault/users"
 )
 
-// ExchangePath is the path of the Identity Token Exchange (SPEC §3.5).
-const ExchangePath = "/@app/auth/token/exchange"
-
-// Options are what an Agent needs besides its Config.
-type Options struct {
-	// Keys is the key store (required).
-	Keys *vault.Store
-	// Logger receives decision and problem logs (default slog.Default()).
-	Logger *slog.Logger
-	// Metrics are the check metrics (default: unregistered ones).
-	Metrics *Metrics
-	// Registerer registers the collectors of the verifiers built by New (nil: none).
-	Registerer prometheus.Registerer
-	// Replay is the single-use Server API Token cache; shared across config reloads so a
-	// reload does not forget used tokens (default: a new one).
-	Replay *token.ReplayCache
-	// Now is the clock (default time.Now).
-	Now func() time.Time
-	// Policies is the registry of WebAssembly policy modules, shared across config reloads
-	// (default: a new one, with its own engine, when any site has a policy).
-	Policies *Policies
-	// Users is the just-in-time user directory of the identity token exchange (nil: the
-	// exchange is refused with keys_unavailable).
-	Users users.Directory
-}
-
-// Agent decides Requests. Build it with New.
+// Agent decides Requests for one config. Build it with New.
 type Agent struct {
-	cfg     *Config
-	sites   *siteIndex
-	list    []*Site
-	keys    *vault.Store
-	log     *slog.Logger
-	reg     prometheus.Registerer
-	metrics *Metrics
-	now     func() time.Time
+	rt    *Runtime
+	cfg   *config.Config
+	sites *siteIndex
+	list  []*Site
+	log   *slog.Logger
 
-	authTokens token.AuthTokenVerifier
-	servers    token.ServerTokenVerifier
-	policies   *Policies
+	// The verifiers of this config, over the Runtime's keys and caches.
+	authTokens    token.AuthTokenVerifier
+	servers       token.ServerTokenVerifier
+	browser       *token.BrowserVerifier
+	oauth         *token.OAuthVerifier
+	impersonation *token.ImpersonationVerifier
+	apikey        *token.APIKeyVerifier
+	exchange      *exchange.Endpoint
+	idTokens      *token.IDTokenVerifier
+
+	// policies holds the policy module of each site that has one, by site id.
+	policies map[string]*policy.Entry
 
 	// sampled counts allowed decisions for log.allow_sample (decisionlog.go).
 	sampled atomic.Uint64
-
-	// Per-kind state, each owned by its own file.
-	//lint:ignore U1000 filled by the OAuth verifier (agent/oauth.go)
-	oauth    oauthState
-	browser  browserState
-	legacy   legacyState
-	exchange exchangeState
-	policy   policyState
+	// prefetch fetches the issuers' key sets once, on the first Warnings (prefetch.go).
+	prefetchMu sync.Mutex
+	prefetched bool
 }
 
-// New builds an Agent from a validated Config.
-func New(cfg *Config, opts Options) (*Agent, error) {
-	if opts.Keys == nil {
-		return nil, fmt.Errorf("agent: Options.Keys is required")
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	if opts.Metrics == nil {
-		opts.Metrics = NewMetrics(nil)
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Replay == nil {
-		opts.Replay = token.NewReplayCache(opts.Now)
+// New compiles cfg, a validated config, into an Agent over rt. It starts no goroutine; the
+// policy modules cfg names are loaded (once per process: rt keeps them) before it returns.
+func New(rt *Runtime, cfg *config.Config) (*Agent, error) {
+	if rt == nil {
+		return nil, fmt.Errorf("agent: a Runtime is required")
 	}
 	idx, list := buildSites(cfg.Sites)
-	a := &Agent{
-		cfg: cfg, sites: idx, list: list, keys: opts.Keys, log: opts.Logger,
-		reg: opts.Registerer, metrics: opts.Metrics, now: opts.Now,
-		authTokens: token.AuthTokenVerifier{Keys: opts.Keys, Now: opts.Now},
-		servers:    token.ServerTokenVerifier{Keys: opts.Keys, Replay: opts.Replay, Now: opts.Now},
-		policies:   opts.Policies,
-		exchange:   exchangeState{users: opts.Users},
+	keys, now := rt.keys, rt.now
+	a := &Agent{rt: rt, cfg: cfg, sites: idx, list: list, log: rt.log,
+		authTokens:    token.AuthTokenVerifier{Keys: keys, Now: now},
+		servers:       token.ServerTokenVerifier{Keys: keys, Replay: rt.replay, Now: now},
+		browser:       &token.BrowserVerifier{Keys: keys, Logger: rt.log},
+		oauth:         &token.OAuthVerifier{Keys: keys, JWKS: rt.jwks, Cache: rt.verified, MaxCacheAge: keys.Refresh(), Metrics: rt.oauthM, Logger: rt.log, Now: now},
+		impersonation: &token.ImpersonationVerifier{Keys: keys, Audit: rt.legacy, Now: now},
+		apikey:        &token.APIKeyVerifier{Keys: keys, Audit: rt.legacy},
+		idTokens:      &token.IDTokenVerifier{Keys: keys, JWKS: rt.jwks, Now: now},
+		policies:      map[string]*policy.Entry{},
 	}
-	for _, init := range []struct {
-		name string
-		fn   func() error
-	}{{"oauth", a.initOAuth}, {"browser", a.initBrowser}, {"legacy", a.initLegacy},
-		{"exchange", a.initExchange}, {"policy", a.initPolicy}} {
-		if err := init.fn(); err != nil {
-			return nil, fmt.Errorf("agent: %s: %w", init.name, err)
+	a.exchange = &exchange.Endpoint{IDTokens: a.idTokens, Keys: keys, Users: rt.users, Metrics: rt.exchange,
+		Logger: rt.log, Now: now}
+	for _, s := range a.list {
+		if s.Policy == "" {
+			continue
 		}
+		key := policy.Key{Path: s.Policy, Deadline: a.policyDeadline(s)}
+		e := rt.policies.Entry(context.Background(), key, s.ID)
+		if e == nil {
+			return nil, fmt.Errorf("agent: the runtime is closed")
+		}
+		a.policies[s.ID] = e
 	}
 	return a, nil
 }
@@ -126,7 +101,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 func (a *Agent) Sites() []*Site { return a.list }
 
 // Config returns the config the agent was built from.
-func (a *Agent) Config() *Config { return a.cfg }
+func (a *Agent) Config() *config.Config { return a.cfg }
 
 // Check decides req. It never returns nil and never panics on client input.
 func (a *Agent) Check(ctx context.Context, req *Request) *Decision {
@@ -134,7 +109,7 @@ func (a *Agent) Check(ctx context.Context, req *Request) *Decision {
 	d, kind := a.decide(ctx, req)
 	d.ID = NewDecisionID()
 	took := time.Since(start)
-	a.metrics.observe(d, kind, took)
+	a.rt.metrics.observe(d, kind, took)
 	a.logDecision(req, d, kind, took)
 	return d
 }
@@ -150,7 +125,7 @@ func (a *Agent) decide(ctx context.Context, req *Request) (*Decision, token.Kind
 	if terr != nil {
 		return a.deny(site, terr), token.KindAnonymous
 	}
-	if tg.method == "POST" && tg.path == ExchangePath {
+	if tg.method == "POST" && tg.path == exchange.Path {
 		return a.doExchange(ctx, site, req), token.KindAuthToken
 	}
 	creds, derr := findCredentials(req.Headers, tg.query)
@@ -159,7 +134,7 @@ func (a *Agent) decide(ctx context.Context, req *Request) (*Decision, token.Kind
 		return a.deny(site, derr), kind
 	}
 	if tg.method == "OPTIONS" && kind == token.KindAnonymous &&
-		req.Headers["origin"] != "" && req.Headers["access-control-request-method"] != "" {
+		req.Headers[headerOrigin] != "" && req.Headers[headerRequestMethod] != "" {
 		return a.preflight(ctx, site, req), token.KindBrowser
 	}
 
@@ -190,66 +165,14 @@ func withHeaders(d *Decision, h []Header) *Decision {
 	return d
 }
 
-// verify runs the verifier of the request's credential kind.
-func (a *Agent) verify(ctx context.Context, s *Site, req *Request, c *credentials) (token.Identity, []Header, error) {
-	switch {
-	case c.deki.present:
-		v := c.deki.value
-		switch {
-		case strings.HasPrefix(v, token.ServerTokenPrefix):
-			id, err := a.servers.Verify(ctx, &s.Site, v)
-			return id, nil, err
-		case strings.IndexByte(v, '_') >= 0:
-			if !s.LegacyUnprefixedServerToken {
-				return token.Identity{}, nil, reason.Newf(reason.MalformedToken,
-					"the X-Deki-Token is neither a browser key nor a tkn_ server token")
-			}
-			id, err := a.servers.VerifyUnprefixed(ctx, &s.Site, v)
-			return id, nil, err
-		}
-		id, cors, err := a.verifyBrowser(ctx, s, req, v)
-		if err != nil || !c.auth.present {
-			return id, cors, err
-		}
-		// A Browser API Token with an Auth Token: the user is the Auth Token's.
-		user, err := a.verifyAuth(ctx, s, c.auth.value)
-		if err != nil {
-			return token.Identity{}, cors, err
-		}
-		id.User = user.User
-		if id.Expires.IsZero() || (!user.Expires.IsZero() && user.Expires.Before(id.Expires)) {
-			id.Expires = user.Expires
-		}
-		return id, cors, nil
-	case c.bearer.present:
-		id, err := a.verifyOAuth(ctx, s, c.bearer.value)
-		return id, nil, err
-	case c.auth.present:
-		id, err := a.verifyAuth(ctx, s, c.auth.value)
-		return id, nil, err
-	case c.apikey.present:
-		id, err := a.verifyAPIKey(ctx, s, c.apikey.value, c.impersonate.value, c.impersonate.present)
-		return id, nil, err
-	}
-	return token.Identity{Kind: token.KindAnonymous}, nil, nil
-}
-
-// verifyAuth verifies an Auth Token or, by its prefix, an Impersonation Auth Token.
-func (a *Agent) verifyAuth(ctx context.Context, s *Site, v string) (token.Identity, error) {
-	if strings.HasPrefix(v, impersonationPrefix) {
-		return a.verifyImpersonation(ctx, s, v)
-	}
-	return a.authTokens.Verify(ctx, &s.Site, v)
-}
-
 // checkRule applies a route rule's requirement and scopes to a verified identity.
 func checkRule(r *Route, id *token.Identity) *reason.Error {
 	switch r.Require {
-	case RequireAuthenticated:
+	case config.RequireAuthenticated:
 		if !id.Authenticated() {
 			return reason.New(reason.AuthenticationRequired)
 		}
-	case RequireUser:
+	case config.RequireUser:
 		switch {
 		case id.HasUser():
 		case id.Application || id.Kind == token.KindAPIKey:
@@ -284,7 +207,9 @@ func hasScope(have []string, need string) bool {
 func (a *Agent) Problems() []string { return a.policyProblems() }
 
 // Warnings lists problems that do not stop serving (an issuer whose keys cannot be fetched, a
-// policy module reload that failed while the old one keeps serving).
+// policy module reload that failed while the old one keeps serving). The first call after the
+// key source is ready fetches every issuer's remote key set (prefetch.go).
 func (a *Agent) Warnings() []string {
-	return append(a.oauthWarnings(), a.policyWarnings()...)
+	a.prefetch()
+	return append(a.oauth.Warnings(), a.policyWarnings()...)
 }

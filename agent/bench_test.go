@@ -3,6 +3,8 @@ package agent
 import (
 	"fmt"
 	"testing"
+
+	"github.com/tokenagent/tokenagent/agent/config"
 )
 
 // Micro-benchmarks of the pipeline's unexported steps: finding credentials, looking up the
@@ -52,9 +54,9 @@ func BenchmarkFindCredentials(b *testing.B) {
 }
 
 func BenchmarkSiteLookup(b *testing.B) {
-	var cfgs []SiteConfig
+	var cfgs []config.Site
 	for i := range 50 {
-		cfgs = append(cfgs, SiteConfig{ID: fmt.Sprintf("s%d", i),
+		cfgs = append(cfgs, config.Site{ID: fmt.Sprintf("s%d", i),
 			Hosts: []string{fmt.Sprintf("site%d.example.com", i), fmt.Sprintf("*.site%d.example.com", i)}})
 	}
 	idx, _ := buildSites(cfgs)
@@ -91,13 +93,13 @@ func BenchmarkNormalizePath(b *testing.B) {
 }
 
 func BenchmarkMatchRoute(b *testing.B) {
-	rules := []RouteConfig{
-		{Methods: []string{"POST", "PUT", "DELETE"}, Path: "/@api/deki/pages/*", Require: RequireUser, Scopes: []string{"write"}},
-		{Path: "/@api/deki/site/*", Require: RequireAuthenticated},
-		{Path: "/admin", Require: RequireUser},
+	rules := []config.Route{
+		{Methods: []string{"POST", "PUT", "DELETE"}, Path: "/@api/deki/pages/*", Require: config.RequireUser, Scopes: []string{"write"}},
+		{Path: "/@api/deki/site/*", Require: config.RequireAuthenticated},
+		{Path: "/admin", Require: config.RequireUser},
 	}
 	for i := range 17 { // a site with 20 rules
-		rules = append(rules, RouteConfig{Path: fmt.Sprintf("/@api/deki/extra%d/*", i), Require: RequireUser})
+		rules = append(rules, config.Route{Path: fmt.Sprintf("/@api/deki/extra%d/*", i), Require: config.RequireUser})
 	}
 	var routes []Route
 	for _, r := range rules {

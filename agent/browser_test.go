@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
@@ -93,15 +94,15 @@ type blFixture struct {
 
 func newBLAgent(t testing.TB) *blFixture {
 	t.Helper()
-	cfg, err := ParseConfig([]byte(blConfig), t.TempDir())
+	cfg, err := config.Parse([]byte(blConfig), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	clock := func() time.Time { return blNow }
 	store := filetest.Store(t, blKeysYAML(), vault.StoreOptions{Now: clock, Logger: slog.New(slog.DiscardHandler)})
 	f := &blFixture{reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
-	f.a, err = New(cfg, Options{Keys: store, Now: clock, Registerer: f.reg,
-		Logger: slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	f.a, err = New(newRuntime(t, RuntimeOptions{Keys: store, Now: clock, Registerer: f.reg,
+		Logger: slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelWarn}))}), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/net/idna"
 
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
@@ -96,14 +97,13 @@ func FuzzCheck(f *testing.F) {
 	} {
 		f.Add(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8])
 	}
-	cfg, err := ParseConfig([]byte(fuzzCheckConfig), f.TempDir())
+	cfg, err := config.Parse([]byte(fuzzCheckConfig), f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}
 	clock := func() time.Time { return now }
 	store := filetest.Store(f, fuzzCheckKeys(), vault.StoreOptions{Now: clock, Logger: slog.New(slog.DiscardHandler)})
-	a, err := New(cfg, Options{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler),
-		Replay: token.NewReplayCache(clock)})
+	a, err := New(newRuntime(f, RuntimeOptions{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler)}), cfg)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func FuzzSiteLookup(f *testing.F) {
 		"docs.example.com x", "docs.example.com%2f", "docs.example.com\\x"} {
 		f.Add(s)
 	}
-	cfg, err := ParseConfig([]byte(fuzzCheckConfig), f.TempDir())
+	cfg, err := config.Parse([]byte(fuzzCheckConfig), f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file/filetest"
@@ -77,14 +78,14 @@ sites:
     authtoken:
       - {key: "` + base64.StdEncoding.EncodeToString(dlOtherKey) + `", created: "2026-11-01T00:00:00Z"}
 `
-	cfg, err := ParseConfig([]byte(strings.Replace(dlConfig, "%SAMPLE%", sample, 1)), t.TempDir())
+	cfg, err := config.Parse([]byte(strings.Replace(dlConfig, "%SAMPLE%", sample, 1)), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	clock := func() time.Time { return testNow }
 	store := filetest.Store(t, keys, vault.StoreOptions{Now: clock, Logger: slog.New(slog.DiscardHandler)})
 	log := slog.New(slog.NewJSONHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	if f.a, err = New(cfg, Options{Keys: store, Now: clock, Logger: log}); err != nil {
+	if f.a, err = New(newRuntime(t, RuntimeOptions{Keys: store, Now: clock, Logger: log}), cfg); err != nil {
 		t.Fatal(err)
 	}
 	return f

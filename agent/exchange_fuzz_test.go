@@ -8,6 +8,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/tokenagent/tokenagent/agent/exchange"
 	"github.com/tokenagent/tokenagent/agent/reason"
 )
 
@@ -33,7 +34,7 @@ func FuzzParseExchangeBody(f *testing.F) {
 	}
 	a := newTestAgent(f)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		tok, rerr := ParseExchangeBody(body)
+		tok, rerr := exchange.ParseBody(body)
 		if rerr != nil {
 			if rerr.Reason != reason.InvalidIDToken || tok != "" {
 				t.Fatalf("refusal %v with %q", rerr, tok)
@@ -50,16 +51,16 @@ func FuzzParseExchangeBody(f *testing.F) {
 				js, _ := json.Marshal(tok)
 				obj, _ := json.Marshal(map[string]string{"id_token": tok})
 				for _, other := range []string{string(js), string(obj), "id_token=" + url.QueryEscape(tok)} {
-					if got, err := ParseExchangeBody([]byte(other)); err != nil || got != tok {
+					if got, err := exchange.ParseBody([]byte(other)); err != nil || got != tok {
 						t.Fatalf("%q: got %q, %v; want %q", other, got, err, tok)
 					}
 				}
 			}
 		}
-		if len(body) > MaxExchangeBody {
+		if len(body) > exchange.MaxBody {
 			return
 		}
-		d := a.Check(context.Background(), &Request{Method: "POST", Host: "docs.example.com", Path: ExchangePath,
+		d := a.Check(context.Background(), &Request{Method: "POST", Host: "docs.example.com", Path: exchange.Path,
 			Headers: map[string]string{}, Body: body})
 		if d.Allowed || d.Answered || d.Status != 401 && d.Status != 503 {
 			t.Fatalf("body %q: allowed=%v answered=%v %d %s", body, d.Allowed, d.Answered, d.Status, d.Reason)

@@ -18,7 +18,10 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/exchange"
 	"github.com/tokenagent/tokenagent/agent/reason"
+	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/agent/token/idtokentest"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file/filetest"
@@ -90,7 +93,7 @@ sites:
     idps:
       corp: ` + e.corp.RecordYAML(t, 0) + `
 `
-	cfg, err := ParseConfig([]byte(exConfig), t.TempDir())
+	cfg, err := config.Parse([]byte(exConfig), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +104,7 @@ sites:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.dir.Close() })
-	if e.a, err = New(cfg, Options{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler), Users: e.dir}); err != nil {
+	if e.a, err = New(newRuntime(t, RuntimeOptions{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler), Users: e.dir}), cfg); err != nil {
 		t.Fatal(err)
 	}
 	return e
@@ -114,7 +117,7 @@ func (e *exEnv) exchange(t testing.TB, host string, body string, headers map[str
 		h[k] = v
 	}
 	return e.a.Check(context.Background(), &Request{Method: "POST", Scheme: "https", Host: host,
-		Path: ExchangePath, Headers: h, Body: []byte(body)})
+		Path: exchange.Path, Headers: h, Body: []byte(body)})
 }
 
 var cookieRE = regexp.MustCompile(`^authtoken=([0-9]{1,19}_[0-9]{18}_[0-9a-f]{64}); Path=/; Max-Age=86400; HttpOnly; Secure; SameSite=Lax$`)
@@ -138,7 +141,7 @@ func wantExchanged(t *testing.T, d *Decision, sub, fullname, email string) (id, 
 	if string(d.Body) != want {
 		t.Errorf("body\n got %s\nwant %s", d.Body, want)
 	}
-	if !validUserID(id) {
+	if !token.ValidUserID(id) {
 		t.Errorf("@id %q is not a decimal user id", id)
 	}
 	c, _ := header(d.Headers, "set-cookie")
@@ -380,7 +383,7 @@ func TestExchangeRefusals(t *testing.T) {
 		{"a stored symmetric key is not in the published set", "", func() string {
 			return idtokentest.Sign(t, e.remote.HS256, e.remote.Claims(now, "mallory", nil), nil)
 		}, 401, reason.InvalidIDToken, "kid"},
-		{"body over 16 KiB", "", func() string { return e.corp.Mint(t, claims(nil)) + strings.Repeat(" ", MaxExchangeBody) }, 413, reason.BodyTooLarge, "16 KiB"},
+		{"body over 16 KiB", "", func() string { return e.corp.Mint(t, claims(nil)) + strings.Repeat(" ", exchange.MaxBody) }, 413, reason.BodyTooLarge, "16 KiB"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			host := tc.host
@@ -407,14 +410,15 @@ func TestExchangeRefusals(t *testing.T) {
 func TestExchangeBodySize(t *testing.T) {
 	e := newExEnv(t)
 	tok := e.corp.Mint(t, e.corp.Claims(testNow, "sized", nil))
-	exact := tok + strings.Repeat(" ", MaxExchangeBody-len(tok))
+	exact := tok + strings.Repeat(" ", exchange.MaxBody-len(tok))
 	wantExchanged(t, e.exchange(t, "docs.example.com", exact, nil), "sized", "Given sized Family", "sized@example.com")
 	wantRefused(t, e.exchange(t, "docs.example.com", exact+" ", nil), 413, reason.BodyTooLarge)
-	wantRefused(t, e.exchange(t, "docs.example.com", strings.Repeat("{", MaxExchangeBody+1), nil), 413, reason.BodyTooLarge)
-	d := e.a.Check(context.Background(), &Request{Method: "POST", Host: "docs.example.com", Path: ExchangePath,
+	wantRefused(t, e.exchange(t, "docs.example.com", strings.Repeat("{", exchange.MaxBody+1), nil), 413, reason.BodyTooLarge)
+	d := e.a.Check(context.Background(), &Request{Method: "POST", Host: "docs.example.com", Path: exchange.Path,
 		Headers: map[string]string{}, Body: []byte(tok[:100]), BodyTruncated: true})
 	wantRefused(t, d, 413, reason.BodyTooLarge)
-	wantRefused(t, e.exchange(t, "docs.example.com", tok, map[string]string{"x-envoy-auth-partial-body": "true"}), 413, reason.BodyTooLarge)
+	// Envoy's x-envoy-auth-partial-body is the transport's to read (extauthz sets
+	// BodyTruncated): the pipeline knows nothing of Envoy.
 }
 
 // TestExchangeBodyForms: every body form SPEC §3.5 names, in any content type, and the form
@@ -483,7 +487,7 @@ func TestParseExchangeBody(t *testing.T) {
 		{"form with a bad escape", "id_token=%zz", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ParseExchangeBody([]byte(tc.body))
+			got, err := exchange.ParseBody([]byte(tc.body))
 			if tc.want == "" {
 				if err == nil || err.Reason != reason.InvalidIDToken {
 					t.Fatalf("got %q, %v; want invalid_id_token", got, err)
@@ -501,11 +505,11 @@ func TestParseExchangeBody(t *testing.T) {
 // (fails closed) instead of answering with an id it cannot keep.
 func TestExchangeWithoutDirectory(t *testing.T) {
 	e := newExEnv(t)
-	a, err := New(e.a.cfg, Options{Keys: e.a.keys, Now: e.a.now, Logger: slog.New(slog.DiscardHandler)})
+	a, err := New(newRuntime(t, RuntimeOptions{Keys: e.a.rt.keys, Now: e.a.rt.now, Logger: slog.New(slog.DiscardHandler)}), e.a.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := a.Check(context.Background(), &Request{Method: "POST", Host: "docs.example.com", Path: ExchangePath,
+	d := a.Check(context.Background(), &Request{Method: "POST", Host: "docs.example.com", Path: exchange.Path,
 		Headers: map[string]string{}, Body: []byte(e.corp.Mint(t, e.corp.Claims(testNow, "alice", nil)))})
 	wantRefused(t, d, 503, reason.KeysUnavailable)
 }
@@ -514,7 +518,7 @@ func TestExchangeWithoutDirectory(t *testing.T) {
 // exchange is found after path normalisation.
 func TestExchangeOnlyPOST(t *testing.T) {
 	e := newExEnv(t)
-	if d := check(t, e.a, "GET", "docs.example.com", ExchangePath, nil); !d.Allowed {
+	if d := check(t, e.a, "GET", "docs.example.com", exchange.Path, nil); !d.Allowed {
 		t.Errorf("GET on the exchange path: %d %s", d.Status, d.Reason)
 	}
 	d := e.a.Check(context.Background(), &Request{Method: "POST", Host: "docs.example.com", Path: "/@app/auth/x/../token//exchange?x=1",
@@ -540,7 +544,7 @@ func TestExchangeRemoteKeysFetchedOnce(t *testing.T) {
 func exchangeCount(t *testing.T, a *Agent, site, provider, outcome string) float64 {
 	t.Helper()
 	var m dto.Metric
-	if err := a.exchange.total.WithLabelValues(site, provider, outcome).Write(&m); err != nil {
+	if err := a.rt.exchange.Total.WithLabelValues(site, provider, outcome).Write(&m); err != nil {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()

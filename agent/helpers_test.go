@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/base64"
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/plugins/plugintest"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file/filetest"
 )
@@ -54,13 +57,13 @@ sites:
 // newTestAgent builds an agent over a real file key source from the config and keys above.
 func newTestAgent(t testing.TB) *Agent {
 	t.Helper()
-	cfg, err := ParseConfig([]byte(testConfig), t.TempDir())
+	cfg, err := config.Parse([]byte(testConfig), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	clock := func() time.Time { return testNow }
 	store := filetest.Store(t, testKeysYAML(), vault.StoreOptions{Now: clock, Logger: slog.New(slog.DiscardHandler)})
-	a, err := New(cfg, Options{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler)})
+	a, err := New(newRuntime(t, RuntimeOptions{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler)}), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,3 +98,18 @@ func header(hs []Header, name string) (string, bool) {
 type secretAlias = vault.Secret
 
 func newSecret(s string) *vault.Secret { return vault.NewSecret([]byte(s)) }
+
+// newRuntime builds a Runtime for a test, closed when the test ends. Policy modules compile
+// into plugintest's shared cache, so only the first test compiles each.
+func newRuntime(tb testing.TB, opts RuntimeOptions) *Runtime {
+	tb.Helper()
+	if opts.PolicyCacheDir == "" {
+		opts.PolicyCacheDir = filepath.Join(plugintest.CacheDir(), "wazero")
+	}
+	rt, err := NewRuntime(opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = rt.Close(context.Background()) })
+	return rt
+}

@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
@@ -127,6 +129,41 @@ func TestLegacyAuditThroughAgent(t *testing.T) {
 	}
 	f.check("GET", "legacy.example.com", "/?apikey=wrong", nil) // refused: not counted
 
+	counts := f.legacyCounts(t)
+	if counts["legacy/impersonation"] != 2 || counts["legacy/apikey"] != 1 || len(counts) != 2 {
+		t.Fatalf("legacy counter %v, want legacy/impersonation 2 and legacy/apikey 1", counts)
+	}
+	logs := f.logs.String()
+	if strings.Count(logs, "legacy credential used") != 3 {
+		t.Fatalf("want 3 legacy warnings:\n%s", logs)
+	}
+	if strings.Contains(logs, blLegacyAPIKey) || strings.Contains(logs, imp) {
+		t.Fatalf("the log holds a secret:\n%s", logs)
+	}
+	if !strings.Contains(logs, token.CredentialFingerprint(imp)) {
+		t.Fatalf("the log lacks the token's fingerprint:\n%s", logs)
+	}
+
+	// A config reload builds a second agent over the same runtime: its legacy credentials
+	// count into the same counter (before the redesign, a reload's counter was registered
+	// nowhere and the count stopped).
+	cfg, _ := config.Parse([]byte(blConfig), t.TempDir())
+	b, err := New(f.a.rt, cfg)
+	if err != nil {
+		t.Fatalf("second agent: %v", err)
+	}
+	if d := b.Check(context.Background(), &Request{Method: "GET", Host: "legacy.example.com",
+		Path: "/?apikey=" + url.QueryEscape(blLegacyAPIKey), Headers: map[string]string{}}); !d.Allowed {
+		t.Fatalf("api key after the reload: %s", d.Reason)
+	}
+	if got := f.legacyCounts(t)["legacy/apikey"]; got != 2 {
+		t.Fatalf("tokenagent_legacy_credentials_total{kind=apikey} after a reload = %v, want 2", got)
+	}
+}
+
+// legacyCounts reads tokenagent_legacy_credentials_total by "site/kind".
+func (f *blFixture) legacyCounts(t *testing.T) map[string]float64 {
+	t.Helper()
 	counts := map[string]float64{}
 	mfs, err := f.reg.Gather()
 	if err != nil {
@@ -149,23 +186,5 @@ func TestLegacyAuditThroughAgent(t *testing.T) {
 			counts[site+"/"+kind] = m.GetCounter().GetValue()
 		}
 	}
-	if counts["legacy/impersonation"] != 2 || counts["legacy/apikey"] != 1 || len(counts) != 2 {
-		t.Fatalf("legacy counter %v, want legacy/impersonation 2 and legacy/apikey 1", counts)
-	}
-	logs := f.logs.String()
-	if strings.Count(logs, "legacy credential used") != 3 {
-		t.Fatalf("want 3 legacy warnings:\n%s", logs)
-	}
-	if strings.Contains(logs, blLegacyAPIKey) || strings.Contains(logs, imp) {
-		t.Fatalf("the log holds a secret:\n%s", logs)
-	}
-	if !strings.Contains(logs, token.CredentialFingerprint(imp)) {
-		t.Fatalf("the log lacks the token's fingerprint:\n%s", logs)
-	}
-
-	// A second agent on the same registry (a config reload) shares the counter.
-	cfg, _ := ParseConfig([]byte(blConfig), t.TempDir())
-	if _, err := New(cfg, Options{Keys: f.a.keys, Registerer: f.reg}); err != nil {
-		t.Fatalf("second agent on one registry: %v", err)
-	}
+	return counts
 }

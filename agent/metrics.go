@@ -28,7 +28,8 @@ type boundMetrics struct {
 }
 
 // NewMetrics creates the check collectors and registers them with reg (nil: not registered).
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// A Runtime builds them once per process.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tokenagent_check_duration_seconds",
@@ -41,9 +42,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"site", "kind", "decision", "reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Duration, m.Decisions)
+		for _, c := range []prometheus.Collector{m.Duration, m.Decisions} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
 	}
-	return m
+	return m, nil
 }
 
 func (m *Metrics) observe(d *Decision, kind token.Kind, took time.Duration) {

@@ -19,6 +19,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
@@ -88,13 +89,13 @@ sites:
     issuers:
       down: {issuer: "https://down.example.com", audience: other, jwks_uri: "` + f.down.URL + `/jwks"}
 `
-	cfg, err := ParseConfig([]byte(oaAgentConfig), t.TempDir())
+	cfg, err := config.Parse([]byte(oaAgentConfig), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	clock := func() time.Time { return testNow }
 	store := filetest.Store(t, keys, vault.StoreOptions{Now: clock, Logger: slog.New(slog.DiscardHandler)})
-	f.a, err = New(cfg, Options{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler)})
+	f.a, err = New(newRuntime(t, RuntimeOptions{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler)}), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,12 +267,12 @@ func TestOAuthPrefetchOnFirstWarnings(t *testing.T) {
 	}
 }
 
-// A config reload builds a new Agent over the same store: it shares the fetched key sets
-// (no new fetch inside the refetch interval) and registers its metrics again without panic.
+// A config reload builds a new Agent over the same Runtime: it shares the fetched key sets (no
+// new fetch inside the refetch interval).
 func TestOAuthReloadSharesKeySets(t *testing.T) {
 	f := newOAAgent(t)
 	_ = f.a.Warnings() // fetches the key sets
-	b, err := New(f.a.Config(), Options{Keys: f.a.keys, Now: f.a.now, Logger: slog.New(slog.DiscardHandler)})
+	b, err := New(f.a.rt, f.a.Config())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -9,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/plugins/plugintest"
@@ -18,27 +18,26 @@ import (
 
 // policyAgent builds an agent whose site "docs" runs the module at docsPolicy and site "other"
 // runs otherPolicy, over a shared registry like the daemon's.
-func policyAgent(t *testing.T, docsPolicy, otherPolicy string) (*Agent, *Policies) {
+func policyAgent(t *testing.T, docsPolicy, otherPolicy string) (*Agent, *Runtime) {
 	t.Helper()
 	// A generous deadline: these tests are about decisions, and a loaded machine under the race
 	// detector can take longer than the 5 ms default (the deadline has tests of its own).
 	doc := "keys: {source: file, file: keys.yaml}\npolicies: {deadline: 5s}\nsites:\n" +
 		"  - {id: docs, hosts: [docs.example.com], policy: " + docsPolicy + ", routes: [{path: /admin, require: user}]}\n" +
 		"  - {id: other, hosts: [other.example.com], policy: " + otherPolicy + "}\n"
-	cfg, err := ParseConfig([]byte(doc), t.TempDir())
+	cfg, err := config.Parse([]byte(doc), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	clock := func() time.Time { return testNow }
 	log := slog.New(slog.DiscardHandler)
 	store := filetest.Store(t, testKeysYAML(), vault.StoreOptions{Now: clock, Logger: log})
-	reg := NewPolicies(plugintest.NewEngine(t), log)
-	t.Cleanup(func() { reg.Close(context.Background()) })
-	a, err := New(cfg, Options{Keys: store, Now: clock, Logger: log, Policies: reg})
+	rt := newRuntime(t, RuntimeOptions{Keys: store, Now: clock, Logger: log})
+	a, err := New(rt, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a, reg
+	return a, rt
 }
 
 func TestPolicyDecidesLast(t *testing.T) {

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"strings"
+
+	"github.com/tokenagent/tokenagent/agent/config"
 )
 
 // Route is a compiled route rule (SPEC §5).
@@ -15,7 +17,7 @@ type Route struct {
 	scopeChallenge string
 }
 
-func compileRoute(c RouteConfig) Route {
+func compileRoute(c config.Route) Route {
 	r := Route{Require: c.Require, Scopes: c.Scopes}
 	// Methods are compared upper-case (SPEC §2a), and a rule that lists GET also covers HEAD.
 	for _, m := range c.Methods {

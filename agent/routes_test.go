@@ -1,6 +1,10 @@
 package agent
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/tokenagent/tokenagent/agent/config"
+)
 
 func TestNormalizePath(t *testing.T) {
 	tests := []struct{ in, want string }{
@@ -47,11 +51,11 @@ func TestNormalizePath(t *testing.T) {
 
 func TestRouteMatching(t *testing.T) {
 	routes := []Route{
-		compileRoute(RouteConfig{Methods: []string{"POST", "PUT"}, Path: "/@api/deki/pages/*", Require: RequireUser}),
-		compileRoute(RouteConfig{Path: "/@api/deki/site/*", Require: RequireAuthenticated}),
-		compileRoute(RouteConfig{Path: "/exact", Require: RequireUser}),
-		compileRoute(RouteConfig{Path: "/pre*", Require: RequireAuthenticated}),
-		compileRoute(RouteConfig{Methods: []string{"get"}, Path: "/reads", Require: RequireUser}),
+		compileRoute(config.Route{Methods: []string{"POST", "PUT"}, Path: "/@api/deki/pages/*", Require: config.RequireUser}),
+		compileRoute(config.Route{Path: "/@api/deki/site/*", Require: config.RequireAuthenticated}),
+		compileRoute(config.Route{Path: "/exact", Require: config.RequireUser}),
+		compileRoute(config.Route{Path: "/pre*", Require: config.RequireAuthenticated}),
+		compileRoute(config.Route{Methods: []string{"get"}, Path: "/reads", Require: config.RequireUser}),
 	}
 	tests := []struct {
 		method, path string
@@ -91,7 +95,7 @@ func TestRouteMatching(t *testing.T) {
 }
 
 func TestSiteLookup(t *testing.T) {
-	idx, _ := buildSites([]SiteConfig{
+	idx, _ := buildSites([]config.Site{
 		{ID: "docs", Hosts: []string{"docs.example.com", "*.docs.example.com"}},
 		{ID: "eu", Hosts: []string{"*.eu.docs.example.com"}},
 		{ID: "local", Hosts: []string{"localhost", "[::1]", "127.0.0.1"}},

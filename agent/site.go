@@ -3,6 +3,7 @@ package agent
 import (
 	"strings"
 
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/internal/hostname"
 	"github.com/tokenagent/tokenagent/agent/token"
 )
@@ -29,7 +30,7 @@ type suffixSite struct {
 	site   *Site
 }
 
-func buildSites(cfgs []SiteConfig) (*siteIndex, []*Site) {
+func buildSites(cfgs []config.Site) (*siteIndex, []*Site) {
 	idx := &siteIndex{exact: map[string]*Site{}}
 	sites := make([]*Site, 0, len(cfgs))
 	for i := range cfgs {

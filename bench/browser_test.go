@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/agenttest"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file/filetest"
@@ -143,15 +145,12 @@ sites:
 `
 
 func BenchmarkAgentBrowser(b *testing.B) {
-	cfg, err := agent.ParseConfig([]byte(brConfig), b.TempDir())
+	cfg, err := config.Parse([]byte(brConfig), b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
 	now := func() time.Time { return brNow }
-	a, err := agent.New(cfg, agent.Options{Keys: brStore(b), Now: now, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
+	a := agenttest.New(b, cfg, agent.RuntimeOptions{Keys: brStore(b), Now: now, Logger: slog.New(slog.DiscardHandler)})
 	auth := token.MintAuthToken(vault.NewSecret(brAuthKey), "42", brNow.Add(-time.Hour))
 	ctx := context.Background()
 	for _, c := range []struct {

@@ -25,6 +25,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/agenttest"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/extauthz"
 	"github.com/tokenagent/tokenagent/vault"
@@ -80,7 +82,7 @@ func ckAgent(b *testing.B) (*agent.Agent, []jose.JSONWebKey) {
 		"    oauth:\n      issuer: \"https://docs.example.com\"\n      audience: docs\n" +
 		"      jwks: {keys: [" + strings.Join(pubs, ", ") + "]}\n"
 	store := filetest.Store(b, yaml, vault.StoreOptions{Logger: slog.New(slog.DiscardHandler)})
-	cfg, err := agent.ParseConfig([]byte(`
+	cfg, err := config.Parse([]byte(`
 keys: {source: file, file: keys.yaml}
 sites:
   - id: docs
@@ -92,10 +94,7 @@ sites:
 	if err != nil {
 		b.Fatal(err)
 	}
-	a, err := agent.New(cfg, agent.Options{Keys: store, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
+	a := agenttest.New(b, cfg, agent.RuntimeOptions{Keys: store, Logger: slog.New(slog.DiscardHandler)})
 	return a, keys
 }
 

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/agenttest"
+	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/exchange"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/agent/token/idtokentest"
 	"github.com/tokenagent/tokenagent/vault"
@@ -51,7 +54,7 @@ func newExBench(b *testing.B) *exBench {
 
 func (e *exBench) agent(b *testing.B, usersFile string) *agent.Agent {
 	b.Helper()
-	cfg, err := agent.ParseConfig([]byte(exConfig), e.dir)
+	cfg, err := config.Parse([]byte(exConfig), e.dir)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -60,15 +63,12 @@ func (e *exBench) agent(b *testing.B, usersFile string) *agent.Agent {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = dir.Close() })
-	a, err := agent.New(cfg, agent.Options{Keys: e.store, Logger: slog.New(slog.DiscardHandler), Users: dir})
-	if err != nil {
-		b.Fatal(err)
-	}
+	a := agenttest.New(b, cfg, agent.RuntimeOptions{Keys: e.store, Logger: slog.New(slog.DiscardHandler), Users: dir})
 	return a
 }
 
 func exchangeReq(body string) *agent.Request {
-	return &agent.Request{Method: "POST", Scheme: "https", Host: "docs.example.com", Path: agent.ExchangePath,
+	return &agent.Request{Method: "POST", Scheme: "https", Host: "docs.example.com", Path: exchange.Path,
 		Headers: map[string]string{"content-type": "application/json", "user-agent": "bench"}, Body: []byte(body)}
 }
 
@@ -103,7 +103,7 @@ func BenchmarkParseExchangeBody(b *testing.B) {
 			body := []byte(f.body)
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := agent.ParseExchangeBody(body); err != nil {
+				if _, err := exchange.ParseBody(body); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/agenttest"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file/filetest"
@@ -171,7 +173,7 @@ func BenchmarkServerTokenVerifySingleUse(b *testing.B) {
 }
 
 func hmAgent(b *testing.B) *agent.Agent {
-	cfg, err := agent.ParseConfig([]byte(`
+	cfg, err := config.Parse([]byte(`
 keys: {source: file, file: keys.yaml}
 sites:
   - id: docs
@@ -184,10 +186,7 @@ sites:
 		b.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	a, err := agent.New(cfg, agent.Options{Keys: hmStore(b), Logger: log})
-	if err != nil {
-		b.Fatal(err)
-	}
+	a := agenttest.New(b, cfg, agent.RuntimeOptions{Keys: hmStore(b), Logger: log})
 	return a
 }
 

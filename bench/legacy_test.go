@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/agenttest"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file/filetest"
@@ -31,7 +33,7 @@ func lgStore(b *testing.B) *vault.Store {
 var lgSite = &token.Site{ID: "legacy", Hosts: []string{"legacy.example.com"}, LegacyImpersonation: true, LegacyAPIKey: true}
 
 func BenchmarkImpersonationVerify(b *testing.B) {
-	audit := token.NewLegacyAudit(nil, slog.New(slog.DiscardHandler))
+	audit, _ := token.NewLegacyAudit(nil, slog.New(slog.DiscardHandler)) // no registry: cannot fail
 	v := &token.ImpersonationVerifier{Keys: lgStore(b), Audit: audit, Now: func() time.Time { return lgNow }}
 	key := vault.NewSecret([]byte(lgAPIKey))
 	ctx := context.Background()
@@ -50,7 +52,7 @@ func BenchmarkImpersonationVerify(b *testing.B) {
 }
 
 func BenchmarkAPIKeyVerify(b *testing.B) {
-	audit := token.NewLegacyAudit(nil, slog.New(slog.DiscardHandler))
+	audit, _ := token.NewLegacyAudit(nil, slog.New(slog.DiscardHandler)) // no registry: cannot fail
 	v := &token.APIKeyVerifier{Keys: lgStore(b), Audit: audit}
 	ctx := context.Background()
 	for _, c := range []struct{ name, key, user string }{
@@ -76,15 +78,12 @@ sites:
 `
 
 func BenchmarkAgentLegacy(b *testing.B) {
-	cfg, err := agent.ParseConfig([]byte(lgConfig), b.TempDir())
+	cfg, err := config.Parse([]byte(lgConfig), b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
 	now := func() time.Time { return lgNow }
-	a, err := agent.New(cfg, agent.Options{Keys: lgStore(b), Now: now, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
+	a := agenttest.New(b, cfg, agent.RuntimeOptions{Keys: lgStore(b), Now: now, Logger: slog.New(slog.DiscardHandler)})
 	imp := token.MintImpersonationToken(vault.NewSecret([]byte(lgAPIKey)), "42", lgNow)
 	ctx := context.Background()
 	for _, c := range []struct {

@@ -23,6 +23,7 @@ import (
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file/filetest"
+	"github.com/tokenagent/tokenagent/vault/jwks"
 )
 
 // Benchmarks of the OAuth bearer JWT verifier (issue 5). Targets: a token seen for the first
@@ -136,8 +137,7 @@ func BenchmarkOAuthFirstSight(b *testing.B) {
 		{"EdDSA", "k-ed", k.ed, k.ed.Public()},
 	} {
 		tok := oaMint(b, tc.priv, tc.kid, tc.alg)
-		v := &token.OAuthVerifier{Keys: store, SkipTokenCache: true}
-		b.Cleanup(v.Close)
+		v := oaVerifier(b, store, false)
 		if _, err := v.Verify(ctx, site, tok); err != nil {
 			b.Fatal(err)
 		}
@@ -169,8 +169,7 @@ func BenchmarkOAuthCacheHit(b *testing.B) {
 	k, store := oaSetup(b)
 	site := &token.Site{ID: "docs"}
 	ctx := context.Background()
-	v := &token.OAuthVerifier{Keys: store}
-	b.Cleanup(v.Close)
+	v := oaVerifier(b, store, true)
 	tok := oaMint(b, k.ec, "k-ec", "ES256")
 	warm(b, v, site, tok)
 	b.ReportAllocs()
@@ -185,8 +184,7 @@ func BenchmarkOAuthCacheHitParallel(b *testing.B) {
 	k, store := oaSetup(b)
 	site := &token.Site{ID: "docs"}
 	ctx := context.Background()
-	v := &token.OAuthVerifier{Keys: store}
-	b.Cleanup(v.Close)
+	v := oaVerifier(b, store, true)
 	tok := oaMint(b, k.ed, "k-ed", "EdDSA")
 	warm(b, v, site, tok)
 	b.ReportAllocs()
@@ -205,8 +203,7 @@ func BenchmarkOAuthRefused(b *testing.B) {
 	k, store := oaSetup(b)
 	site := &token.Site{ID: "docs"}
 	ctx := context.Background()
-	v := &token.OAuthVerifier{Keys: store}
-	b.Cleanup(v.Close)
+	v := oaVerifier(b, store, true)
 	enc := func(v any) string { j, _ := json.Marshal(v); return base64.RawURLEncoding.EncodeToString(j) }
 	for name, tok := range map[string]string{
 		"alg-none":    enc(map[string]any{"alg": "none"}) + "." + enc(oaClaims()) + ".",
@@ -223,15 +220,31 @@ func BenchmarkOAuthRefused(b *testing.B) {
 	}
 }
 
-// warm verifies tok until the cache (ristretto admits asynchronously) answers for it.
-func warm(b *testing.B, v *token.OAuthVerifier, site *token.Site, tok string) {
+// oaVerifier is the OAuth verifier as an agent builds it, with the verified-token cache when
+// cached.
+func oaVerifier(b *testing.B, store *vault.Store, cached bool) *token.OAuthVerifier {
 	b.Helper()
-	for range 100 {
-		if _, err := v.Verify(context.Background(), site, tok); err != nil {
+	m, err := token.NewOAuthMetrics(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v := &token.OAuthVerifier{Keys: store, JWKS: jwks.NewCache(jwks.Options{}), Metrics: m, MaxCacheAge: store.Refresh()}
+	if cached {
+		if v.Cache, err = token.NewVerifiedTokens(0, m); err != nil {
 			b.Fatal(err)
 		}
-		time.Sleep(time.Millisecond)
+		b.Cleanup(v.Cache.Close)
 	}
+	return v
+}
+
+// warm verifies tok, then waits until the cache (ristretto admits asynchronously) holds it.
+func warm(b *testing.B, v *token.OAuthVerifier, site *token.Site, tok string) {
+	b.Helper()
+	if _, err := v.Verify(context.Background(), site, tok); err != nil {
+		b.Fatal(err)
+	}
+	v.Cache.Wait()
 }
 
 // BenchmarkOAuthCacheHitParts are the parts of a cache hit that are not the verifier's own:

@@ -17,8 +17,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/tokenagent/tokenagent/agent"
-	"github.com/tokenagent/tokenagent/agent/daemon"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
+	"github.com/tokenagent/tokenagent/agent/config"
 )
 
 // runningAgent is a real tokenagent daemon in this process, on free loopback ports, with a gRPC
@@ -31,7 +31,7 @@ type runningAgent struct {
 
 // startAgent runs the daemon for cfg (its listen addresses are replaced by free loopback
 // ports) until the test ends, and waits until /readyz answers 200.
-func startAgent(t *testing.T, cfg *agent.Config) *runningAgent {
+func startAgent(t *testing.T, cfg *config.Config) *runningAgent {
 	t.Helper()
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	logs := &syncBuffer{}

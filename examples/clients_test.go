@@ -14,7 +14,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -183,7 +183,7 @@ func expectedUser(user string) string {
 }
 
 // docsSiteConfig is one site (docsHost) with one server key, from an embedded key file.
-func docsSiteConfig(t *testing.T) *agent.Config {
+func docsSiteConfig(t *testing.T) *config.Config {
 	t.Helper()
 	dir := t.TempDir()
 	secret, _ := json.Marshal(clientsSecret)
@@ -198,7 +198,7 @@ sites:
       - {methods: [POST], path: "/@api/deki/pages/*", require: user}
 `,
 	})
-	cfg, err := agent.LoadConfig(filepath.Join(dir, "tokenagent.yaml"))
+	cfg, err := config.Load(filepath.Join(dir, "tokenagent.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

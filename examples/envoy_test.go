@@ -15,7 +15,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 
-	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/exchange"
 )
 
 func TestEnvoyBootstrap(t *testing.T) {
@@ -25,11 +26,11 @@ func TestEnvoyBootstrap(t *testing.T) {
 	}
 	b := mustLoadBootstrap(t, "envoy.yaml", src)
 	p := edgeParts(t, b)
-	addr := checkEdge(t, p, agent.ExchangePath)
+	addr := checkEdge(t, p, exchange.Path)
 
 	// Where the agent is: the default grpc_addr of its config (SPEC §7).
-	if got := addr.GetAddress() + ":" + strconv.FormatUint(uint64(addr.GetPortValue()), 10); got != agent.DefaultGRPCAddr {
-		t.Errorf("tokenagent cluster endpoint = %s, want the agent's default grpc_addr %s", got, agent.DefaultGRPCAddr)
+	if got := addr.GetAddress() + ":" + strconv.FormatUint(uint64(addr.GetPortValue()), 10); got != config.DefaultGRPCAddr {
+		t.Errorf("tokenagent cluster endpoint = %s, want the agent's default grpc_addr %s", got, config.DefaultGRPCAddr)
 	}
 	if to := p.extAuthz.GetGrpcService().GetTimeout().AsDuration(); to.Milliseconds() != 250 {
 		t.Errorf("ext_authz timeout = %v, want 250ms", to)
@@ -90,7 +91,7 @@ func TestEnvoyExchangeBody(t *testing.T) {
 	p := edgeParts(t, mustLoadBootstrap(t, "envoy.yaml", src))
 	var wb *extauthzv3.BufferSettings
 	for _, r := range p.routes {
-		if r.GetMatch().GetPath() == agent.ExchangePath {
+		if r.GetMatch().GetPath() == exchange.Path {
 			var per extauthzv3.ExtAuthzPerRoute
 			unpack(t, r.GetTypedPerFilterConfig()[extAuthzName], &per)
 			wb = per.GetCheckSettings().GetWithRequestBody()
@@ -113,7 +114,7 @@ func TestEnvoyExchangeBody(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			body := []byte(strings.Repeat("a", tc.size))
 			sent := body[:min(len(body), int(wb.GetMaxRequestBytes()))]
-			req := checkRequest("POST", docsHost, agent.ExchangePath, map[string]string{
+			req := checkRequest("POST", docsHost, exchange.Path, map[string]string{
 				"content-type": "text/plain", "content-length": strconv.Itoa(len(body)),
 				"x-envoy-auth-partial-body": strconv.FormatBool(len(sent) != len(body))})
 			h := req.GetAttributes().GetRequest().GetHttp()

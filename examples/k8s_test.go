@@ -21,7 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	sigsyaml "sigs.k8s.io/yaml"
 
-	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/exchange"
 )
 
 const k8sDir = "k8s"
@@ -410,7 +411,7 @@ func checkPodSpec(t *testing.T, what, ns string, ps *corev1.PodSpec, o *k8sObjec
 
 // checkAgentPod checks the agent's container against its own config file, which it loads
 // with the agent's own parser.
-func checkAgentPod(t *testing.T, o *k8sObjects, ds *appsv1.DaemonSet) (*agent.Config, corev1.Container) {
+func checkAgentPod(t *testing.T, o *k8sObjects, ds *appsv1.DaemonSet) (*config.Config, corev1.Container) {
 	t.Helper()
 	ps := ds.Spec.Template.Spec
 	if len(ps.Containers) != 1 {
@@ -425,7 +426,7 @@ func checkAgentPod(t *testing.T, o *k8sObjects, ds *appsv1.DaemonSet) (*agent.Co
 	}
 	cfgPath := c.Args[i+1]
 	cm, key := mountedConfigMapFile(t, o, ds.Namespace, ps, c, cfgPath)
-	cfg, err := agent.ParseConfig([]byte(cm.Data[key]), filepath.Dir(cfgPath))
+	cfg, err := config.Parse([]byte(cm.Data[key]), filepath.Dir(cfgPath))
 	if err != nil {
 		t.Fatalf("ConfigMap %s key %s: %v", cm.Name, key, err)
 	}
@@ -456,7 +457,7 @@ func checkAgentPod(t *testing.T, o *k8sObjects, ds *appsv1.DaemonSet) (*agent.Co
 
 // checkAgentVaultSetup checks that the config logs in to Vault with the projected token the pod
 // gets, for the role, service account and audience vault-kubernetes-auth.sh sets up.
-func checkAgentVaultSetup(t *testing.T, cfg *agent.Config, ds *appsv1.DaemonSet) {
+func checkAgentVaultSetup(t *testing.T, cfg *config.Config, ds *appsv1.DaemonSet) {
 	t.Helper()
 	ps := ds.Spec.Template.Spec
 	c := ps.Containers[0]
@@ -524,7 +525,7 @@ func checkGateway(t *testing.T, o *k8sObjects, gw *appsv1.Deployment, svc *corev
 	cm, key := mountedConfigMapFile(t, o, gw.Namespace, ps, c, c.Args[i+1])
 	b := mustLoadBootstrap(t, "ConfigMap "+cm.Name+" key "+key, []byte(cm.Data[key]))
 	p := edgeParts(t, b)
-	addr := checkEdge(t, p, agent.ExchangePath)
+	addr := checkEdge(t, p, exchange.Path)
 	if want := svc.Name + "." + svc.Namespace + ".svc.cluster.local"; addr.GetAddress() != want {
 		t.Errorf("the gateway asks %s, want the node-local Service %s", addr.GetAddress(), want)
 	}

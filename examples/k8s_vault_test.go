@@ -20,7 +20,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
-	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/vaulttest"
@@ -126,7 +126,7 @@ func TestK8sVaultKubernetesAuth(t *testing.T) {
 	// token lives differ.
 	o := loadK8s(t)
 	cm := o.configMaps["tokenagent/tokenagent-config"]
-	cfg, err := agent.ParseConfig([]byte(cm.Data["tokenagent.yaml"]), "/etc/tokenagent")
+	cfg, err := config.Parse([]byte(cm.Data["tokenagent.yaml"]), "/etc/tokenagent")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/agenttest"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file/filetest"
@@ -34,7 +36,7 @@ var fuzzNow = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 
 func fuzzAgent(tb testing.TB) *agent.Agent {
 	tb.Helper()
-	cfg, err := agent.ParseConfig([]byte(`
+	cfg, err := config.Parse([]byte(`
 keys: {source: file, file: keys.yaml}
 sites:
   - id: docs
@@ -58,10 +60,7 @@ sites:
       pub1: {origins: ["*.example.com", "https://app.example.org"]}
     legacy: {apikey: "`+fuzzAPIKey+`"}
 `, vault.StoreOptions{Now: clock, Logger: slog.New(slog.DiscardHandler)})
-	a, err := agent.New(cfg, agent.Options{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	a := agenttest.New(tb, cfg, agent.RuntimeOptions{Keys: store, Now: clock, Logger: slog.New(slog.DiscardHandler)})
 	return a
 }
 

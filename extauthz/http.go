@@ -13,10 +13,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/config"
 )
 
 // The HTTP front's fixed endpoints; Envoy's is HTTPOptions.EnvoyPathPrefix (default
-// agent.DefaultEnvoyPathPrefix).
+// config.DefaultEnvoyPathPrefix).
 const (
 	// NginxPath answers nginx `auth_request` subrequests.
 	NginxPath = "/nginx"
@@ -123,7 +124,7 @@ type HTTPHandler struct {
 // NewHTTPHandler returns an HTTPHandler deciding with c.
 func NewHTTPHandler(c Checker, opts HTTPOptions) *HTTPHandler {
 	if opts.EnvoyPathPrefix == "" {
-		opts.EnvoyPathPrefix = agent.DefaultEnvoyPathPrefix
+		opts.EnvoyPathPrefix = config.DefaultEnvoyPathPrefix
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = NewHTTPMetrics(nil)

@@ -17,6 +17,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/agenttest"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file/filetest"
@@ -61,16 +63,13 @@ sites:
 
 func newHTTPTestAgent(t *testing.T) *agent.Agent {
 	t.Helper()
-	cfg, err := agent.ParseConfig([]byte(httpTestConfig), t.TempDir())
+	cfg, err := config.Parse([]byte(httpTestConfig), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	quiet := slog.New(slog.DiscardHandler)
 	store := filetest.Store(t, httpTestKeys(), vault.StoreOptions{Logger: quiet})
-	a, err := agent.New(cfg, agent.Options{Keys: store, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := agenttest.New(t, cfg, agent.RuntimeOptions{Keys: store, Logger: quiet})
 	return a
 }
 

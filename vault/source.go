@@ -10,7 +10,7 @@
 //     under "sites/<site>/…".
 //   - A Source returns ErrNotFound for a record that does not exist (or has no readable data);
 //     any other error means the backend could not be asked, and the Store serves stale data or
-//     fails closed with reason keys_unavailable.
+//     fails closed with an *UnavailableError (tokenagent answers keys_unavailable).
 //   - All Source implementations must be safe for concurrent use.
 package vault
 
@@ -61,6 +61,20 @@ type Writer interface {
 	// the record does not exist). ErrCASMismatch reports a lost race.
 	WriteCAS(ctx context.Context, path string, data map[string]any, cas int) error
 }
+
+// UnavailableError reports that a record could not be read: the source failed or is taken
+// to be down, and nothing usable is cached. Callers fail closed (tokenagent answers 503
+// keys_unavailable) and may retry after RetryAfter.
+type UnavailableError struct {
+	// Cause is why the source could not answer; for logs, never for clients.
+	Cause error
+	// RetryAfter is how long a client should wait before retrying.
+	RetryAfter time.Duration
+}
+
+func (e *UnavailableError) Error() string { return "keys unavailable: " + e.Cause.Error() }
+
+func (e *UnavailableError) Unwrap() error { return e.Cause }
 
 // ErrCASMismatch reports a check-and-set write that lost to another writer.
 var ErrCASMismatch = errors.New("check-and-set version mismatch")

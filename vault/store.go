@@ -14,8 +14,6 @@ import (
 
 	"github.com/dgraph-io/ristretto/v2"
 	"golang.org/x/sync/singleflight"
-
-	"github.com/tokenagent/tokenagent/agent/reason"
 )
 
 // StoreOptions configure a Store. The zero value of each field takes the default of SPEC §6.
@@ -54,8 +52,8 @@ type StoreOptions struct {
 // # Notes
 //
 //   - Safe for concurrent use.
-//   - Errors: ErrNotFound for an absent (or invalid) record; a *reason.Error with
-//     KeysUnavailable when the source cannot answer and nothing usable is cached.
+//   - Errors: ErrNotFound for an absent (or invalid) record; an *UnavailableError when the
+//     source cannot answer and nothing usable is cached.
 type Store struct {
 	src      Source
 	opts     StoreOptions
@@ -399,9 +397,12 @@ func (s *Store) sourceDown(now time.Time) bool {
 	return now.UnixNano() < s.downTill.Load()
 }
 
-func unavailable(cause error) *reason.Error {
-	return &reason.Error{Reason: reason.KeysUnavailable, Cause: cause,
-		Headers: map[string]string{"Retry-After": "5"}}
+// retryAfter is what a client is told to wait before retrying a lookup that found the source
+// unavailable.
+const retryAfter = 5 * time.Second
+
+func unavailable(cause error) *UnavailableError {
+	return &UnavailableError{Cause: cause, RetryAfter: retryAfter}
 }
 
 // costOf estimates the bytes an entry holds, so the cache's capacity is real memory.

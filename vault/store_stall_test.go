@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file"
 )
@@ -69,8 +68,8 @@ func TestStoreStaleWhileSourceHangs(t *testing.T) {
 	if n := src.reads.Load(); n != 2 {
 		t.Fatalf("%d source reads, want 2 (the warm-up and one refresh shared by every later lookup)", n)
 	}
-	var re *reason.Error
-	if _, err := s.ServerKey(ctx, "docs", "never-seen"); !errors.As(err, &re) || re.Reason != reason.KeysUnavailable {
+	var ue *vault.UnavailableError
+	if _, err := s.ServerKey(ctx, "docs", "never-seen"); !errors.As(err, &ue) {
 		t.Fatalf("unseen key while the source hangs: %v, want keys_unavailable after the read timeout", err)
 	}
 	close(hang)

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file"
 )
@@ -269,13 +268,13 @@ func TestStoreOutage(t *testing.T) {
 	if sk, err := s.ServerKey(ctx, "docs", "k1"); err != nil || !sk.Secret.Equal("s3cret") {
 		t.Fatalf("cached key during the outage: %v", err)
 	}
-	var re *reason.Error
-	if _, err := s.ServerKey(ctx, "docs", "never-seen"); !errors.As(err, &re) || re.Reason != reason.KeysUnavailable || re.Headers["Retry-After"] == "" {
-		t.Fatalf("unseen key during the outage: %v, want keys_unavailable with Retry-After", err)
+	var ue *vault.UnavailableError
+	if _, err := s.ServerKey(ctx, "docs", "never-seen"); !errors.As(err, &ue) || ue.RetryAfter <= 0 {
+		t.Fatalf("unseen key during the outage: %v, want UnavailableError with RetryAfter", err)
 	}
 	c.add(time.Hour) // past max_stale (and past the second the store waits before asking a failed source again)
-	if _, err := s.ServerKey(ctx, "docs", "k1"); !errors.As(err, &re) || re.Reason != reason.KeysUnavailable {
-		t.Fatalf("past max_stale: %v, want keys_unavailable", err)
+	if _, err := s.ServerKey(ctx, "docs", "k1"); !errors.As(err, &ue) {
+		t.Fatalf("past max_stale: %v, want UnavailableError", err)
 	}
 	src.down.Store(false)  // recovery needs no restart
 	c.add(2 * time.Second) // the store asks a failed source again after a second

@@ -23,8 +23,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/tokenagent/tokenagent/agent"
-	"github.com/tokenagent/tokenagent/agent/daemon"
+	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/vaulttest"
@@ -78,7 +78,7 @@ func startDaemonClock(t *testing.T, cfgYAML string, files map[string]string, now
 	}
 	cfgPath := filepath.Join(dir, "tokenagent.yaml")
 	writeFile(t, cfgPath, cfgYAML)
-	cfg, err := agent.LoadConfig(cfgPath)
+	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,7 +37,8 @@ var decoyAPIKey = vault.NewSecret([]byte("tokenagent-decoy-api-key-for-sites-wit
 //     no user at all (the key itself acts: it passes `require: authenticated`).
 //   - Every accepted key is logged as a warning and counted (see LegacyAudit).
 type APIKeyVerifier struct {
-	Keys *vault.Store
+	// Keys looks up the site's legacy record (required).
+	Keys LegacyKeys
 	// Audit logs and counts accepted keys; nil logs through slog.Default() and counts nothing.
 	Audit *LegacyAudit
 }
@@ -54,13 +55,13 @@ func (v *APIKeyVerifier) Verify(ctx context.Context, site *Site, key, impersonat
 	if key == "" || len(key) > MaxTokenLen {
 		return Identity{}, reason.New(reason.MalformedToken)
 	}
-	if impersonate != "" && (len(impersonate) > 19 || !allDigits(impersonate)) {
+	if impersonate != "" && !ValidUserID(impersonate) {
 		return Identity{}, reason.Newf(reason.MalformedToken, "impersonateuserid is not a decimal user id")
 	}
 	leg, err := v.Keys.Legacy(ctx, site.ID)
 	known := err == nil
 	if err != nil && !errors.Is(err, vault.ErrNotFound) {
-		return Identity{}, reason.From(err)
+		return Identity{}, unavailable(err, "")
 	}
 	stored := decoyAPIKey
 	if known {
@@ -130,9 +131,8 @@ type legacyLabels struct {
 const LegacyMetricName = "tokenagent_legacy_credentials_total"
 
 // NewLegacyAudit returns an audit that logs to log (nil: slog.Default()) and registers its
-// counter with reg (nil: not registered). A counter of the same name already registered with
-// reg is reused, so several agents may share one registry.
-func NewLegacyAudit(reg prometheus.Registerer, log *slog.Logger) *LegacyAudit {
+// counter with reg (nil: not registered). Build one per process: it outlives config reloads.
+func NewLegacyAudit(reg prometheus.Registerer, log *slog.Logger) (*LegacyAudit, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -142,15 +142,10 @@ func NewLegacyAudit(reg prometheus.Registerer, log *slog.Logger) *LegacyAudit {
 	}, []string{"site", "kind"})
 	if reg != nil {
 		if err := reg.Register(uses); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
-					uses = existing
-				}
-			}
+			return nil, err
 		}
 	}
-	return &LegacyAudit{log: log, uses: uses, bound: map[legacyLabels]prometheus.Counter{}}
+	return &LegacyAudit{log: log, uses: uses, bound: map[legacyLabels]prometheus.Counter{}}, nil
 }
 
 // Used records one accepted legacy credential of kind at site, acting as user ("" for none).

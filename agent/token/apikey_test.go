@@ -90,12 +90,19 @@ func TestNewAPIKeyAndQuery(t *testing.T) {
 	}
 }
 
-func TestLegacyAuditSharedRegistry(t *testing.T) {
+// One audit lives as long as the process (config reloads share it): a second one on the same
+// registry is a programming error, reported, not a counter silently shared.
+func TestLegacyAuditRegistersOnce(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	a1 := NewLegacyAudit(reg, slog.New(slog.DiscardHandler))
-	a2 := NewLegacyAudit(reg, slog.New(slog.DiscardHandler)) // a second agent after a reload
+	a1, err := NewLegacyAudit(reg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewLegacyAudit(reg, slog.New(slog.DiscardHandler)); err == nil {
+		t.Fatal("a second audit registered its counter on the same registry")
+	}
 	a1.Used("docs", KindAPIKey, "", "k")
-	a2.Used("docs", KindAPIKey, "", "k")
+	a1.Used("docs", KindAPIKey, "", "k")
 	f := &legacyFixture{reg: reg}
 	if got := f.count("docs", KindAPIKey); got != 2 {
 		t.Fatalf("counter %v, want 2 (one shared counter)", got)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenagent/tokenagent/agent/internal/clock"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -23,7 +24,8 @@ const ticksAtUnixEpoch = 621355968000000000
 //   - The signature is checked before the times, so a forged token learns nothing of the
 //     key's state.
 type AuthTokenVerifier struct {
-	Keys *vault.Store
+	// Keys looks up the site's Auth Token key generations (required).
+	Keys AuthTokenKeys
 	Now  func() time.Time
 }
 
@@ -41,7 +43,7 @@ func parseAuthToken(tok string) (authTokenParts, bool) {
 		return authTokenParts{}, false
 	}
 	i := strings.IndexByte(tok, '_')
-	if i < 1 || i > 19 {
+	if i < 1 {
 		return authTokenParts{}, false
 	}
 	rest := tok[i+1:]
@@ -50,7 +52,7 @@ func parseAuthToken(tok string) (authTokenParts, bool) {
 		return authTokenParts{}, false
 	}
 	user, ticks, sig := tok[:i], rest[:j], rest[j+1:]
-	if !allDigits(user) || !isHex64(sig) {
+	if !ValidUserID(user) || !isHex64(sig) {
 		return authTokenParts{}, false
 	}
 	t, ok := parseUint(ticks)
@@ -70,13 +72,13 @@ func (v *AuthTokenVerifier) Verify(ctx context.Context, site *Site, tok string) 
 	if !ok {
 		return Identity{}, reason.New(reason.MalformedToken)
 	}
-	now := v.now()
+	now := clock.Now(v.Now)
 	keys, err := v.Keys.AuthTokenKeys(ctx, site.ID, site.AuthTokenRotationGrace)
 	if err != nil {
 		if errors.Is(err, vault.ErrNotFound) {
 			return Identity{}, reason.Newf(reason.UnknownKey, "the site has no auth token key")
 		}
-		return Identity{}, reason.From(err)
+		return Identity{}, unavailable(err, "")
 	}
 	if !verifyWithGenerations(keys, site.AuthTokenRotationGrace, now, p.sig, p.signed) {
 		return Identity{}, reason.New(reason.BadSignature)
@@ -108,13 +110,6 @@ func verifyWithGenerations(keys *vault.AuthTokenKeys, grace time.Duration, now t
 		}
 	}
 	return false
-}
-
-func (v *AuthTokenVerifier) now() time.Time {
-	if v.Now != nil {
-		return v.Now()
-	}
-	return time.Now()
 }
 
 // UnixToTicks converts a time to .NET ticks.

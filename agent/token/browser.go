@@ -76,7 +76,8 @@ var preflightBaseHeaders = map[string]bool{
 //   - The key is not a secret (it ships in web pages), so it is compared with ordinary map
 //     lookups, and an unknown key answers unknown_key.
 type BrowserVerifier struct {
-	Keys *vault.Store
+	// Keys looks up the site's browser keys (required).
+	Keys BrowserKeys
 	// Logger receives warnings about origin patterns that do not compile (default
 	// slog.Default()).
 	Logger *slog.Logger
@@ -121,7 +122,7 @@ func (v *BrowserVerifier) Verify(ctx context.Context, site *Site, key, origin st
 		if errors.Is(err, vault.ErrNotFound) {
 			return Identity{}, reason.New(reason.UnknownKey)
 		}
-		return Identity{}, reason.From(err)
+		return Identity{}, unavailable(err, "")
 	}
 	if origin != "" {
 		o, err := ParseOrigin(origin)
@@ -151,7 +152,7 @@ func (v *BrowserVerifier) OriginAllowed(ctx context.Context, site *Site, origin 
 	case errors.Is(err, vault.ErrNotFound):
 		return false, nil
 	case err != nil:
-		return false, reason.From(err)
+		return false, unavailable(err, "")
 	case len(set.Keys) == 0:
 		return false, nil
 	}

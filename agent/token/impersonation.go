@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenagent/tokenagent/agent/internal/clock"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -42,7 +43,8 @@ const ImpersonationWindow = 60 * time.Second
 //     forged token learns nothing of the clock.
 //   - Every accepted token is logged as a warning and counted (see LegacyAudit).
 type ImpersonationVerifier struct {
-	Keys *vault.Store
+	// Keys looks up the site's legacy record, whose API key signs the tokens (required).
+	Keys LegacyKeys
 	// Audit logs and counts accepted tokens; nil logs through slog.Default() and counts
 	// nothing.
 	Audit *LegacyAudit
@@ -100,12 +102,12 @@ func (v *ImpersonationVerifier) Verify(ctx context.Context, site *Site, tok stri
 		if errors.Is(err, vault.ErrNotFound) {
 			return Identity{}, reason.Newf(reason.UnknownKey, "the site has no legacy API key")
 		}
-		return Identity{}, reason.From(err)
+		return Identity{}, unavailable(err, "")
 	}
 	if !impersonationDigestOK(leg.APIKey, p) {
 		return Identity{}, reason.New(reason.BadSignature)
 	}
-	now := v.now().Unix()
+	now := clock.Now(v.Now).Unix()
 	window := int64(ImpersonationWindow / time.Second)
 	switch {
 	case now-p.epoch > window:
@@ -137,13 +139,6 @@ func impersonationDigest(apiKey *vault.Secret, name, epoch string) [md5.Size]byt
 	sum := md5.Sum(msg)
 	clear(msg)
 	return sum
-}
-
-func (v *ImpersonationVerifier) now() time.Time {
-	if v.Now != nil {
-		return v.Now()
-	}
-	return time.Now()
 }
 
 // MintImpersonationToken returns an Impersonation Auth Token for user (a decimal id, or "="

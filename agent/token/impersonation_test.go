@@ -36,7 +36,11 @@ func newLegacyFixture(t testing.TB) *legacyFixture {
 		clock: newBLClock(time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC))}
 	f.src.set("sites/docs/legacy", map[string]any{"apikey": blAPIKey})
 	f.store = newBLStore(t, f.src, f.clock.Now)
-	f.audit = NewLegacyAudit(f.reg, slog.New(slog.NewTextHandler(f.logs, nil)))
+	audit, err := NewLegacyAudit(f.reg, slog.New(slog.NewTextHandler(f.logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.audit = audit
 	return f
 }
 

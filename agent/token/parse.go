@@ -73,7 +73,7 @@ func validUser(u string) bool {
 		return false
 	}
 	if u[0] != '=' {
-		return len(u) <= 19 && allDigits(u)
+		return ValidUserID(u)
 	}
 	name := u[1:]
 	if name == "" {
@@ -100,3 +100,8 @@ func validUser(u string) bool {
 func isHexDigit(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
+
+// ValidUserID reports whether id is a decimal user id as MindTouch tokens name one: 1 to 19
+// digits. It is the one rule for every decimal id: an Auth Token's user, a server token's
+// numeric user, `impersonateuserid`, and the ids the user directory hands out.
+func ValidUserID(id string) bool { return len(id) <= 19 && allDigits(id) }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenagent/tokenagent/agent/internal/clock"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -30,7 +31,8 @@ var decoySecret = vault.NewSecret([]byte("tokenagent-decoy-secret-for-unknown-ke
 //   - An unknown key is checked against a decoy secret, so timing does not tell unknown keys
 //     from known keys with bad signatures; both answers still differ in their reason.
 type ServerTokenVerifier struct {
-	Keys *vault.Store
+	// Keys looks up the token's key (required).
+	Keys ServerKeys
 	// Replay remembers single-use tokens; required when any site sets server_token_single_use.
 	Replay *ReplayCache
 	Now    func() time.Time
@@ -98,7 +100,7 @@ func (v *ServerTokenVerifier) verify(ctx context.Context, site *Site, p serverTo
 	rec, err := v.Keys.ServerKey(ctx, site.ID, p.key)
 	known := err == nil
 	if err != nil && !errors.Is(err, vault.ErrNotFound) {
-		return Identity{}, reason.From(err)
+		return Identity{}, unavailable(err, "")
 	}
 	secret := decoySecret
 	if known {
@@ -118,7 +120,7 @@ func (v *ServerTokenVerifier) verify(ctx context.Context, site *Site, p serverTo
 	case rec.Disabled:
 		return Identity{}, reason.New(reason.RevokedKey)
 	}
-	now := v.now()
+	now := clock.Now(v.Now)
 	issued := time.Unix(p.epoch, 0)
 	window := site.ServerTokenWindow
 	switch {
@@ -160,13 +162,6 @@ func sameUser(restricted, tokenUser string) bool {
 		return false
 	}
 	return got == want
-}
-
-func (v *ServerTokenVerifier) now() time.Time {
-	if v.Now != nil {
-		return v.Now()
-	}
-	return time.Now()
 }
 
 // MintServerToken returns a Server API Token for key (with its secret) acting as user (a

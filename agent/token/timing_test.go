@@ -10,21 +10,21 @@ import (
 	"github.com/tokenagent/tokenagent/vault"
 )
 
-// keyUses records the key uses (vault.ObserveKeyUse) of the secrets it watches while f runs.
+// keyUses records the key uses (vault.Secret.Observe) of the secrets it watches while f runs.
 // These tests prove timing safety by the code path each case takes — which key is used, how,
 // and how often — not by measuring time, which a loaded test machine cannot do reliably.
 func keyUses(t *testing.T, watch map[*vault.Secret]string, f func()) []string {
 	t.Helper()
 	var mu sync.Mutex
 	var uses []string
-	stop := vault.ObserveKeyUse(func(s *vault.Secret, u vault.KeyUse) {
-		if name, ok := watch[s]; ok {
+	for s, name := range watch {
+		stop := s.Observe(func(u vault.KeyUse) {
 			mu.Lock()
 			uses = append(uses, name+"/"+useName(u))
 			mu.Unlock()
-		}
-	})
-	defer stop()
+		})
+		defer stop()
+	}
 	f()
 	mu.Lock()
 	defer mu.Unlock()

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/kv"
 	"github.com/tokenagent/tokenagent/vault/vaulttest"
@@ -46,7 +46,7 @@ func TestSetupScript(t *testing.T) {
 	}
 
 	// The example config, pointed at the test's files and server.
-	cfg, err := agent.LoadConfig("tokenagent.yaml")
+	cfg, err := config.Load("tokenagent.yaml")
 	if err != nil {
 		t.Fatalf("tokenagent.yaml: %v", err)
 	}

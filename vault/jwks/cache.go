@@ -63,9 +63,9 @@ type Metrics struct {
 	FetchSeconds *prometheus.HistogramVec
 }
 
-// NewMetrics creates the collectors and registers them with reg (nil: not registered).
-// Collectors already registered with reg (an agent rebuilt on a config reload) are reused.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// NewMetrics creates the collectors and registers them with reg (nil: not registered). Build
+// them once per process, with the Cache they count for.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		Fetches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_jwks_fetches_total",
 			Help: "Fetches of issuers' jwks_uri by host and outcome (ok, error, status, too_large, invalid)."},
@@ -74,24 +74,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Latency of jwks_uri fetches.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}, []string{"host"}),
 	}
 	if reg != nil {
-		if err := reg.Register(m.Fetches); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				if c, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
-					m.Fetches = c
-				}
-			}
-		}
-		if err := reg.Register(m.FetchSeconds); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				if c, ok := are.ExistingCollector.(*prometheus.HistogramVec); ok {
-					m.FetchSeconds = c
-				}
+		for _, c := range []prometheus.Collector{m.Fetches, m.FetchSeconds} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
 			}
 		}
 	}
-	return m
+	return m, nil
 }
 
 // Cache holds parsed key sets: inline sets by their JSON, remote sets by their URI.
@@ -142,7 +131,7 @@ func NewCache(opts Options) *Cache {
 		opts.Logger = slog.Default()
 	}
 	if opts.Metrics == nil {
-		opts.Metrics = NewMetrics(nil)
+		opts.Metrics, _ = NewMetrics(nil) // nil registry: cannot fail
 	}
 	client := opts.Client
 	if client == nil {

@@ -301,7 +301,11 @@ func (is *issuer) serve(status int, body string) {
 }
 
 func newTestCache(c *clock, reg prometheus.Registerer) *Cache {
-	return NewCache(Options{Now: c.Now, Metrics: NewMetrics(reg), Logger: slog.New(slog.DiscardHandler)})
+	m, err := NewMetrics(reg)
+	if err != nil {
+		panic(err) // a fresh registry per test
+	}
+	return NewCache(Options{Now: c.Now, Metrics: m, Logger: slog.New(slog.DiscardHandler)})
 }
 
 func TestRemoteRefetchLimit(t *testing.T) {

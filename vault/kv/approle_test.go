@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -71,7 +70,7 @@ func statusOf(err error) int {
 func TestAppRoleLeastPrivilege(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	f := &fixture{t: t, srv: srv, prefix: "tokenagent", reg: prometheus.NewRegistry()} // the policy's prefix
+	f := bareFixture(t, srv, "tokenagent") // the policy's prefix
 	site := "approle-" + fmt.Sprint(time.Now().UnixNano())
 	f.put(vault.SitePath(site, "server-tokens", "k1"), map[string]any{"secret": "s"})
 	f.put(vault.SitePath(site, "authtoken"), map[string]any{"key": genKey(1)})
@@ -160,7 +159,7 @@ func TestLoginFailureIsReportedWithoutSecrets(t *testing.T) {
 	f := newFixture(t, srv)
 	const wrong = "00000000-not-the-secret-id-0000"
 	secretFile := writeFile(t, "secret-id", wrong)
-	src, err := New(context.Background(), Options{Address: srv.Addr, Prefix: f.prefix, Registerer: f.reg, Logger: quietLogger(),
+	src, err := New(context.Background(), Options{Address: srv.Addr, Prefix: f.prefix, Metrics: f.metrics, Logger: quietLogger(),
 		Auth:       Auth{Method: AuthAppRole, RoleID: roleID, SecretIDFile: secretFile},
 		minBackoff: 10 * time.Millisecond, maxBackoff: 50 * time.Millisecond})
 	if err != nil {

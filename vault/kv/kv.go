@@ -45,7 +45,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -88,8 +87,9 @@ type Options struct {
 	Timeout time.Duration
 	// Logger receives login, renewal and failure reports (default slog.Default()).
 	Logger *slog.Logger
-	// Registerer receives the source's Prometheus collectors (nil: not registered).
-	Registerer prometheus.Registerer
+	// Metrics counts the source's requests and shows its login state (default: unregistered
+	// collectors). Build them once per process with NewMetrics.
+	Metrics *Metrics
 
 	// backoff bounds of the login retry (tests shorten them).
 	minBackoff, maxBackoff time.Duration
@@ -124,7 +124,7 @@ type Source struct {
 	method string
 	opts   Options
 	log    *slog.Logger
-	m      *metrics
+	m      *Metrics
 
 	ready     atomic.Bool
 	readyCh   chan struct{}
@@ -240,9 +240,9 @@ func New(ctx context.Context, opts Options) (*Source, error) {
 	opts.Address = cfg.Address
 	opts.Namespace = ns
 
-	m, err := newMetrics(opts.Registerer)
-	if err != nil {
-		return nil, err
+	m := opts.Metrics
+	if m == nil {
+		m, _ = NewMetrics(nil) // nil registry: cannot fail
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &Source{

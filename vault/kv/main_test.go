@@ -66,19 +66,33 @@ func writeFile(t testing.TB, name, content string) string {
 // fixture is a test's view of a Vault server: a source on its own prefix, and a root client to
 // seed it.
 type fixture struct {
-	t      testing.TB
-	srv    *vaulttest.Server
-	prefix string
-	src    *Source
-	reg    *prometheus.Registry
+	t       testing.TB
+	srv     *vaulttest.Server
+	prefix  string
+	src     *Source
+	reg     *prometheus.Registry
+	metrics *Metrics // registered once on reg, shared by every source of the fixture
 }
 
 // newFixture returns a logged-in source (root token from a token file) under the test's own
 // prefix of s.
 func newFixture(t testing.TB, s *vaulttest.Server) *fixture {
 	t.Helper()
-	f := &fixture{t: t, srv: s, prefix: testPrefix(t), reg: prometheus.NewRegistry()}
+	f := bareFixture(t, s, testPrefix(t))
 	f.src = f.newSource(Options{Auth: Auth{Method: AuthToken, TokenFile: writeFile(t, "token", s.Token+"\n")}})
+	return f
+}
+
+// bareFixture is a fixture on prefix of s with a registry and the metrics every source of the
+// fixture shares, but no source yet.
+func bareFixture(t testing.TB, s *vaulttest.Server, prefix string) *fixture {
+	t.Helper()
+	f := &fixture{t: t, srv: s, prefix: prefix, reg: prometheus.NewRegistry()}
+	m, err := NewMetrics(f.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.metrics = m
 	return f
 }
 
@@ -92,8 +106,8 @@ func (f *fixture) newSource(opts Options) *Source {
 	if opts.Prefix == "" {
 		opts.Prefix = f.prefix
 	}
-	if opts.Registerer == nil {
-		opts.Registerer = f.reg
+	if opts.Metrics == nil {
+		opts.Metrics = f.metrics
 	}
 	opts.Logger = quietLogger()
 	opts.minBackoff, opts.maxBackoff = 20*time.Millisecond, 200*time.Millisecond

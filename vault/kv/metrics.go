@@ -22,16 +22,18 @@ const (
 
 var states = []string{stateLoggingIn, stateBackoff, stateLoggedIn, stateRenewing}
 
-// metrics are the source's Prometheus collectors.
-type metrics struct {
+// Metrics are a Vault source's Prometheus collectors. Build them once per process
+// (NewMetrics) and give them to every Source of the process (Options.Metrics).
+type Metrics struct {
 	requests      *prometheus.CounterVec
 	latency       *prometheus.HistogramVec
 	state         *prometheus.GaugeVec
 	loginFailures *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{
+// NewMetrics creates the collectors and registers them with reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_vault_requests_total",
 			Help: "Vault requests by operation (read, read_version, metadata, list, write, login, renew) and outcome (ok, not_found, denied, cas_mismatch, error)."},
 			[]string{"operation", "outcome"}),
@@ -45,41 +47,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Failed Vault logins by auth method."}, []string{"method"}),
 	}
 	if reg != nil {
-		var err error
-		if m.requests, err = register(reg, m.requests); err != nil {
-			return nil, err
-		}
-		if m.latency, err = register(reg, m.latency); err != nil {
-			return nil, err
-		}
-		if m.state, err = register(reg, m.state); err != nil {
-			return nil, err
-		}
-		if m.loginFailures, err = register(reg, m.loginFailures); err != nil {
-			return nil, err
+		for _, c := range []prometheus.Collector{m.requests, m.latency, m.state, m.loginFailures} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("vault metrics: %w", err)
+			}
 		}
 	}
 	return m, nil
 }
 
-// register registers c, or returns the collector already registered under its name (a second
-// source on the same registry shares it).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if prev, ok := are.ExistingCollector.(C); ok {
-				return prev, nil
-			}
-		}
-		return c, fmt.Errorf("vault metrics: %w", err)
-	}
-	return c, nil
-}
-
 // setState moves the auth state gauge to state. The new state is set before the old one is
 // cleared, so a scrape in between never sees no state at all.
-func (m *metrics) setState(state string) {
+func (m *Metrics) setState(state string) {
 	m.state.WithLabelValues(state).Set(1)
 	for _, s := range states {
 		if s != state {
@@ -89,7 +68,7 @@ func (m *metrics) setState(state string) {
 }
 
 // observe counts one request; d 0 records no latency (renewals, timed by the watcher).
-func (m *metrics) observe(op string, err error, d time.Duration) {
+func (m *Metrics) observe(op string, err error, d time.Duration) {
 	m.requests.WithLabelValues(op, outcome(err)).Inc()
 	if d > 0 {
 		m.latency.WithLabelValues(op).Observe(d.Seconds())

@@ -49,7 +49,11 @@ func TestNotReadyWhileVaultIsDown(t *testing.T) {
 	t.Parallel()
 	const secretToken = "hvs.this-token-must-never-be-printed"
 	reg := prometheus.NewRegistry()
-	src, err := New(context.Background(), Options{Address: "http://127.0.0.1:1", Registerer: reg, Logger: quietLogger(),
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := New(context.Background(), Options{Address: "http://127.0.0.1:1", Metrics: m, Logger: quietLogger(),
 		Auth:       Auth{Method: AuthToken, TokenFile: writeFile(t, "token", secretToken)},
 		minBackoff: 10 * time.Millisecond, maxBackoff: 50 * time.Millisecond})
 	if err != nil {

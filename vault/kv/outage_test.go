@@ -9,14 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/vaulttest"
 )
 
 func isKeysUnavailable(err error) bool {
-	var re *reason.Error
-	return errors.As(err, &re) && re.Reason == reason.KeysUnavailable
+	var ue *vault.UnavailableError
+	return errors.As(err, &ue)
 }
 
 // TestOutage stops Vault: cached keys keep serving (for max_stale), a key never seen is
@@ -64,8 +63,8 @@ func TestOutage(t *testing.T) {
 		if !isKeysUnavailable(err) {
 			t.Fatalf("unseen key during the outage: %v, want keys_unavailable", err)
 		}
-		if re := reason.From(err); re.HTTPStatus() != 503 || re.Headers["Retry-After"] == "" {
-			t.Errorf("answer: status %d, headers %v; want 503 with Retry-After", re.HTTPStatus(), re.Headers)
+		if ue := (*vault.UnavailableError)(nil); !errors.As(err, &ue) || ue.RetryAfter <= 0 {
+			t.Errorf("error %v, want an UnavailableError with RetryAfter", err)
 		}
 	})
 	t.Run("past max_stale is keys_unavailable", func(t *testing.T) {

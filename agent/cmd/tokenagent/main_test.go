@@ -9,10 +9,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	jose "github.com/go-jose/go-jose/v4"
-	"github.com/tokenagent/tokenagent/agent"
-	"github.com/tokenagent/tokenagent/agent/daemon"
-	"github.com/tokenagent/tokenagent/vault"
 	"log/slog"
 	"net/http"
 	"os"
@@ -22,6 +18,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/agenttest"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
+	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/vault"
 )
 
 func runCLI(args ...string) (int, string, string) {
@@ -370,7 +374,7 @@ func testJWK(t *testing.T) (priv, pub []byte) {
 // testAgent builds an in-process agent from a config file.
 func testAgent(t *testing.T, cfgPath string) *agent.Agent {
 	t.Helper()
-	cfg, err := agent.LoadConfig(cfgPath)
+	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,9 +389,6 @@ func testAgent(t *testing.T, cfgPath string) *agent.Agent {
 		t.Fatal(err)
 	}
 	t.Cleanup(store.Close)
-	a, err := agent.New(cfg, agent.Options{Keys: store, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := agenttest.New(t, cfg, agent.RuntimeOptions{Keys: store, Logger: log})
 	return a
 }

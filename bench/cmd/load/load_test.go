@@ -22,8 +22,8 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/tokenagent/tokenagent/agent"
-	"github.com/tokenagent/tokenagent/agent/daemon"
+	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
 	"github.com/tokenagent/tokenagent/extauthz"
 )
 
@@ -66,7 +66,7 @@ func testSetup(t *testing.T) (string, *Keys) {
 // its gRPC address.
 func startAgent(t *testing.T, dir string) string {
 	t.Helper()
-	cfg, err := agent.LoadConfig(filepath.Join(dir, configFile))
+	cfg, err := config.Load(filepath.Join(dir, configFile))
 	if err != nil {
 		t.Fatalf("the setup's config does not load: %v", err)
 	}

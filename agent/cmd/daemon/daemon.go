@@ -33,9 +33,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tokenagent/tokenagent/agent"
-	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/extauthz"
-	"github.com/tokenagent/tokenagent/plugins"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/users"
 )
@@ -59,24 +58,23 @@ type Options struct {
 	Version string
 }
 
-// Daemon is a running tokenagent.
+// Daemon is a running tokenagent: the composition root. It builds once what outlives a config
+// (the registry and its collectors, the key source and store, the user directory, the
+// pipeline's Runtime, the listeners) and closes it at exit; each config (at start and at every
+// reload) is compiled into a new agent.Agent over the same Runtime.
 type Daemon struct {
 	opts    Options
 	log     *slog.Logger
 	reg     *prometheus.Registry
-	metrics *agent.Metrics
 	source  vault.Source
 	closer  func()
 	users   users.Directory
 	closeUs func()
-	// policies is the WebAssembly module registry, made when a config first names a policy.
-	policies      *agent.Policies
-	closePolicies func()
-	store         *vault.Store
-	replay        *token.ReplayCache
+	store   *vault.Store
+	rt      *agent.Runtime
 
 	mu    sync.RWMutex
-	cfg   *agent.Config
+	cfg   *config.Config
 	agent *agent.Agent
 
 	ext        *extauthz.Server
@@ -93,7 +91,7 @@ type Daemon struct {
 }
 
 // New builds a daemon from cfg; nothing listens yet.
-func New(ctx context.Context, cfg *agent.Config, opts Options) (*Daemon, error) {
+func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -105,8 +103,7 @@ func New(ctx context.Context, cfg *agent.Config, opts Options) (*Daemon, error) 
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d := &Daemon{opts: opts, log: opts.Logger, reg: reg, cfg: cfg,
-		metrics: agent.NewMetrics(reg), replay: token.NewReplayCache(opts.Now)}
+	d := &Daemon{opts: opts, log: opts.Logger, reg: reg, cfg: cfg}
 	d.reloads = prometheus.NewCounter(prometheus.CounterOpts{Name: "tokenagent_config_reloads_total",
 		Help: "Successful config reloads."})
 	d.reloadErrs = prometheus.NewCounter(prometheus.CounterOpts{Name: "tokenagent_config_reload_errors_total",
@@ -131,7 +128,13 @@ func New(ctx context.Context, cfg *agent.Config, opts Options) (*Daemon, error) 
 		return nil, err
 	}
 	d.store = store
-	a, err := d.buildAgent(cfg, reg)
+	d.rt, err = agent.NewRuntime(agent.RuntimeOptions{Keys: store, Users: d.users, Registerer: reg,
+		Logger: opts.Logger, Now: opts.Now, PolicyCacheDir: policyCacheDir(cfg)})
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	a, err := agent.New(d.rt, cfg)
 	if err != nil {
 		d.Close()
 		return nil, err
@@ -152,48 +155,20 @@ func New(ctx context.Context, cfg *agent.Config, opts Options) (*Daemon, error) 
 	return d, nil
 }
 
-func (d *Daemon) buildAgent(cfg *agent.Config, reg prometheus.Registerer) (*agent.Agent, error) {
-	if err := d.ensurePolicies(cfg); err != nil {
-		return nil, err
+// policyCacheDir is where compiled WebAssembly modules are kept across restarts:
+// policies.cache_dir, or tokenagent/wasm in the user cache directory.
+func policyCacheDir(cfg *config.Config) string {
+	if dir := cfg.Policies.CacheDir; dir != "" {
+		return dir
 	}
-	return agent.New(cfg, agent.Options{Keys: d.store, Logger: d.log, Metrics: d.metrics,
-		Registerer: reg, Replay: d.replay, Now: d.opts.Now, Users: d.users, Policies: d.policies})
-}
-
-// ensurePolicies starts the WebAssembly engine the first time a config names a policy module;
-// it then serves every later config, so a reload keeps compiled modules and warm instances.
-func (d *Daemon) ensurePolicies(cfg *agent.Config) error {
-	if d.policies != nil {
-		return nil
+	if base, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(base, "tokenagent", "wasm")
 	}
-	need := false
-	for _, s := range cfg.Sites {
-		need = need || s.Policy != ""
-	}
-	if !need {
-		return nil
-	}
-	dir := cfg.Policies.CacheDir
-	if dir == "" {
-		if base, err := os.UserCacheDir(); err == nil {
-			dir = filepath.Join(base, "tokenagent", "wasm")
-		}
-	}
-	e, err := plugins.NewEngine(context.Background(), plugins.EngineOptions{
-		CacheDir: dir, Registerer: d.reg, Logger: d.log})
-	if err != nil {
-		return fmt.Errorf("policies: %w", err)
-	}
-	d.policies = agent.NewPolicies(e, d.log)
-	d.closePolicies = func() {
-		d.policies.Close(context.Background())
-		_ = e.Close(context.Background())
-	}
-	return nil
+	return ""
 }
 
 // OpenSource opens the key source cfg.Keys names. The returned func closes it.
-func OpenSource(ctx context.Context, cfg *agent.Config, reg prometheus.Registerer, log *slog.Logger) (vault.Source, func(), error) {
+func OpenSource(ctx context.Context, cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (vault.Source, func(), error) {
 	return openSource(ctx, cfg, reg, log)
 }
 
@@ -294,10 +269,11 @@ func (d *Daemon) Shutdown(ctx context.Context) {
 	d.Close()
 }
 
-// Close releases the key source and the cache.
+// Close releases, in the reverse order of New, what the daemon built: the pipeline's Runtime,
+// the key store, the user directory and the key source.
 func (d *Daemon) Close() {
-	if d.closePolicies != nil {
-		d.closePolicies()
+	if d.rt != nil {
+		_ = d.rt.Close(context.Background())
 	}
 	if d.store != nil {
 		d.store.Close()
@@ -333,7 +309,7 @@ func (d *Daemon) Reload(path string) error {
 }
 
 func (d *Daemon) reload(path string) error {
-	cfg, err := agent.LoadConfig(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
@@ -345,7 +321,7 @@ func (d *Daemon) reload(path string) error {
 	}
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.Keys = old.GRPCAddr, old.HTTPAddr, old.Keys
 	cfg.AuthzHTTPAddr, cfg.AuthzHTTP = old.AuthzHTTPAddr, old.AuthzHTTP
-	a, err := d.buildAgent(cfg, nil)
+	a, err := agent.New(d.rt, cfg)
 	if err != nil {
 		return err
 	}
@@ -354,9 +330,7 @@ func (d *Daemon) reload(path string) error {
 	d.mu.Unlock()
 	d.ext.SetChecker(a)
 	d.setFrontChecker(a)
-	if d.policies != nil {
-		d.policies.KeepOnly(a) // modules only the old config used go after a grace
-	}
+	d.rt.KeepOnly(a) // modules only the old config used go after a grace
 	return nil
 }
 

@@ -13,7 +13,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"google.golang.org/grpc/codes"
 
-	"github.com/tokenagent/tokenagent/agent/daemon"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/plugins/plugintest"
 	"github.com/tokenagent/tokenagent/vault"
@@ -69,7 +69,7 @@ sites:
 // agent's log.
 func startHardening(t *testing.T) (*env, *lockedBuffer) {
 	t.Helper()
-	echo := plugintest.BuildGo(t, "../../plugins/testdata/goguest")
+	echo := plugintest.BuildGo(t, "../../../plugins/testdata/goguest")
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "tokenagent.yaml")
 	writeFile(t, cfgPath, hardeningConfig(echo))

@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/tokenagent/tokenagent/agent"
-	"github.com/tokenagent/tokenagent/agent/daemon"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/vaulttest"
@@ -58,7 +58,7 @@ sites:
   - id: docs
     hosts: [docs.example.com]
 `)
-	cfg, err := agent.LoadConfig(cfgPath)
+	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}

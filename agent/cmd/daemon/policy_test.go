@@ -13,8 +13,8 @@ import (
 // TestPolicyOverGRPC: a site's WebAssembly policy decides over real gRPC, a reload switches
 // it, and a module that cannot load makes the agent not ready and its site fail closed.
 func TestPolicyOverGRPC(t *testing.T) {
-	readonly := plugintest.BuildGo(t, "../../policies/readonly-anonymous")
-	role := plugintest.BuildGo(t, "../../policies/role-header")
+	readonly := plugintest.BuildGo(t, "../../../policies/readonly-anonymous")
+	role := plugintest.BuildGo(t, "../../../policies/role-header")
 	e := start(t)
 	withPolicy := func(p string) string {
 		return strings.Replace(configYAML, "    hosts: [docs.example.com, \"*.docs.example.com\"]\n",

@@ -16,8 +16,8 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
 
-	"github.com/tokenagent/tokenagent/agent"
-	"github.com/tokenagent/tokenagent/agent/daemon"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
+	"github.com/tokenagent/tokenagent/agent/exchange"
 	"github.com/tokenagent/tokenagent/agent/token/idtokentest"
 )
 
@@ -42,7 +42,7 @@ sites:
 // exchangeRequest is the CheckRequest Envoy sends for the exchange with body: as raw_body
 // (pack_as_bytes) or as body.
 func exchangeRequest(host, contentType, body string, raw bool) *authv3.CheckRequest {
-	req := envoyRequest("POST", host, agent.ExchangePath, map[string]string{"content-type": contentType,
+	req := envoyRequest("POST", host, exchange.Path, map[string]string{"content-type": contentType,
 		"content-length": strconv.Itoa(len(body))})
 	h := req.Attributes.Request.Http
 	h.Size = int64(len(body))
@@ -137,7 +137,7 @@ func TestExchangeOverGRPC(t *testing.T) {
 	}{
 		{"expired", p.Mint(t, p.Claims(time.Now().Add(-10*time.Minute), "bob", map[string]any{"exp": time.Now().Add(-2 * time.Minute).Unix()})), codes.Unauthenticated, 401, "token_expired"},
 		{"wrong audience", p.Mint(t, p.Claims(time.Now(), "bob", map[string]any{"aud": "elsewhere"})), codes.Unauthenticated, 401, "invalid_id_token"},
-		{"oversized", strings.Repeat("a", agent.MaxExchangeBody+1), codes.InvalidArgument, 413, "body_too_large"},
+		{"oversized", strings.Repeat("a", exchange.MaxBody+1), codes.InvalidArgument, 413, "body_too_large"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, err := e.client.Check(ctx, exchangeRequest("docs.example.com", "text/plain", tc.body, true))

@@ -21,8 +21,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
-	"github.com/tokenagent/tokenagent/agent"
-	"github.com/tokenagent/tokenagent/agent/daemon"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -74,7 +74,7 @@ func start(t *testing.T) *env {
 // ports, connects a gRPC client to it, and stops both when the test ends.
 func serveConfig(t *testing.T, cfgPath string, opts daemon.Options) *env {
 	t.Helper()
-	cfg, err := agent.LoadConfig(cfgPath)
+	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}

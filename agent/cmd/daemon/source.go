@@ -7,7 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file"
 	"github.com/tokenagent/tokenagent/vault/kv"
@@ -17,7 +17,7 @@ import (
 // openSource opens the key source of cfg: the embedded key file, or Vault KV v2. The Vault
 // source logs in in the background (retrying with backoff), so the agent starts even while
 // Vault is down and /readyz says so.
-func openSource(ctx context.Context, cfg *agent.Config, reg prometheus.Registerer, log *slog.Logger) (vault.Source, func(), error) {
+func openSource(ctx context.Context, cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (vault.Source, func(), error) {
 	switch cfg.Keys.Source {
 	case "file":
 		src, err := file.Open(cfg.Keys.File)
@@ -27,9 +27,13 @@ func openSource(ctx context.Context, cfg *agent.Config, reg prometheus.Registere
 		return src, func() {}, nil
 	case "vault":
 		v := cfg.Keys.Vault
+		m, err := kv.NewMetrics(reg)
+		if err != nil {
+			return nil, nil, err
+		}
 		src, err := kv.New(ctx, kv.Options{
 			Address: v.Address, Namespace: v.Namespace, Mount: v.Mount, Prefix: v.Prefix,
-			Timeout: v.Timeout.D(), Logger: log, Registerer: reg,
+			Timeout: v.Timeout.D(), Logger: log, Metrics: m,
 			Auth: kv.Auth{Method: v.Auth.Method, RoleID: v.Auth.RoleID, RoleIDFile: v.Auth.RoleIDFile,
 				SecretIDFile: v.Auth.SecretIDFile, Role: v.Auth.Role, TokenFile: v.Auth.TokenFile,
 				MountPath: v.Auth.MountPath},
@@ -46,7 +50,7 @@ func openSource(ctx context.Context, cfg *agent.Config, reg prometheus.Registere
 // key source: the users file for the file source, the sites' users/ folders in Vault for the
 // Vault source (written with check-and-set, so agents sharing one Vault agree on ids). The
 // returned func closes it.
-func openUsers(cfg *agent.Config, src vault.Source) (users.Directory, func(), error) {
+func openUsers(cfg *config.Config, src vault.Source) (users.Directory, func(), error) {
 	switch s := src.(type) {
 	case *kv.Source:
 		return users.NewVault(s, users.VaultOptions{}), func() {}, nil

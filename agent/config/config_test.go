@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"os"
@@ -36,7 +36,7 @@ sites:
 `
 
 func TestParseConfigSpecExample(t *testing.T) {
-	cfg, err := ParseConfig([]byte(specExample), "/etc/tokenagent")
+	cfg, err := Parse([]byte(specExample), "/etc/tokenagent")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestParseConfigSpecExample(t *testing.T) {
 }
 
 func TestParseConfigDefaults(t *testing.T) {
-	cfg, err := ParseConfig([]byte("keys: {source: file, file: k.yaml}\nsites: [{id: a, hosts: [A.Example.COM.]}]\n"), "/x")
+	cfg, err := Parse([]byte("keys: {source: file, file: k.yaml}\nsites: [{id: a, hosts: [A.Example.COM.]}]\n"), "/x")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestParseConfigErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tc.doc), "/x")
+			_, err := Parse([]byte(tc.doc), "/x")
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -134,20 +134,20 @@ func TestLoadConfigNamesTheFile(t *testing.T) {
 	if err := os.WriteFile(p, []byte("keys: {source: file, file: k}\nsites: [{id: a, hosts: [a.b], nope: 1}]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := LoadConfig(p)
+	_, err := Load(p)
 	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "nope") {
 		t.Fatalf("error = %v, want the file and the field named", err)
 	}
 }
 
 func TestDevExampleConfigIsValid(t *testing.T) {
-	if _, err := LoadConfig("../examples/dev/tokenagent.yaml"); err != nil {
+	if _, err := Load("../../examples/dev/tokenagent.yaml"); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestParseConfigVaultAppRoleFiles(t *testing.T) {
-	cfg, err := ParseConfig([]byte(`
+	cfg, err := Parse([]byte(`
 keys: {source: vault, vault: {auth: {method: approle, role_id_file: role-id, secret_id_file: secret-id}}}
 sites: [{id: a, hosts: [a.b]}]
 `), "/etc/tokenagent")

@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"bytes"
@@ -26,18 +26,18 @@ type Config struct {
 	// ext_authz, nginx auth_request, Traefik forwardAuth); empty (the default): off.
 	AuthzHTTPAddr string `yaml:"authz_http_addr"`
 	// AuthzHTTP tunes the HTTP authorization front.
-	AuthzHTTP AuthzHTTPConfig `yaml:"authz_http"`
-	Keys      KeysConfig      `yaml:"keys"`
-	Policies  PolicyGlobal    `yaml:"policies"`
-	Log       LogConfig       `yaml:"log"`
-	Sites     []SiteConfig    `yaml:"sites"`
+	AuthzHTTP AuthzHTTP `yaml:"authz_http"`
+	Keys      Keys      `yaml:"keys"`
+	Policies  Policies  `yaml:"policies"`
+	Log       Log       `yaml:"log"`
+	Sites     []Site    `yaml:"sites"`
 
 	// Dir is the directory of the config file; relative paths in it are resolved against it.
 	Dir string `yaml:"-"`
 }
 
-// KeysConfig selects and tunes the key source (SPEC §6).
-type KeysConfig struct {
+// Keys selects and tunes the key source (SPEC §6).
+type Keys struct {
 	// Source is "file" (the embedded key source) or "vault".
 	Source string `yaml:"source"`
 	// File is the keys file of the file source, relative to the config file.
@@ -53,12 +53,12 @@ type KeysConfig struct {
 	// file). With Vault the directory lives in Vault, under each site's users/ folder.
 	UsersFile string `yaml:"users_file"`
 	// Vault configures the Vault source.
-	Vault VaultConfig `yaml:"vault"`
+	Vault Vault `yaml:"vault"`
 }
 
-// VaultConfig is the Vault KV v2 key source's configuration. Address, token and namespace
+// Vault is the Vault KV v2 key source's configuration. Address, token and namespace
 // also come from VAULT_ADDR, VAULT_TOKEN and VAULT_NAMESPACE.
-type VaultConfig struct {
+type Vault struct {
 	Address   string    `yaml:"address"`
 	Namespace string    `yaml:"namespace"`
 	Mount     string    `yaml:"mount"`
@@ -84,16 +84,16 @@ type VaultAuth struct {
 	MountPath string `yaml:"mount_path"`
 }
 
-// PolicyGlobal tunes the WebAssembly policy engine.
-type PolicyGlobal struct {
+// Policies tunes the WebAssembly policy engine.
+type Policies struct {
 	// CacheDir keeps compiled modules across restarts (default: the user cache dir).
 	CacheDir string `yaml:"cache_dir"`
 	// Deadline is the default per-call deadline (default 5ms).
 	Deadline Duration `yaml:"deadline"`
 }
 
-// AuthzHTTPConfig tunes the HTTP authorization front (package extauthz, HTTPHandler).
-type AuthzHTTPConfig struct {
+// AuthzHTTP tunes the HTTP authorization front (package extauthz, HTTPHandler).
+type AuthzHTTP struct {
 	// EnvoyPathPrefix is the path_prefix of Envoy's http_service: an authorization request for
 	// the original path P arrives as EnvoyPathPrefix+P (default "/envoy").
 	EnvoyPathPrefix string `yaml:"envoy_path_prefix"`
@@ -106,7 +106,7 @@ const DefaultEnvoyPathPrefix = "/envoy"
 // prefix may not shadow them.
 var reservedAuthzPaths = []string{"/nginx", "/traefik", "/answer"}
 
-func (h *AuthzHTTPConfig) validate() error {
+func (h *AuthzHTTP) validate() error {
 	p := h.EnvoyPathPrefix
 	if p == "" {
 		h.EnvoyPathPrefix = DefaultEnvoyPathPrefix
@@ -123,39 +123,39 @@ func (h *AuthzHTTPConfig) validate() error {
 	return nil
 }
 
-// LogConfig tunes logging.
-type LogConfig struct {
+// Log tunes logging.
+type Log struct {
 	// Level is debug, info (default), warn or error.
 	Level string `yaml:"level"`
 	// AllowSample logs one allowed decision in N (0: none; denials are always logged).
 	AllowSample int `yaml:"allow_sample"`
 }
 
-// SiteConfig is one site (tenant) of the config file.
-type SiteConfig struct {
-	ID                     string        `yaml:"id"`
-	Hosts                  []string      `yaml:"hosts"`
-	AuthTokenTTL           Duration      `yaml:"authtoken_ttl"`
-	AuthTokenRotationGrace Duration      `yaml:"authtoken_rotation_grace"`
-	ServerTokenWindow      Duration      `yaml:"server_token_window"`
-	ServerTokenSingleUse   bool          `yaml:"server_token_single_use"`
-	Legacy                 LegacyConfig  `yaml:"legacy"`
-	Routes                 []RouteConfig `yaml:"routes"`
+// Site is one site (tenant) of the config file.
+type Site struct {
+	ID                     string   `yaml:"id"`
+	Hosts                  []string `yaml:"hosts"`
+	AuthTokenTTL           Duration `yaml:"authtoken_ttl"`
+	AuthTokenRotationGrace Duration `yaml:"authtoken_rotation_grace"`
+	ServerTokenWindow      Duration `yaml:"server_token_window"`
+	ServerTokenSingleUse   bool     `yaml:"server_token_single_use"`
+	Legacy                 Legacy   `yaml:"legacy"`
+	Routes                 []Route  `yaml:"routes"`
 	// Policy is the path of the site's WebAssembly policy module (relative to the config).
 	Policy string `yaml:"policy"`
 	// PolicyDeadline overrides the per-call policy deadline for this site.
 	PolicyDeadline Duration `yaml:"policy_deadline"`
 }
 
-// LegacyConfig holds the legacy credential switches, all off by default.
-type LegacyConfig struct {
+// Legacy holds the legacy credential switches, all off by default.
+type Legacy struct {
 	Impersonation          bool `yaml:"impersonation"`
 	APIKey                 bool `yaml:"apikey"`
 	UnprefixedServerTokens bool `yaml:"unprefixed_server_tokens"`
 }
 
-// RouteConfig is one route rule (SPEC §5).
-type RouteConfig struct {
+// Route is one route rule (SPEC §5).
+type Route struct {
 	Methods []string `yaml:"methods"`
 	Path    string   `yaml:"path"`
 	Require string   `yaml:"require"`
@@ -182,9 +182,9 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // D returns d as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
-// LoadConfig reads, parses and validates the config file at path. The error is one line that
+// Load reads, parses and validates the config file at path. The error is one line that
 // names the file and the field at fault.
-func LoadConfig(path string) (*Config, error) {
+func Load(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -193,16 +193,16 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	cfg, err := ParseConfig(b, dir)
+	cfg, err := Parse(b, dir)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
-// ParseConfig parses and validates a config document whose relative paths are resolved
+// Parse parses and validates a config document whose relative paths are resolved
 // against dir, and fills in defaults.
-func ParseConfig(b []byte, dir string) (*Config, error) {
+func Parse(b []byte, dir string) (*Config, error) {
 	var cfg Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -222,7 +222,7 @@ func oneLine(err error) error {
 	if errors.As(err, &te) {
 		msgs := make([]string, len(te.Errors))
 		for i, e := range te.Errors {
-			msgs[i] = strings.Replace(e, "not found in type agent.", "is unknown in ", 1)
+			msgs[i] = strings.Replace(e, "not found in type config.", "is unknown in ", 1)
 		}
 		return errors.New(strings.Join(msgs, "; "))
 	}
@@ -303,7 +303,7 @@ func checkAddr(field, addr string) error {
 	return nil
 }
 
-func (k *KeysConfig) validate(dir string) error {
+func (k *Keys) validate(dir string) error {
 	if k.Refresh == 0 {
 		k.Refresh = Duration(DefaultRefresh)
 	}
@@ -387,7 +387,7 @@ func resolve(dir, p string) string {
 	return filepath.Join(dir, p)
 }
 
-func (s *SiteConfig) validate(dir string) error {
+func (s *Site) validate(dir string) error {
 	if !validSiteID(s.ID) {
 		return fmt.Errorf("id: %q must match [a-z0-9-]{1,63}", s.ID)
 	}
@@ -482,7 +482,7 @@ const (
 	RequireUser          = "user"
 )
 
-func (r *RouteConfig) validate() error {
+func (r *Route) validate() error {
 	switch r.Require {
 	case "":
 		r.Require = RequireAny

@@ -151,7 +151,7 @@ func TestExchangeTwoAgentsOneVault(t *testing.T) {
 	}
 	// The agents log in with a token of the example policy, so the test also checks that the
 	// policy allows the directory's layout.
-	policy, err := os.ReadFile("../../examples/vault/tokenagent-policy.hcl")
+	policy, err := os.ReadFile("../../../examples/vault/tokenagent-policy.hcl")
 	if err != nil {
 		t.Fatal(err)
 	}

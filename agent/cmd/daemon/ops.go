@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/extauthz"
 )
 
@@ -39,7 +40,7 @@ type opsState struct {
 
 // initOps builds the operations side: called by New once the agent exists, with the mux of
 // http_addr.
-func (d *Daemon) initOps(cfg *agent.Config, reg *prometheus.Registry, mux *http.ServeMux) {
+func (d *Daemon) initOps(cfg *config.Config, reg *prometheus.Registry, mux *http.ServeMux) {
 	o := &d.ops
 	o.stop = make(chan struct{})
 	if d.opts.ConfigPath != "" {

@@ -1,0 +1,138 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenagent/tokenagent/agent/exchange"
+	"github.com/tokenagent/tokenagent/agent/policy"
+	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/jwks"
+	"github.com/tokenagent/tokenagent/vault/users"
+)
+
+// RuntimeOptions are what a Runtime is built from. The key store and the user directory are
+// the caller's: it builds them (they depend on the key source) and closes them after the
+// Runtime.
+type RuntimeOptions struct {
+	// Keys is the key store (required).
+	Keys *vault.Store
+	// Users is the just-in-time user directory of the identity token exchange (nil: the
+	// exchange answers keys_unavailable).
+	Users users.Directory
+	// Registerer receives every collector of the pipeline, registered once (nil: none).
+	Registerer prometheus.Registerer
+	// Logger receives decision and problem logs (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// PolicyCacheDir keeps compiled WebAssembly modules across restarts (empty: in memory).
+	PolicyCacheDir string
+	// OAuthCacheBytes is the verified-token cache's capacity (default
+	// token.DefaultOAuthCacheMaxCost).
+	OAuthCacheBytes int64
+}
+
+// Runtime holds what outlives a config: the key sets of JWT issuers, the verified-token cache,
+// the replay memory of single-use tokens, the policy modules, the user directory and every
+// collector, each built once. An Agent is rebuilt from it at every config reload (New), cheap
+// and immutable, so a reload loses no cache, counter or warm policy instance.
+//
+//	rt, err := agent.NewRuntime(agent.RuntimeOptions{Keys: store, Registerer: reg})
+//	defer rt.Close(ctx)
+//	a, err := agent.New(rt, cfg)          // and again for each new config
+//	rt.KeepOnly(a)                        // after the swap: drop what only old configs used
+//
+// # Notes
+//
+//   - Safe for concurrent use. NewRuntime starts no goroutine of its own; Close stops every one
+//     the Runtime or its parts started (cache workers, policy module watchers and retries).
+//   - Agents built from a Runtime must not be used after Close.
+type Runtime struct {
+	keys  *vault.Store
+	users users.Directory
+	log   *slog.Logger
+	now   func() time.Time
+
+	jwks     *jwks.Cache
+	verified *token.VerifiedTokens
+	oauthM   *token.OAuthMetrics
+	replay   *token.ReplayCache
+	legacy   *token.LegacyAudit
+	exchange *exchange.Metrics
+	metrics  *Metrics
+	policies *policy.Registry
+
+	closeOnce sync.Once
+}
+
+// NewRuntime builds the process-lifetime part of the pipeline and registers its collectors.
+func NewRuntime(opts RuntimeOptions) (*Runtime, error) {
+	if opts.Keys == nil {
+		return nil, errors.New("agent: RuntimeOptions.Keys is required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	rt := &Runtime{keys: opts.Keys, users: opts.Users, log: opts.Logger, now: opts.Now,
+		replay: token.NewReplayCache(opts.Now)}
+	var err error
+	fail := func(what string, err error) (*Runtime, error) {
+		_ = rt.Close(context.Background())
+		return nil, fmt.Errorf("agent: %s: %w", what, err)
+	}
+	if rt.metrics, err = NewMetrics(opts.Registerer); err != nil {
+		return fail("check metrics", err)
+	}
+	jm, err := jwks.NewMetrics(opts.Registerer)
+	if err != nil {
+		return fail("key set metrics", err)
+	}
+	rt.jwks = jwks.NewCache(jwks.Options{Now: opts.Now, Logger: opts.Logger, Metrics: jm})
+	if rt.oauthM, err = token.NewOAuthMetrics(opts.Registerer); err != nil {
+		return fail("OAuth metrics", err)
+	}
+	if rt.verified, err = token.NewVerifiedTokens(opts.OAuthCacheBytes, rt.oauthM); err != nil {
+		return fail("verified-token cache", err)
+	}
+	if rt.legacy, err = token.NewLegacyAudit(opts.Registerer, opts.Logger); err != nil {
+		return fail("legacy audit", err)
+	}
+	if rt.exchange, err = exchange.NewMetrics(opts.Registerer); err != nil {
+		return fail("exchange metrics", err)
+	}
+	rt.policies = policy.NewRegistry(policy.Options{CacheDir: opts.PolicyCacheDir,
+		Registerer: opts.Registerer, Logger: opts.Logger})
+	return rt, nil
+}
+
+// Close stops what the Runtime started and releases its caches. It is safe to call more than
+// once.
+func (rt *Runtime) Close(ctx context.Context) error {
+	var err error
+	rt.closeOnce.Do(func() {
+		if rt.policies != nil {
+			err = rt.policies.Close(ctx)
+		}
+		rt.verified.Close()
+	})
+	return err
+}
+
+// KeepOnly tells the runtime that a is the agent deciding now (after a config reload): policy
+// modules that only earlier configs used are closed after policy.RetireGrace, so checks that
+// started under the old config finish on them.
+func (rt *Runtime) KeepOnly(a *Agent) { rt.policies.KeepOnly(a.policyKeys()) }
+
+// Keys returns the key store.
+func (rt *Runtime) Keys() *vault.Store { return rt.keys }
