@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
@@ -95,7 +96,7 @@ func TestClientSnippets(t *testing.T) {
 		for k, v := range r.Header {
 			headers[strings.ToLower(k)] = strings.Join(v, ",")
 		}
-		resp, err := ag.client.Check(r.Context(), checkRequest(r.Method, docsHost, r.URL.RequestURI(), headers))
+		resp, err := ag.Client.Check(r.Context(), daemontest.CheckRequest(r.Method, docsHost, r.URL.RequestURI(), headers))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
@@ -132,7 +133,7 @@ func TestClientSnippets(t *testing.T) {
 					t.Fatalf("%s: %v", user, err)
 				}
 				tok = strings.TrimSpace(tok)
-				resp := ag.check(t, "POST", docsHost, "/@api/deki/pages/home", map[string]string{"x-deki-token": tok})
+				resp := ag.Check(t, "POST", docsHost, "/@api/deki/pages/home", map[string]string{"x-deki-token": tok})
 				if got, want := allowedAs(t, resp), expectedUser(user); got != want {
 					t.Errorf("%s: allowed as x-auth-user %q, want %q", user, got, want)
 				}
@@ -142,7 +143,7 @@ func TestClientSnippets(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			resp := ag.check(t, "GET", docsHost, "/", map[string]string{"x-deki-token": strings.TrimSpace(tok)})
+			resp := ag.Check(t, "GET", docsHost, "/", map[string]string{"x-deki-token": strings.TrimSpace(tok)})
 			if codes.Code(resp.GetStatus().GetCode()) != codes.Unauthenticated {
 				t.Errorf("a token signed with a wrong secret: status %d, want UNAUTHENTICATED", resp.GetStatus().GetCode())
 			}

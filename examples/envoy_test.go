@@ -15,6 +15,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/exchange"
 )
@@ -114,7 +115,7 @@ func TestEnvoyExchangeBody(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			body := []byte(strings.Repeat("a", tc.size))
 			sent := body[:min(len(body), int(wb.GetMaxRequestBytes()))]
-			req := checkRequest("POST", docsHost, exchange.Path, map[string]string{
+			req := daemontest.CheckRequest("POST", docsHost, exchange.Path, map[string]string{
 				"content-type": "text/plain", "content-length": strconv.Itoa(len(body)),
 				"x-envoy-auth-partial-body": strconv.FormatBool(len(sent) != len(body))})
 			h := req.GetAttributes().GetRequest().GetHttp()
@@ -126,7 +127,7 @@ func TestEnvoyExchangeBody(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			resp, err := ag.client.Check(ctx, req)
+			resp, err := ag.Client.Check(ctx, req)
 			if err != nil {
 				t.Fatal(err)
 			}

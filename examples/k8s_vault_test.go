@@ -138,7 +138,7 @@ func TestK8sVaultKubernetesAuth(t *testing.T) {
 	ag := startAgent(t, cfg) // waits for /readyz: the Kubernetes login worked
 
 	tok := token.MintServerToken("k1", vault.NewSecret([]byte(secret)), "=jane_doe", time.Now())
-	resp := ag.check(t, "POST", "docs.example.com", "/@api/deki/pages/home", map[string]string{"x-deki-token": tok})
+	resp := ag.Check(t, "POST", "docs.example.com", "/@api/deki/pages/home", map[string]string{"x-deki-token": tok})
 	if got := allowedAs(t, resp); got != "=jane_doe" {
 		t.Errorf("allowed as %q, want =jane_doe", got)
 	}

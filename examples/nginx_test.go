@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -124,7 +125,7 @@ func TestNginxAuthRequest(t *testing.T) {
 	listen := freeAddr(t)
 	conf := nginxConfig(t, dir, listen, authz, strings.TrimPrefix(app.URL, "http://"))
 	cmd := exec.Command(bin, "-p", dir, "-c", conf, "-e", "stderr")
-	var nginxOut syncBuffer
+	var nginxOut daemontest.Buffer
 	cmd.Stdout, cmd.Stderr = &nginxOut, &nginxOut
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -339,13 +340,7 @@ const nginxKeySecret = "nginx-example-secret"
 // config with one site; it returns the front's address.
 func startAgentBinary(t *testing.T, dir string) string {
 	t.Helper()
-	bin := filepath.Join(dir, "tokenagent")
-	build := exec.Command("go", "build", "-o", bin, "./agent/cmd/tokenagent")
-	build.Dir = ".."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./agent/cmd/tokenagent: %v\n%s", err, out)
-	}
-	help, _ := exec.Command(bin, "serve", "--help").CombinedOutput()
+	help, _ := exec.Command(daemontest.Binary(t), "serve", "--help").CombinedOutput()
 	if !bytes.Contains(help, []byte("--authz-http-addr")) {
 		t.Fatalf("tokenagent serve has no --authz-http-addr flag, which turns on the HTTP front nginx asks; `tokenagent serve --help` says:\n%s", help)
 	}
@@ -371,23 +366,9 @@ sites:
       - {methods: [POST, PUT, DELETE], path: "/@api/deki/pages/*", require: user}
 `,
 	})
-	grpcAddr, httpAddr, authzAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "serve", "--config", filepath.Join(dir, "agent.yaml"),
-		"--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--authz-http-addr", authzAddr)
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("tokenagent output:\n%s", out.String())
-		}
-	})
-	waitReady(t, "http://"+httpAddr+"/readyz")
-	return authzAddr
+	p := daemontest.StartProcess(t, filepath.Join(dir, "agent.yaml"), nil, "--authz-http-addr", "127.0.0.1:0")
+	daemontest.Eventually(t, "tokenagent to be ready", p.Ready)
+	return p.AuthzHTTP
 }
 
 // freeAddr returns a loopback address with a port nothing listens on right now.

@@ -1,14 +1,8 @@
 package faulttest
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
-	"encoding/json"
-	"io"
-	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,65 +13,11 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 )
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-	binDir  string
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
-
-// agentBinary builds tokenagent once per test binary.
-func agentBinary(t testing.TB) string {
-	t.Helper()
-	binOnce.Do(func() {
-		if binDir, binErr = os.MkdirTemp("", "faulttest-bin-"); binErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "tokenagent")
-		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/tokenagent").CombinedOutput()
-		if err != nil {
-			binErr = &buildError{err: err, out: string(out)}
-		}
-	})
-	if binErr != nil {
-		t.Fatalf("building tokenagent: %v", binErr)
-	}
-	return binPath
-}
-
-type buildError struct {
-	err error
-	out string
-}
-
-func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
-
-// process is the built agent running as a child process.
-type process struct {
-	cmd      *exec.Cmd
-	grpc     string
-	http     string
-	dir      string
-	cfgPath  string
-	mu       sync.Mutex
-	logLines []map[string]any
-	logDone  chan struct{}
-	exited   chan error
-}
 
 // fileKeys is the key file of the binary tests: the docs site's Auth Token key and k1..k9.
 func fileKeys() string {
@@ -91,101 +31,15 @@ func fileKeys() string {
 	return b.String()
 }
 
-// startBinary runs `tokenagent serve` on cfgYAML (with the key file above), waits until it
-// says where it serves, and collects its JSON log lines.
-func startBinary(t *testing.T, cfgYAML string, args ...string) *process {
+// startBinary runs `tokenagent serve` on cfgYAML (with the key file above) as a child process
+// (daemontest.Process), with the extra args.
+func startBinary(t *testing.T, cfgYAML string, args ...string) *daemontest.Process {
 	t.Helper()
-	bin := agentBinary(t)
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "keys.yaml"), fileKeys())
+	daemontest.WriteFile(t, filepath.Join(dir, "keys.yaml"), fileKeys())
 	cfgPath := filepath.Join(dir, "tokenagent.yaml")
-	writeFile(t, cfgPath, cfgYAML)
-	cmd := exec.Command(bin, append([]string{"serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0",
-		"--http-addr", "127.0.0.1:0"}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &process{cmd: cmd, dir: dir, cfgPath: cfgPath, logDone: make(chan struct{}), exited: make(chan error, 1)}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-p.logDone
-	})
-	lines := bufio.NewScanner(stderr)
-	lines.Buffer(make([]byte, 1<<20), 1<<20)
-	for p.grpc == "" && lines.Scan() {
-		var rec map[string]any
-		if json.Unmarshal(lines.Bytes(), &rec) == nil && rec["msg"] == "tokenagent serving" {
-			p.grpc, _ = rec["grpc"].(string)
-			p.http, _ = rec["http"].(string)
-		}
-	}
-	if p.grpc == "" {
-		t.Fatal("the agent never said where it serves")
-	}
-	go func() {
-		defer close(p.logDone)
-		for lines.Scan() {
-			var rec map[string]any
-			// Denials are logged one line each; no test reads them, and a soak makes many.
-			if json.Unmarshal(lines.Bytes(), &rec) == nil && rec["msg"] != "denied" {
-				p.mu.Lock()
-				p.logLines = append(p.logLines, rec)
-				p.mu.Unlock()
-			}
-		}
-		p.exited <- cmd.Wait()
-	}()
-	return p
-}
-
-// logs returns the log lines whose msg is msg.
-func (p *process) logs(msg string) []map[string]any {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []map[string]any
-	for _, r := range p.logLines {
-		if r["msg"] == msg {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-func (p *process) client(t *testing.T) authv3.AuthorizationClient {
-	t.Helper()
-	conn, err := grpc.NewClient(p.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return authv3.NewAuthorizationClient(conn)
-}
-
-// metric reads one unlabelled sample from the process's /metrics.
-func (p *process) metric(t *testing.T, name string) float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + p.http + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatalf("%s: %v", line, err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("no %s in /metrics", name)
-	return 0
+	daemontest.WriteFile(t, cfgPath, cfgYAML)
+	return daemontest.StartProcess(t, cfgPath, nil, args...)
 }
 
 // TestSIGTERMUnderLoad sends SIGTERM to the built agent while a fixed number of checks are in
@@ -204,7 +58,7 @@ sites:
     routes:
       - {path: "/private/*", require: user}
 `, "--config-poll", "0")
-	c := p.client(t)
+	c := p.Client(t)
 	const workers = 16
 	var started, answered, refused atomic.Int64
 	var mu sync.Mutex
@@ -242,22 +96,21 @@ sites:
 			}
 		}()
 	}
-	eventually(t, "2000 checks answered before SIGTERM", func() bool { return answered.Load() >= 2000 })
+	daemontest.Eventually(t, "2000 checks answered before SIGTERM", func() bool { return answered.Load() >= 2000 })
 	atSignal := answered.Load()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	wg.Wait()
 	var exitErr error
 	select {
-	case exitErr = <-p.exited:
+	case exitErr = <-p.Exited():
 	case <-time.After(60 * time.Second):
 		t.Fatal("the agent did not exit after SIGTERM")
 	}
 	if exitErr != nil {
 		t.Errorf("exit after SIGTERM: %v, want status 0", exitErr)
 	}
-	<-p.logDone
 	for _, l := range lost {
 		t.Errorf("a check neither answered nor refused: %s", l)
 	}
@@ -265,7 +118,7 @@ sites:
 		t.Errorf("started %d checks, %d answered + %d refused = %d", s, a, r, a+r)
 	}
 	logged := map[string]bool{}
-	for _, rec := range p.logs("allowed") {
+	for _, rec := range p.Logs("allowed") {
 		id, _ := rec["decision_id"].(string)
 		logged[id] = true
 	}
@@ -306,7 +159,7 @@ sites:
 `
 	bad := []string{"sites: [\n  - id: docs\n", strict + "    authtoken_ttl: -5s\n", strings.Replace(strict, "require: user", "require: admin", 1)}
 	p := startBinary(t, strict, "--config-poll", "0")
-	c := p.client(t)
+	c := p.Client(t)
 
 	// The anonymous check's outcome names the config deciding: "strict" (401
 	// authentication_required) or "open" (allowed).
@@ -321,7 +174,7 @@ sites:
 	}
 	var accept atomic.Value
 	accept.Store(map[string]bool{"strict": true})
-	anon := envoyRequest("GET", "docs.example.com", "/private/x", nil)
+	anon := daemontest.CheckRequest("GET", "docs.example.com", "/private/x", nil)
 	next := func(_, i int) *authv3.CheckRequest {
 		if i%2 == 0 {
 			return serverCheck("k1", "42")
@@ -332,7 +185,7 @@ sites:
 		if r.err != nil {
 			return "check failed: " + r.String()
 		}
-		if upstreamHeader(r.resp, "x-auth-kind") == "server" {
+		if daemontest.UpstreamHeader(r.resp, "x-auth-kind") == "server" {
 			return ""
 		}
 		if o := configOf(r); !accept.Load().(map[string]bool)[o] {
@@ -344,8 +197,8 @@ sites:
 	l.setPhase(t, "strict", 200)
 	reload := func(cfg string) {
 		t.Helper()
-		writeFile(t, p.cfgPath, cfg)
-		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		daemontest.WriteFile(t, p.ConfigPath, cfg)
+		if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -361,7 +214,7 @@ sites:
 			reload(cfg)
 			good++
 			l.setPhase(t, "reloading to "+to, 1)
-			eventually(t, "the reload to "+to+" decides", func() bool {
+			daemontest.Eventually(t, "the reload to "+to+" decides", func() bool {
 				return configOf(check(context.Background(), c, anon)) == to
 			})
 			// Phase first, then the narrower outcomes: a check still running under the old
@@ -373,14 +226,14 @@ sites:
 			// A bad file: refused, the config just loaded keeps deciding.
 			reload(bad[(2*round+len(to))%len(bad)])
 			errs++
-			eventually(t, "the bad config refused", func() bool {
-				return p.metric(t, "tokenagent_config_reload_errors_total") == float64(errs)
+			daemontest.Eventually(t, "the bad config refused", func() bool {
+				return p.Metric(t, "tokenagent_config_reload_errors_total") == float64(errs)
 			})
 			l.setPhase(t, to+" after a bad reload", 200)
 		}
 	}
 	counts := l.finish(t)
-	if n := p.metric(t, "tokenagent_config_reloads_total"); n != float64(good) {
+	if n := p.Metric(t, "tokenagent_config_reloads_total"); n != float64(good) {
 		t.Errorf("tokenagent_config_reloads_total = %v, want %d", n, good)
 	}
 	if t.Failed() {

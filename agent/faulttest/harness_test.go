@@ -3,28 +3,19 @@ package faulttest
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/vaulttest"
@@ -54,56 +45,6 @@ func seedVault(t testing.TB, v *vaulttest.Server) {
 	}
 }
 
-// agentEnv is a real daemon in process, on free loopback ports, with a gRPC client.
-type agentEnv struct {
-	d       *daemon.Daemon
-	client  authv3.AuthorizationClient
-	http    string
-	dir     string
-	cfgPath string
-}
-
-// startDaemon writes cfgYAML (and the extra files) into a temp dir and runs the daemon on it.
-func startDaemon(t *testing.T, cfgYAML string, files map[string]string) *agentEnv {
-	t.Helper()
-	return startDaemonClock(t, cfgYAML, files, nil)
-}
-
-// startDaemonClock is startDaemon with the agent's clock (nil: time.Now).
-func startDaemonClock(t *testing.T, cfgYAML string, files map[string]string, now func() time.Time) *agentEnv {
-	t.Helper()
-	dir := t.TempDir()
-	for name, body := range files {
-		writeFile(t, filepath.Join(dir, name), body)
-	}
-	cfgPath := filepath.Join(dir, "tokenagent.yaml")
-	writeFile(t, cfgPath, cfgYAML)
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("VAULT_TOKEN", "")
-	d, err := daemon.New(context.Background(), cfg, daemon.Options{Logger: slog.New(slog.DiscardHandler), ConfigPoll: -1, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- d.Serve() }()
-	conn, err := grpc.NewClient(d.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		d.Shutdown(context.Background())
-		<-served
-	})
-	return &agentEnv{d: d, client: authv3.NewAuthorizationClient(conn), http: "http://" + d.HTTPAddr(), dir: dir, cfgPath: cfgPath}
-}
-
 // vaultConfig is a daemon config reading keys from Vault at addr with the token in the file
 // vault-token, refreshing every refresh, each Vault request bounded by timeout.
 func vaultConfig(addr string, refresh, timeout time.Duration) string {
@@ -123,38 +64,15 @@ sites:
 `
 }
 
-func writeFile(t testing.TB, p, s string) {
-	t.Helper()
-	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// envoyRequest builds a CheckRequest as Envoy's ext_authz filter sends it.
-func envoyRequest(method, host, path string, headers map[string]string) *authv3.CheckRequest {
-	h := map[string]string{":authority": host, ":method": method, ":path": path, ":scheme": "https",
-		"user-agent": "faulttest", "x-request-id": "faulttest"}
-	for k, v := range headers {
-		h[k] = v
-	}
-	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Source:      &authv3.AttributeContext_Peer{Address: &corev3.Address{}},
-		Destination: &authv3.AttributeContext_Peer{Address: &corev3.Address{}},
-		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-			Id: "1", Method: method, Headers: h, Path: path, Host: host, Scheme: "https", Protocol: "HTTP/1.1",
-		}},
-	}}
-}
-
 // serverCheck is a check of the docs site with a fresh Server API Token of key.
 func serverCheck(key, user string) *authv3.CheckRequest {
-	return envoyRequest("GET", "docs.example.com", "/private/x",
+	return daemontest.CheckRequest("GET", "docs.example.com", "/private/x",
 		map[string]string{"x-deki-token": token.MintServerToken(key, serverSecret(key), user, time.Now())})
 }
 
 // authTokenCheck is a check of the docs site with a fresh Auth Token cookie.
 func authTokenCheck(user string) *authv3.CheckRequest {
-	return envoyRequest("GET", "docs.example.com", "/private/x",
+	return daemontest.CheckRequest("GET", "docs.example.com", "/private/x",
 		map[string]string{"cookie": "authtoken=" + token.MintAuthToken(vault.NewSecret(authKey), user, time.Now())})
 }
 
@@ -183,38 +101,7 @@ func check(ctx context.Context, c authv3.AuthorizationClient, req *authv3.CheckR
 	if err != nil {
 		return result{err: err}
 	}
-	return result{code: codes.Code(resp.GetStatus().GetCode()), reason: deniedHeader(resp, "x-auth-reason"), resp: resp}
-}
-
-func deniedHeader(r *authv3.CheckResponse, name string) string {
-	for _, h := range r.GetDeniedResponse().GetHeaders() {
-		if strings.EqualFold(h.GetHeader().GetKey(), name) {
-			return h.GetHeader().GetValue()
-		}
-	}
-	return ""
-}
-
-func upstreamHeader(r *authv3.CheckResponse, name string) string {
-	for _, h := range r.GetOkResponse().GetHeaders() {
-		if strings.EqualFold(h.GetHeader().GetKey(), name) {
-			return h.GetHeader().GetValue()
-		}
-	}
-	return ""
-}
-
-// eventually polls cond until it holds; the bound is a liveness limit (the test fails rather
-// than hangs), never an assertion about speed.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never: %s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	return result{code: codes.Code(resp.GetStatus().GetCode()), reason: daemontest.DeniedHeader(resp, "x-auth-reason"), resp: resp}
 }
 
 // load runs checks from a few goroutines until stopped, sorting each outcome into phase
@@ -274,7 +161,7 @@ func (l *load) setPhase(t *testing.T, name string, n int) {
 
 func (l *load) waitPhase(t *testing.T, name string, n int) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("%d checks in phase %s", n, name), func() bool {
+	daemontest.Eventually(t, fmt.Sprintf("%d checks in phase %s", n, name), func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.counts[name] >= n
@@ -295,50 +182,11 @@ func (l *load) finish(t *testing.T) map[string]int {
 	return l.counts
 }
 
-// readyz fetches /readyz: its status and decoded body.
-func readyz(t testing.TB, base string) (int, daemon.Readiness) {
+// startDaemon runs the daemon on cfgYAML (and the extra files), quiet and without watching its
+// config file, with the agent's clock now (nil: time.Now).
+func startDaemon(t *testing.T, cfgYAML string, files map[string]string, now func() time.Time) *daemontest.Env {
 	t.Helper()
-	resp, err := http.Get(base + "/readyz")
-	if err != nil {
-		t.Fatalf("readyz: %v", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var r daemon.Readiness
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatalf("readyz body %q: %v", b, err)
-	}
-	return resp.StatusCode, r
-}
-
-// counter sums the samples of the counter family name in the daemon's registry.
-func counter(t testing.TB, d *daemon.Daemon, name string) float64 {
-	t.Helper()
-	return counterWith(t, d, name, "", "")
-}
-
-// counterWith sums the samples of the counter family name whose label has value (label "":
-// every sample).
-func counterWith(t testing.TB, d *daemon.Daemon, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := d.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := label == ""
-			for _, lp := range m.GetLabel() {
-				match = match || lp.GetName() == label && lp.GetValue() == value
-			}
-			if match {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
+	t.Setenv("VAULT_TOKEN", "")
+	return daemontest.Start(t, cfgYAML, daemontest.Options{Files: files,
+		Daemon: daemon.Options{Logger: slog.New(slog.DiscardHandler), ConfigPoll: -1, Now: now}})
 }

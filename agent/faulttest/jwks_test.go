@@ -18,6 +18,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"google.golang.org/grpc/codes"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/token"
 )
 
@@ -57,7 +58,7 @@ func TestJWKSDownAndStalled(t *testing.T) {
 	var ahead atomic.Int64
 	clock := func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
 	skip := func() { ahead.Add(int64(31 * time.Second)) }
-	a := startDaemonClock(t, `
+	a := startDaemon(t, `
 grpc_addr: 127.0.0.1:0
 http_addr: 127.0.0.1:0
 keys: {source: file, file: keys.yaml, refresh: 300ms}
@@ -73,7 +74,7 @@ sites:
       cxone: {issuer: "https://cxone.example.com", audience: "docs", jwks_uri: "` + p.URL() + `/jwks"}
       never: {issuer: "https://never.example.com", audience: "docs", jwks_uri: "` + never.URL() + `/jwks"}
 `}, clock)
-	eventually(t, "ready (the key sets prefetched)", func() bool { code, _ := readyz(t, a.http); return code == 200 })
+	daemontest.Eventually(t, "ready (the key sets prefetched)", func() bool { code, _ := a.Readyz(t); return code == 200 })
 
 	var jti atomic.Int64
 	jwt := func(key *ecdsa.PrivateKey, kid, iss string) *authv3.CheckRequest {
@@ -84,17 +85,17 @@ sites:
 		if err != nil {
 			t.Error(err)
 		}
-		return envoyRequest("GET", "docs.example.com", "/private/x", map[string]string{"authorization": "Bearer " + tok})
+		return daemontest.CheckRequest("GET", "docs.example.com", "/private/x", map[string]string{"authorization": "Bearer " + tok})
 	}
 	cached := func(_, _ int) *authv3.CheckRequest { return jwt(keyA, "a", "https://cxone.example.com") }
-	l := startLoad(t, a.client, 4, cached, mustAllow)
+	l := startLoad(t, a.Client, 4, cached, mustAllow)
 	l.setPhase(t, "jwks up", 200)
 
 	// Stalled: an unknown kid's refetch is held while cached-key checks go on.
 	skip()
 	p.Stall()
 	unknown := make(chan result, 1)
-	go func() { unknown <- check(context.Background(), a.client, jwt(keyB, "b", "https://cxone.example.com")) }()
+	go func() { unknown <- check(context.Background(), a.Client, jwt(keyB, "b", "https://cxone.example.com")) }()
 	<-p.Holding()
 	l.setPhase(t, "jwks stalled", 300)
 	if p.Abandoned() != 0 {
@@ -115,13 +116,13 @@ sites:
 	l.setPhase(t, "jwks down", 300)
 	for i := 0; i < 3; i++ {
 		skip()
-		if r := check(context.Background(), a.client, jwt(keyB, fmt.Sprint("c", i), "https://cxone.example.com")); r.code != codes.Unauthenticated || r.reason != "unknown_key" {
+		if r := check(context.Background(), a.Client, jwt(keyB, fmt.Sprint("c", i), "https://cxone.example.com")); r.code != codes.Unauthenticated || r.reason != "unknown_key" {
 			t.Fatalf("unknown kid while the jwks_uri is down: %v, want 401 unknown_key", r)
 		}
-		r := check(context.Background(), a.client, jwt(keyA, "a", "https://never.example.com"))
+		r := check(context.Background(), a.Client, jwt(keyA, "a", "https://never.example.com"))
 		requireUnavailable(t, r, "an issuer whose keys were never fetched")
 	}
-	_, body := readyz(t, a.http)
+	_, body := a.Readyz(t)
 	if !strings.Contains(strings.Join(body.Warnings, "\n"), never.URL()) {
 		t.Errorf("/readyz warnings do not name the never-fetched jwks_uri: %v", body.Warnings)
 	}

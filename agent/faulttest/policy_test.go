@@ -11,6 +11,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/plugins/plugintest"
 )
 
@@ -20,7 +21,7 @@ import (
 func policyOutcome(r result) string {
 	switch {
 	case r.err == nil && r.code == codes.OK:
-		return "v" + upstreamHeader(r.resp, "x-policy-version")
+		return "v" + daemontest.UpstreamHeader(r.resp, "x-policy-version")
 	case r.err == nil && r.code == codes.PermissionDenied && r.reason == "policy_error" &&
 		r.resp.GetDeniedResponse().GetStatus().GetCode() == 403:
 		return "policy_error"
@@ -56,16 +57,16 @@ sites:
     hosts: [docs.example.com]
     policy: policy.wasm
     policy_deadline: 300ms
-`, map[string]string{"keys.yaml": "sites:\n  docs: {}\n", "policy.wasm": string(v1)})
-	policyPath := filepath.Join(a.dir, "policy.wasm")
+`, map[string]string{"keys.yaml": "sites:\n  docs: {}\n", "policy.wasm": string(v1)}, nil)
+	policyPath := filepath.Join(a.Dir, "policy.wasm")
 	replace := func(b []byte) { // as an operator deploys a module: write aside, rename into place
 		tmp := policyPath + ".new"
-		writeFile(t, tmp, string(b))
+		daemontest.WriteFile(t, tmp, string(b))
 		if err := os.Rename(tmp, policyPath); err != nil {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "ready with the policy loaded", func() bool { return a.d.Ready().Ready })
+	daemontest.Eventually(t, "ready with the policy loaded", func() bool { return a.D.Ready().Ready })
 
 	// Each phase accepts a set of outcomes: while a swap is under way, the old module's and the
 	// new one's; once the new one has answered, only its own.
@@ -77,15 +78,17 @@ sites:
 		}
 		return ""
 	}
-	anon := func(_, _ int) *authv3.CheckRequest { return envoyRequest("GET", "docs.example.com", "/", nil) }
-	l := startLoad(t, a.client, 4, anon, judge)
+	anon := func(_, _ int) *authv3.CheckRequest {
+		return daemontest.CheckRequest("GET", "docs.example.com", "/", nil)
+	}
+	l := startLoad(t, a.Client, 4, anon, judge)
 	l.setPhase(t, "v1", 200)
 
 	// A module that never finishes initialising does not load: v1 keeps serving.
 	replace(initLoop)
 	l.setPhase(t, "initloop deployed", 100)
-	eventually(t, "/readyz warns about the module that does not load", func() bool {
-		_, body := readyz(t, a.http)
+	daemontest.Eventually(t, "/readyz warns about the module that does not load", func() bool {
+		_, body := a.Readyz(t)
 		return strings.Contains(strings.Join(body.Warnings, "\n"), "policy")
 	})
 	l.waitPhase(t, "initloop deployed", 300)
@@ -97,7 +100,7 @@ sites:
 		accept.Store(map[string]bool{from: true, to: true})
 		replace(b)
 		l.setPhase(t, "switching to "+name, 1)
-		eventually(t, name+" serving", serving)
+		daemontest.Eventually(t, name+" serving", serving)
 		// The phase changes before the accepted outcomes narrow: a check still running on the
 		// old module (a looping one runs to its deadline) spans the change and is not judged.
 		l.phase.Store(name)
@@ -105,10 +108,10 @@ sites:
 		l.waitPhase(t, name, n)
 	}
 	answers := func(want string) func() bool {
-		return func() bool { return policyOutcome(check(context.Background(), a.client, anon(0, 0))) == want }
+		return func() bool { return policyOutcome(check(context.Background(), a.Client, anon(0, 0))) == want }
 	}
 	errorsOf := func(kind string) float64 {
-		return counterWith(t, a.d, "tokenagent_policy_errors_total", "kind", kind)
+		return a.Counter(t, "tokenagent_policy_errors_total", map[string]string{"kind": kind})
 	}
 	step("trap", trap, "v1", "policy_error", func() bool { return answers("policy_error")() && errorsOf("trap") > 0 }, 40)
 	timeouts := errorsOf("timeout")

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -79,7 +80,7 @@ sites:
     routes:
       - {path: "/private/*", require: user}
 `, "--config-poll", "0")
-	pid := p.cmd.Process.Pid
+	pid := p.Cmd.Process.Pid
 
 	// The mix: what each check sends, and whether it must be allowed.
 	type kind struct {
@@ -91,23 +92,25 @@ sites:
 	mix := []kind{
 		{"server", func(i int) *authv3.CheckRequest { return serverCheck(fmt.Sprintf("k%d", 1+i%9), "42") }, true},
 		{"authtoken", func(i int) *authv3.CheckRequest { return authTokenCheck(strconv.Itoa(1 + i%1000)) }, true},
-		{"anonymous", func(int) *authv3.CheckRequest { return envoyRequest("GET", "docs.example.com", "/public", nil) }, true},
+		{"anonymous", func(int) *authv3.CheckRequest {
+			return daemontest.CheckRequest("GET", "docs.example.com", "/public", nil)
+		}, true},
 		{"anonymous on a user route", func(int) *authv3.CheckRequest {
-			return envoyRequest("GET", "docs.example.com", "/private/x", nil)
+			return daemontest.CheckRequest("GET", "docs.example.com", "/private/x", nil)
 		}, false},
 		{"forged", func(int) *authv3.CheckRequest {
-			return envoyRequest("GET", "docs.example.com", "/", map[string]string{"x-deki-token": forged})
+			return daemontest.CheckRequest("GET", "docs.example.com", "/", map[string]string{"x-deki-token": forged})
 		}, false},
 		{"unknown key", func(i int) *authv3.CheckRequest {
 			k := fmt.Sprintf("nokey%d", i%50) // a bounded set: negative cache entries, refreshed
-			return envoyRequest("GET", "docs.example.com", "/", map[string]string{
+			return daemontest.CheckRequest("GET", "docs.example.com", "/", map[string]string{
 				"x-deki-token": token.MintServerToken(k, vault.NewSecret([]byte("x")), "1", time.Now())})
 		}, false},
-		{"unknown site", func(int) *authv3.CheckRequest { return envoyRequest("GET", "nowhere.example.com", "/", nil) }, false},
+		{"unknown site", func(int) *authv3.CheckRequest { return daemontest.CheckRequest("GET", "nowhere.example.com", "/", nil) }, false},
 	}
 
 	newConn := func() (*grpc.ClientConn, authv3.AuthorizationClient) {
-		conn, err := grpc.NewClient(p.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(p.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +172,7 @@ sites:
 	start := time.Now()
 	sample := func() {
 		samples = append(samples, soakSample{at: time.Since(start).Round(time.Second), rssKiB: procRSS(t, pid),
-			goroutines: int64(p.metric(t, "go_goroutines")), fds: procFDs(t, pid), checks: checks.Load()})
+			goroutines: int64(p.Metric(t, "go_goroutines")), fds: procFDs(t, pid), checks: checks.Load()})
 	}
 	sample()
 	every := time.NewTicker(5 * time.Second)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/vault/vaulttest"
 )
 
@@ -21,7 +22,7 @@ import (
 type vaultFixture struct {
 	v     *vaulttest.Server
 	proxy *Proxy
-	a     *agentEnv
+	a     *daemontest.Env
 	ahead atomic.Int64 // how far the agent's clock runs ahead of the real one
 }
 
@@ -44,8 +45,8 @@ func newVaultFixture(t *testing.T, refresh, timeout time.Duration, vaultToken st
 		vaultToken = v.Token
 	}
 	f := &vaultFixture{v: v, proxy: p}
-	f.a = startDaemonClock(t, vaultConfig(p.URL(), refresh, timeout), map[string]string{"vault-token": vaultToken}, f.now)
-	eventually(t, "ready after the Vault login", func() bool { return f.a.d.Ready().Ready })
+	f.a = startDaemon(t, vaultConfig(p.URL(), refresh, timeout), map[string]string{"vault-token": vaultToken}, f.now)
+	daemontest.Eventually(t, "ready after the Vault login", func() bool { return f.a.D.Ready().Ready })
 	return f
 }
 
@@ -72,7 +73,7 @@ func mustAllow(_ string, r result) string {
 func (f *vaultFixture) warm(t *testing.T) {
 	t.Helper()
 	for i := 0; i < 3; i++ {
-		if r := check(context.Background(), f.a.client, cachedChecks(0, i)); !r.ok() {
+		if r := check(context.Background(), f.a.Client, cachedChecks(0, i)); !r.ok() {
 			t.Fatalf("warming check %d: %v", i, r)
 		}
 	}
@@ -83,7 +84,7 @@ func (f *vaultFixture) warm(t *testing.T) {
 func requireUnavailable(t *testing.T, r result, what string) {
 	t.Helper()
 	if r.code != codes.Unavailable || r.reason != "keys_unavailable" ||
-		r.resp.GetDeniedResponse().GetStatus().GetCode() != 503 || deniedHeader(r.resp, "retry-after") == "" {
+		r.resp.GetDeniedResponse().GetStatus().GetCode() != 503 || daemontest.DeniedHeader(r.resp, "retry-after") == "" {
 		t.Fatalf("%s: %v, want 503 keys_unavailable with Retry-After", what, r)
 	}
 }
@@ -97,18 +98,18 @@ func TestVaultKilledAndRestarted(t *testing.T) {
 	const refresh = 300 * time.Millisecond
 	f := newVaultFixture(t, refresh, time.Second, "")
 	f.warm(t)
-	l := startLoad(t, f.a.client, 4, cachedChecks, mustAllow)
+	l := startLoad(t, f.a.Client, 4, cachedChecks, mustAllow)
 	l.setPhase(t, "vault up", 300)
 
 	f.v.Stop()
-	staleBefore := counter(t, f.a.d, "tokenagent_key_cache_stale_total")
+	staleBefore := f.a.Counter(t, "tokenagent_key_cache_stale_total", nil)
 	l.setPhase(t, "vault down", 300)
 	for i := 0; i < 5; i++ {
-		requireUnavailable(t, check(context.Background(), f.a.client, serverCheck("k3", "1")), "unseen key while Vault is down")
+		requireUnavailable(t, check(context.Background(), f.a.Client, serverCheck("k3", "1")), "unseen key while Vault is down")
 	}
 	// Outlast the refresh interval, so cached records are past it and serve stale.
-	eventually(t, "cached records served stale", func() bool {
-		return counter(t, f.a.d, "tokenagent_key_cache_stale_total") > staleBefore
+	daemontest.Eventually(t, "cached records served stale", func() bool {
+		return f.a.Counter(t, "tokenagent_key_cache_stale_total", nil) > staleBefore
 	})
 	l.waitPhase(t, "vault down", 600)
 
@@ -122,8 +123,8 @@ func TestVaultKilledAndRestarted(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.setPhase(t, "vault back", 100)
-	eventually(t, "the unseen key verifies once Vault is back", func() bool {
-		return check(context.Background(), f.a.client, serverCheck("k3", "1")).ok()
+	daemontest.Eventually(t, "the unseen key verifies once Vault is back", func() bool {
+		return check(context.Background(), f.a.Client, serverCheck("k3", "1")).ok()
 	})
 	l.waitPhase(t, "vault back", 300)
 	counts := l.finish(t)
@@ -148,14 +149,14 @@ func TestVaultStalled(t *testing.T) {
 	f.skip(refresh) // the warmed records are now due for a read
 
 	f.proxy.Stall()
-	l := startLoad(t, f.a.client, 4, cachedChecks, mustAllow)
+	l := startLoad(t, f.a.Client, 4, cachedChecks, mustAllow)
 	<-f.proxy.Holding() // the agent's read of a past-refresh record is held in the proxy
 	l.setPhase(t, "vault stalled", 200)
 	if n := f.proxy.Abandoned(); n != 0 {
 		t.Fatalf("cached-key checks were answered only after the agent abandoned %d stalled Vault reads: they waited for Vault", n)
 	}
 	// An unseen key: refused by the agent's own timeout while the stall is still held.
-	r := check(context.Background(), f.a.client, serverCheck("k4", "1"))
+	r := check(context.Background(), f.a.Client, serverCheck("k4", "1"))
 	requireUnavailable(t, r, "unseen key while Vault is stalled")
 	if f.proxy.Abandoned() == 0 {
 		t.Fatal("the unseen key was answered without the agent giving up on its stalled read")
@@ -166,8 +167,8 @@ func TestVaultStalled(t *testing.T) {
 	f.proxy.Slow(50 * time.Millisecond)
 	f.proxy.Release()
 	l.setPhase(t, "vault slow", 200)
-	eventually(t, "an unseen key verifies through a slow Vault", func() bool {
-		return check(context.Background(), f.a.client, serverCheck("k5", "1")).ok()
+	daemontest.Eventually(t, "an unseen key verifies through a slow Vault", func() bool {
+		return check(context.Background(), f.a.Client, serverCheck("k5", "1")).ok()
 	})
 	f.proxy.Slow(0)
 	l.setPhase(t, "vault normal", 200)
@@ -209,41 +210,41 @@ path "secret/metadata/tokenagent/*" { capabilities = ["read", "list"] }
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
-	a := startDaemon(t, vaultConfig(p.URL(), refresh, time.Second), map[string]string{"vault-token": first})
-	eventually(t, "ready after the Vault login", func() bool { return a.d.Ready().Ready })
+	a := startDaemon(t, vaultConfig(p.URL(), refresh, time.Second), map[string]string{"vault-token": first}, nil)
+	daemontest.Eventually(t, "ready after the Vault login", func() bool { return a.D.Ready().Ready })
 	f := &vaultFixture{v: v, proxy: p, a: a}
 	f.warm(t)
-	l := startLoad(t, a.client, 4, cachedChecks, mustAllow)
+	l := startLoad(t, a.Client, 4, cachedChecks, mustAllow)
 	l.setPhase(t, "token valid", 300)
 
 	if err := v.Client.Auth().Token().RevokeTreeWithContext(ctx, first); err != nil {
 		t.Fatal(err)
 	}
-	failedBefore := counter(t, a.d, "tokenagent_vault_requests_total")
+	failedBefore := a.Counter(t, "tokenagent_vault_requests_total", nil)
 	l.setPhase(t, "token revoked", 300)
-	eventually(t, "an unseen key refused 503 keys_unavailable", func() bool {
-		r := check(ctx, a.client, serverCheck("k6", "1"))
+	daemontest.Eventually(t, "an unseen key refused 503 keys_unavailable", func() bool {
+		r := check(ctx, a.Client, serverCheck("k6", "1"))
 		return r.code == codes.Unavailable && r.reason == "keys_unavailable"
 	})
-	eventually(t, "/readyz warns that the key source fails", func() bool {
-		code, body := readyz(t, a.http)
+	daemontest.Eventually(t, "/readyz warns that the key source fails", func() bool {
+		code, body := a.Readyz(t)
 		if code != 200 {
 			t.Fatalf("/readyz %d during the 403s: cached keys still serve, so the agent stays ready: %+v", code, body)
 		}
 		return strings.Contains(strings.Join(body.Warnings, "\n"), "key source")
 	})
-	if counter(t, a.d, "tokenagent_vault_requests_total") <= failedBefore {
+	if a.Counter(t, "tokenagent_vault_requests_total", nil) <= failedBefore {
 		t.Fatal("no Vault request was made while the token was revoked")
 	}
 	l.waitPhase(t, "token revoked", 600)
 
-	writeFile(t, filepath.Join(a.dir, "vault-token"), newToken())
+	daemontest.WriteFile(t, filepath.Join(a.Dir, "vault-token"), newToken())
 	l.setPhase(t, "new token", 100)
-	eventually(t, "the unseen key verifies after the agent logs in with the new token", func() bool {
-		return check(ctx, a.client, serverCheck("k6", "1")).ok()
+	daemontest.Eventually(t, "the unseen key verifies after the agent logs in with the new token", func() bool {
+		return check(ctx, a.Client, serverCheck("k6", "1")).ok()
 	})
-	eventually(t, "/readyz warning cleared", func() bool {
-		_, body := readyz(t, a.http)
+	daemontest.Eventually(t, "/readyz warning cleared", func() bool {
+		_, body := a.Readyz(t)
 		return !strings.Contains(strings.Join(body.Warnings, "\n"), "key source")
 	})
 	l.waitPhase(t, "new token", 300)

@@ -7,22 +7,18 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
-	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -52,89 +48,11 @@ sites:
 `
 }
 
-type env struct {
-	d          *daemon.Daemon
-	client     authv3.AuthorizationClient
-	conn       *grpc.ClientConn
-	httpBase   string
-	configPath string
-}
-
-// start runs a real daemon on free loopback ports and connects a gRPC client to it.
-func start(t *testing.T) *env {
+// start runs a real daemon on configYAML and keysYAML (daemontest), quietly.
+func start(t *testing.T) *daemontest.Env {
 	t.Helper()
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "tokenagent.yaml")
-	writeFile(t, cfgPath, configYAML)
-	writeFile(t, filepath.Join(dir, "keys.yaml"), keysYAML())
-	return serveConfig(t, cfgPath, daemon.Options{Logger: slog.New(slog.DiscardHandler)})
-}
-
-// serveConfig runs a real daemon on the config file at cfgPath with opts, on free loopback
-// ports, connects a gRPC client to it, and stops both when the test ends.
-func serveConfig(t *testing.T, cfgPath string, opts daemon.Options) *env {
-	t.Helper()
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := daemon.New(context.Background(), cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- d.Serve() }()
-	conn, err := grpc.NewClient(d.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		d.Shutdown(context.Background())
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return &env{d: d, client: authv3.NewAuthorizationClient(conn), conn: conn,
-		httpBase: "http://" + d.HTTPAddr(), configPath: cfgPath}
-}
-
-func writeFile(t *testing.T, p, s string) {
-	t.Helper()
-	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// envoyRequest builds a CheckRequest the way Envoy's ext_authz filter does: lower-case header
-// names with the pseudo-headers, the host in :authority and in host, the path with its query.
-func envoyRequest(method, host, path string, headers map[string]string) *authv3.CheckRequest {
-	h := map[string]string{":authority": host, ":method": method, ":path": path, ":scheme": "https",
-		"user-agent": "curl/8", "x-forwarded-proto": "https", "x-request-id": "0f1e2d3c"}
-	for k, v := range headers {
-		h[k] = v
-	}
-	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Source:      &authv3.AttributeContext_Peer{Address: &corev3.Address{}},
-		Destination: &authv3.AttributeContext_Peer{Address: &corev3.Address{}},
-		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-			Id: "1", Method: method, Headers: h, Path: path, Host: host, Scheme: "https", Protocol: "HTTP/1.1",
-		}},
-	}}
-}
-
-func (e *env) check(t *testing.T, method, host, path string, headers map[string]string) *authv3.CheckResponse {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := e.client.Check(ctx, envoyRequest(method, host, path, headers))
-	if err != nil {
-		t.Fatalf("Check: %v", err)
-	}
-	return resp
+	return daemontest.Start(t, configYAML, daemontest.Options{Files: map[string]string{"keys.yaml": keysYAML()},
+		Daemon: daemon.Options{Logger: slog.New(slog.DiscardHandler)}})
 }
 
 func serverToken(secret, user string) string {
@@ -143,7 +61,7 @@ func serverToken(secret, user string) string {
 
 func TestCheckOverGRPCAllowed(t *testing.T) {
 	e := start(t)
-	resp := e.check(t, "GET", "docs.example.com", "/page?q=1", map[string]string{
+	resp := e.Check(t, "GET", "docs.example.com", "/page?q=1", map[string]string{
 		"x-deki-token": serverToken("s3cret", "=jane_doe@x"),
 		"x-auth-admin": "1", "x-auth-user": "999",
 	})
@@ -206,7 +124,7 @@ func TestCheckOverGRPCDenials(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := e.check(t, tc.method, tc.host, tc.path, tc.headers)
+			resp := e.Check(t, tc.method, tc.host, tc.path, tc.headers)
 			if c := codes.Code(resp.GetStatus().GetCode()); c != tc.code {
 				t.Errorf("gRPC status = %v, want %v", c, tc.code)
 			}
@@ -234,7 +152,7 @@ func TestCheckOverGRPCDenials(t *testing.T) {
 
 func TestCheckOverGRPCUnreadableRequest(t *testing.T) {
 	e := start(t)
-	_, err := e.client.Check(context.Background(), &authv3.CheckRequest{})
+	_, err := e.Client.Check(context.Background(), &authv3.CheckRequest{})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("err = %v, want InvalidArgument", err)
 	}
@@ -242,23 +160,23 @@ func TestCheckOverGRPCUnreadableRequest(t *testing.T) {
 
 func TestHealthReadyMetrics(t *testing.T) {
 	e := start(t)
-	hc, err := healthpb.NewHealthClient(e.conn).Check(context.Background(),
+	hc, err := healthpb.NewHealthClient(e.Conn).Check(context.Background(),
 		&healthpb.HealthCheckRequest{Service: "envoy.service.auth.v3.Authorization"})
 	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("grpc health = %v, %v", hc, err)
 	}
-	e.check(t, "GET", "docs.example.com", "/", nil)
-	e.check(t, "GET", "docs.example.com", "/", map[string]string{"x-deki-token": serverToken("guess", "1")})
+	e.Check(t, "GET", "docs.example.com", "/", nil)
+	e.Check(t, "GET", "docs.example.com", "/", map[string]string{"x-deki-token": serverToken("guess", "1")})
 
-	if code, body := get(t, e.httpBase+"/healthz"); code != 200 || !strings.Contains(body, "ok") {
+	if code, body := get(t, e.HTTP+"/healthz"); code != 200 || !strings.Contains(body, "ok") {
 		t.Errorf("/healthz = %d %q", code, body)
 	}
-	code, body := get(t, e.httpBase+"/readyz")
+	code, body := get(t, e.HTTP+"/readyz")
 	var r daemon.Readiness
 	if err := json.Unmarshal([]byte(body), &r); err != nil || code != 200 || !r.Ready {
 		t.Errorf("/readyz = %d %q", code, body)
 	}
-	_, metrics := get(t, e.httpBase+"/metrics")
+	_, metrics := get(t, e.HTTP+"/metrics")
 	for _, want := range []string{
 		`tokenagent_check_duration_seconds_bucket{decision="allow",kind="anonymous",site="docs"`,
 		`tokenagent_decisions_total{decision="deny",kind="server",reason="bad_signature",site="docs"} 1`,
@@ -273,25 +191,25 @@ func TestHealthReadyMetrics(t *testing.T) {
 
 func TestReload(t *testing.T) {
 	e := start(t)
-	if resp := e.check(t, "GET", "docs.example.com", "/private", nil); resp.GetOkResponse() == nil {
+	if resp := e.Check(t, "GET", "docs.example.com", "/private", nil); resp.GetOkResponse() == nil {
 		t.Fatal("open before the reload")
 	}
-	writeFile(t, e.configPath, configYAML+"      - {path: /private, require: authenticated}\n")
-	if err := e.d.Reload(e.configPath); err != nil {
+	daemontest.WriteFile(t, e.ConfigPath, configYAML+"      - {path: /private, require: authenticated}\n")
+	if err := e.D.Reload(e.ConfigPath); err != nil {
 		t.Fatal(err)
 	}
-	if resp := e.check(t, "GET", "docs.example.com", "/private", nil); resp.GetOkResponse() != nil {
+	if resp := e.Check(t, "GET", "docs.example.com", "/private", nil); resp.GetOkResponse() != nil {
 		t.Fatal("still open after the reload")
 	}
 	// A bad file is refused; the config before it keeps serving and /readyz says why.
-	writeFile(t, e.configPath, configYAML+"      - {path: /private, require: nobody}\n")
-	if err := e.d.Reload(e.configPath); err == nil || !strings.Contains(err.Error(), "require") {
+	daemontest.WriteFile(t, e.ConfigPath, configYAML+"      - {path: /private, require: nobody}\n")
+	if err := e.D.Reload(e.ConfigPath); err == nil || !strings.Contains(err.Error(), "require") {
 		t.Fatalf("bad reload: %v", err)
 	}
-	if resp := e.check(t, "GET", "docs.example.com", "/private", nil); resp.GetOkResponse() != nil {
+	if resp := e.Check(t, "GET", "docs.example.com", "/private", nil); resp.GetOkResponse() != nil {
 		t.Fatal("a bad reload changed the decisions")
 	}
-	_, body := get(t, e.httpBase+"/readyz")
+	_, body := get(t, e.HTTP+"/readyz")
 	if !strings.Contains(body, "reload refused") {
 		t.Errorf("/readyz does not report the refused reload: %s", body)
 	}

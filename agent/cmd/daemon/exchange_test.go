@@ -17,18 +17,19 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/exchange"
 	"github.com/tokenagent/tokenagent/agent/token/idtokentest"
 )
 
 // startExchange runs a real daemon whose site docs trusts the identity provider p (record
 // idps/corp in the key file) and returns it with the config's folder.
-func startExchange(t *testing.T, p *idtokentest.Provider) (*env, string) {
+func startExchange(t *testing.T, p *idtokentest.Provider) (*daemontest.Env, string) {
 	t.Helper()
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "tokenagent.yaml")
-	writeFile(t, cfgPath, configYAML)
-	writeFile(t, filepath.Join(dir, "keys.yaml"), `
+	daemontest.WriteFile(t, cfgPath, configYAML)
+	daemontest.WriteFile(t, filepath.Join(dir, "keys.yaml"), `
 sites:
   docs:
     authtoken:
@@ -36,13 +37,13 @@ sites:
     idps:
       corp: `+p.RecordYAML(t, 0)+`
 `)
-	return serveConfig(t, cfgPath, daemon.Options{Logger: slog.New(slog.DiscardHandler)}), dir
+	return daemontest.StartFile(t, cfgPath, daemontest.Options{Daemon: daemon.Options{Logger: slog.New(slog.DiscardHandler)}}), dir
 }
 
 // exchangeRequest is the CheckRequest Envoy sends for the exchange with body: as raw_body
 // (pack_as_bytes) or as body.
 func exchangeRequest(host, contentType, body string, raw bool) *authv3.CheckRequest {
-	req := envoyRequest("POST", host, exchange.Path, map[string]string{"content-type": contentType,
+	req := daemontest.CheckRequest("POST", host, exchange.Path, map[string]string{"content-type": contentType,
 		"content-length": strconv.Itoa(len(body))})
 	h := req.Attributes.Request.Http
 	h.Size = int64(len(body))
@@ -75,7 +76,7 @@ func TestExchangeOverGRPC(t *testing.T) {
 	var id, session string
 	for i, raw := range []bool{true, false} { // raw_body, then body: one user, one id
 		tok := p.Mint(t, p.Claims(time.Now(), "alice@example.com", map[string]any{"given_name": "Alice", "family_name": "Liddell", "email": "alice@example.com"}))
-		resp, err := e.client.Check(ctx, exchangeRequest("docs.example.com", "application/x-www-form-urlencoded", "id_token="+tok, raw))
+		resp, err := e.Client.Check(ctx, exchangeRequest("docs.example.com", "application/x-www-form-urlencoded", "id_token="+tok, raw))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +111,7 @@ func TestExchangeOverGRPC(t *testing.T) {
 	}
 
 	// The cookie is a session: a write that needs a user is allowed, as that user.
-	resp := e.check(t, "POST", "docs.example.com", "/@api/deki/pages/home", map[string]string{"cookie": "authtoken=" + session})
+	resp := e.Check(t, "POST", "docs.example.com", "/@api/deki/pages/home", map[string]string{"cookie": "authtoken=" + session})
 	ok := resp.GetOkResponse()
 	if ok == nil {
 		t.Fatalf("the exchanged session was refused: %v", resp)
@@ -140,7 +141,7 @@ func TestExchangeOverGRPC(t *testing.T) {
 		{"oversized", strings.Repeat("a", exchange.MaxBody+1), codes.InvalidArgument, 413, "body_too_large"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			resp, err := e.client.Check(ctx, exchangeRequest("docs.example.com", "text/plain", tc.body, true))
+			resp, err := e.Client.Check(ctx, exchangeRequest("docs.example.com", "text/plain", tc.body, true))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -155,11 +156,11 @@ func TestExchangeOverGRPC(t *testing.T) {
 	// A body Envoy cut at its buffer limit (size larger than what it sent) is refused too.
 	req := exchangeRequest("docs.example.com", "text/plain", p.Mint(t, p.Claims(time.Now(), "bob", nil)), true)
 	req.Attributes.Request.Http.Size = 1 << 20
-	if resp, err := e.client.Check(ctx, req); err != nil || resp.GetDeniedResponse().GetStatus().GetCode() != 413 {
+	if resp, err := e.Client.Check(ctx, req); err != nil || resp.GetDeniedResponse().GetStatus().GetCode() != 413 {
 		t.Errorf("a truncated body: %v %v", resp, err)
 	}
 
-	_, metrics := get(t, e.httpBase+"/metrics")
+	_, metrics := get(t, e.HTTP+"/metrics")
 	for _, want := range []string{
 		`tokenagent_exchanges_total{outcome="created",provider="corp",site="docs"} 1`,
 		`tokenagent_exchanges_total{outcome="existing",provider="corp",site="docs"} 1`,

@@ -1,25 +1,20 @@
 package daemon_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/hashicorp/vault/api"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/agent/token/idtokentest"
 	"github.com/tokenagent/tokenagent/vault"
@@ -27,101 +22,20 @@ import (
 	"github.com/tokenagent/tokenagent/vault/vaulttest"
 )
 
-// agentProcess is a `tokenagent serve` process started by a test.
-type agentProcess struct {
-	cmd      *exec.Cmd
-	grpcAddr string
-	httpAddr string
-	client   authv3.AuthorizationClient
-	logs     chan string
-}
-
-// startAgentProcess runs bin serve with the config at cfgPath on free loopback ports and
-// connects a gRPC client to it. The process is stopped (SIGTERM) when the test ends.
-func startAgentProcess(t *testing.T, bin, cfgPath string) *agentProcess {
+// startAgentProcess runs `tokenagent serve` on the config at cfgPath (daemontest.Process) and
+// waits until it is ready and reading keys: a session checks (a read refused while logging in
+// would keep the source marked down for a moment).
+func startAgentProcess(t *testing.T, cfgPath string) (*daemontest.Process, authv3.AuthorizationClient) {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "VAULT_TOKEN=")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &agentProcess{cmd: cmd, logs: make(chan string, 1000)}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
-	// Every log line goes to p.logs (dropped when nobody reads); the serving line gives the
-	// addresses.
-	serving := make(chan map[string]any, 1)
-	go func() {
-		lines := bufio.NewScanner(stderr)
-		lines.Buffer(make([]byte, 64<<10), 1<<20)
-		for lines.Scan() {
-			var rec map[string]any
-			if json.Unmarshal(lines.Bytes(), &rec) == nil && rec["msg"] == "tokenagent serving" {
-				serving <- rec
-			}
-			select {
-			case p.logs <- lines.Text():
-			default:
-			}
-		}
-		close(serving)
-	}()
-	select {
-	case rec, ok := <-serving:
-		if !ok {
-			drain(t, p)
-			t.Fatal("the agent exited before serving")
-		}
-		p.grpcAddr, _ = rec["grpc"].(string)
-		p.httpAddr, _ = rec["http"].(string)
-	case <-time.After(60 * time.Second):
-		drain(t, p)
-		t.Fatal("the agent never said it was serving")
-	}
-	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	p.client = authv3.NewAuthorizationClient(conn)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		code, body := get(t, "http://"+p.httpAddr+"/readyz")
-		if code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent never became ready: %d %s", code, body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	// Ready, and reading keys: a session checks (a read refused while logging in would keep
-	// the source marked down for a moment).
+	p := daemontest.StartProcess(t, cfgPath, nil)
+	client := p.Client(t)
+	daemontest.Eventually(t, "the agent to be ready", p.Ready)
 	session := map[string]string{"cookie": "authtoken=" + token.MintAuthToken(vault.NewSecret(authKey), "1", time.Now())}
-	for {
-		resp, err := p.client.Check(context.Background(), envoyRequest("GET", "docs.example.com", "/", session))
-		if err == nil && resp.GetOkResponse() != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent never verified a session: %v %v", resp, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return p
+	daemontest.Eventually(t, "the agent to verify a session", func() bool {
+		resp, err := client.Check(context.Background(), daemontest.CheckRequest("GET", "docs.example.com", "/", session))
+		return err == nil && resp.GetOkResponse() != nil
+	})
+	return p, client
 }
 
 // TestExchangeTwoAgentsOneVault: two tokenagent processes sharing one real Vault (logged in
@@ -133,11 +47,6 @@ func TestExchangeTwoAgentsOneVault(t *testing.T) {
 	v := vaulttest.Start(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-
-	bin := filepath.Join(dir, "tokenagent")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tokenagent/tokenagent/agent/cmd/tokenagent").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
 
 	p := idtokentest.NewProvider(t, "https://idp.example.com", "docs-app")
 	kv := v.Client.KVv2("secret")
@@ -162,9 +71,9 @@ func TestExchangeTwoAgentsOneVault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(dir, "vault-token"), sec.Auth.ClientToken)
+	daemontest.WriteFile(t, filepath.Join(dir, "vault-token"), sec.Auth.ClientToken)
 	cfgPath := filepath.Join(dir, "tokenagent.yaml")
-	writeFile(t, cfgPath, `
+	daemontest.WriteFile(t, cfgPath, `
 keys:
   source: vault
   vault: {address: "`+v.Addr+`", auth: {method: token, token_file: vault-token}}
@@ -172,7 +81,9 @@ sites:
   - id: docs
     hosts: [docs.example.com]
 `)
-	agents := []*agentProcess{startAgentProcess(t, bin, cfgPath), startAgentProcess(t, bin, cfgPath)}
+	_, first := startAgentProcess(t, cfgPath)
+	_, second := startAgentProcess(t, cfgPath)
+	agents := []authv3.AuthorizationClient{first, second}
 
 	type result struct {
 		sub, id, session string
@@ -187,7 +98,7 @@ sites:
 					tok := p.Mint(t, p.Claims(time.Now(), sub, nil))
 					cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 					defer cancel()
-					resp, err := a.client.Check(cctx, exchangeRequest("docs.example.com", "application/jwt", tok, true))
+					resp, err := a.Check(cctx, exchangeRequest("docs.example.com", "application/jwt", tok, true))
 					if err != nil {
 						t.Errorf("%s: %v", sub, err)
 						return
@@ -216,10 +127,7 @@ sites:
 	}
 	wg.Wait()
 	if t.Failed() {
-		for _, a := range agents {
-			drain(t, a)
-		}
-		t.FailNow()
+		t.FailNow() // the agents' logs are in the test log (daemontest)
 	}
 	if len(results) != 200 {
 		t.Fatalf("%d exchanges answered, want 200", len(results))
@@ -258,7 +166,7 @@ sites:
 	// A session one agent made is accepted by the other, as that user.
 	for i, r := range results[:4] {
 		other := agents[(i+1)%2]
-		resp, err := other.client.Check(ctx, envoyRequest("GET", "docs.example.com", "/", map[string]string{"cookie": "authtoken=" + r.session}))
+		resp, err := other.Check(ctx, daemontest.CheckRequest("GET", "docs.example.com", "/", map[string]string{"cookie": "authtoken=" + r.session}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -270,19 +178,6 @@ sites:
 			if h.GetHeader().GetKey() == "x-auth-user" && h.GetHeader().GetValue() != r.id {
 				t.Errorf("%s's session is user %s, want %s", r.sub, h.GetHeader().GetValue(), r.id)
 			}
-		}
-	}
-}
-
-// drain copies what an agent logged into the test log (after a failure).
-func drain(t *testing.T, a *agentProcess) {
-	t.Helper()
-	for {
-		select {
-		case l := <-a.logs:
-			t.Log(strings.TrimSpace(l))
-		default:
-			return
 		}
 	}
 }

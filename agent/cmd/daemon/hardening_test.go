@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/plugins/plugintest"
 	"github.com/tokenagent/tokenagent/vault"
@@ -67,15 +68,15 @@ sites:
 
 // startHardening runs the daemon with the echoing Go test policy at site docs; logs holds the
 // agent's log.
-func startHardening(t *testing.T) (*env, *lockedBuffer) {
+func startHardening(t *testing.T) (*daemontest.Env, *daemontest.Buffer) {
 	t.Helper()
 	echo := plugintest.BuildGo(t, "../../../plugins/testdata/goguest")
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "tokenagent.yaml")
-	writeFile(t, cfgPath, hardeningConfig(echo))
-	writeFile(t, filepath.Join(dir, "keys.yaml"), hardeningKeys())
-	logs := &lockedBuffer{}
-	return serveConfig(t, cfgPath, daemon.Options{Logger: slog.New(slog.NewTextHandler(logs, nil))}), logs
+	daemontest.WriteFile(t, cfgPath, hardeningConfig(echo))
+	daemontest.WriteFile(t, filepath.Join(dir, "keys.yaml"), hardeningKeys())
+	logs := &daemontest.Buffer{}
+	return daemontest.StartFile(t, cfgPath, daemontest.Options{Daemon: daemon.Options{Logger: slog.New(slog.NewTextHandler(logs, nil))}}), logs
 }
 
 func okHeaders(r *authv3.CheckResponse) map[string]string {
@@ -86,18 +87,11 @@ func okHeaders(r *authv3.CheckResponse) map[string]string {
 	return out
 }
 
-func reasonOf(r *authv3.CheckResponse) string {
-	if r.GetOkResponse() != nil {
-		return "allowed"
-	}
-	return headerOf(r, "x-auth-reason")
-}
-
 func TestHardeningIdentitySpoofing(t *testing.T) {
 	e, _ := startHardening(t)
 	// Anonymous: every client-sent x-auth-* header, in any spelling, is removed under the
 	// exact name the client used (Envoy passes underscore headers by default).
-	resp := e.check(t, "GET", "docs.example.com", "/", map[string]string{
+	resp := e.Check(t, "GET", "docs.example.com", "/", map[string]string{
 		"x_auth_user": "42", "x-auth_user": "42", "x_auth-elevated": "true", "x-auth-admin": "1",
 		"x_auth_site": "other", "x-authtoken-ish": "kept",
 	})
@@ -117,8 +111,8 @@ func TestHardeningIdentitySpoofing(t *testing.T) {
 	// An authority that is not a plain host[:port] names no site (SPEC §1).
 	for _, host := range []string{"docs.example.com:1@evil.example.com", "evil.example.com@docs.example.com",
 		"docs.example.com:99999", "docs.example.com/x", "docs.example.com :443"} {
-		if r := e.check(t, "GET", host, "/", nil); reasonOf(r) != "unknown_site" || r.GetDeniedResponse().GetStatus().GetCode() != 404 {
-			t.Errorf(":authority %q: %v, want 404 unknown_site", host, reasonOf(r))
+		if r := e.Check(t, "GET", host, "/", nil); daemontest.Reason(r) != "unknown_site" || r.GetDeniedResponse().GetStatus().GetCode() != 404 {
+			t.Errorf(":authority %q: %v, want 404 unknown_site", host, daemontest.Reason(r))
 		}
 	}
 }
@@ -164,8 +158,8 @@ func TestHardeningRequestReadOneWay(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := e.check(t, tc.method, "docs.example.com", tc.path, tc.headers)
-			if got := reasonOf(r); got != tc.want {
+			r := e.Check(t, tc.method, "docs.example.com", tc.path, tc.headers)
+			if got := daemontest.Reason(r); got != tc.want {
 				t.Fatalf("%s %s: %s, want %s", tc.method, tc.path, got, tc.want)
 			}
 			if tc.want == "malformed_request" && (r.GetDeniedResponse().GetStatus().GetCode() != 400 ||
@@ -175,7 +169,7 @@ func TestHardeningRequestReadOneWay(t *testing.T) {
 		})
 	}
 	// A policy sees the method upper-case.
-	r := e.check(t, "get", "docs.example.com", "/x", nil)
+	r := e.Check(t, "get", "docs.example.com", "/x", nil)
 	if m := okHeaders(r)["x-method"]; m != "GET" {
 		t.Errorf("the policy saw method %q, want GET", m)
 	}
@@ -202,7 +196,7 @@ func TestHardeningNoCredentialReachesAPolicy(t *testing.T) {
 		{"header", "/logrequest", map[string]string{"x-authtoken": auth}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := e.check(t, "GET", "docs.example.com", tc.path, tc.headers)
+			r := e.Check(t, "GET", "docs.example.com", tc.path, tc.headers)
 			h := okHeaders(r)
 			if h["x-user"] != "7" {
 				t.Fatalf("not allowed as 7: %v", r)
@@ -218,7 +212,7 @@ func TestHardeningNoCredentialReachesAPolicy(t *testing.T) {
 		})
 	}
 	// The policy logged everything it saw: the credential is not in the agent's log.
-	eventually(t, "the policy's log lines", func() bool { return strings.Contains(logs.String(), "GET /logrequest?") })
+	daemontest.Eventually(t, "the policy's log lines", func() bool { return strings.Contains(logs.String(), "GET /logrequest?") })
 	if strings.Contains(logs.String(), auth) {
 		t.Fatalf("the agent's log holds the credential:\n%s", logs.String())
 	}
@@ -242,17 +236,17 @@ func TestHardeningScopesAndPreflight(t *testing.T) {
 		{"read\u2003write", "insufficient_scope"},
 		{"read\twrite", "malformed_token"}, // a control character: never put into x-auth-scopes
 	} {
-		r := e.check(t, "GET", "docs.example.com", "/scoped/x", map[string]string{"authorization": "Bearer " + jwt(tc.scope)})
-		if got := reasonOf(r); got != tc.want {
+		r := e.Check(t, "GET", "docs.example.com", "/scoped/x", map[string]string{"authorization": "Bearer " + jwt(tc.scope)})
+		if got := daemontest.Reason(r); got != tc.want {
 			t.Errorf("scope %q: %s, want %s", tc.scope, got, tc.want)
 		}
 	}
 	// A site with no browser token allows no preflight, not even from its own host on
 	// another port (SPEC §3.3).
 	for _, origin := range []string{"https://bare.example.com:8443", "http://bare.example.com", "https://bare.example.com"} {
-		r := e.check(t, "OPTIONS", "bare.example.com", "/api", map[string]string{
+		r := e.Check(t, "OPTIONS", "bare.example.com", "/api", map[string]string{
 			"origin": origin, "access-control-request-method": "POST"})
-		if got := reasonOf(r); got != "origin_not_allowed" || r.GetDeniedResponse().GetStatus().GetCode() != 403 {
+		if got := daemontest.Reason(r); got != "origin_not_allowed" || r.GetDeniedResponse().GetStatus().GetCode() != 403 {
 			t.Errorf("preflight from %s at a site without browser tokens: %s, want 403 origin_not_allowed", origin, got)
 		}
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 )
 
 // opsConfig is configYAML with the HTTP front on; extra is appended to the docs site's routes.
@@ -30,39 +31,26 @@ func opsConfig(extra string) string {
 		"http_addr: 127.0.0.1:0\nauthz_http_addr: 127.0.0.1:0\nlog: {allow_sample: 1}\n", 1) + extra
 }
 
-// startWith runs a real daemon on cfgYAML with opts, like start.
-func startWith(t *testing.T, cfgYAML string, opts daemon.Options) *env {
+// startWith runs a real daemon on cfgYAML and keysYAML with opts (quiet unless opts logs;
+// the config file watched unless opts says otherwise).
+func startWith(t *testing.T, cfgYAML string, opts daemon.Options) *daemontest.Env {
 	t.Helper()
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "tokenagent.yaml")
-	writeFile(t, cfgPath, cfgYAML)
-	writeFile(t, filepath.Join(dir, "keys.yaml"), keysYAML())
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "tokenagent.yaml")
+	daemontest.WriteFile(t, cfgPath, cfgYAML)
+	daemontest.WriteFile(t, filepath.Join(dir, "keys.yaml"), keysYAML())
 	if opts.ConfigPath == "" {
 		opts.ConfigPath = cfgPath
 	}
-	return serveConfig(t, cfgPath, opts)
+	return daemontest.StartFile(t, cfgPath, daemontest.Options{Daemon: opts})
 }
 
-// eventually polls cond until it holds, for at most 20 s (an outcome bound, not a timing
-// assertion).
-func eventually(t *testing.T, what string, cond func() bool) {
+func nginxCheck(t *testing.T, e *daemontest.Env, method, uri string, h map[string]string) *http.Response {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never: %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// nginxCheck asks the daemon's HTTP front as nginx's auth_request does.
-func nginxCheck(t *testing.T, e *env, method, uri string, h map[string]string) *http.Response {
-	t.Helper()
-	req, _ := http.NewRequest("GET", "http://"+e.d.AuthzHTTPAddr()+"/nginx", nil)
+	req, _ := http.NewRequest("GET", "http://"+e.D.AuthzHTTPAddr()+"/nginx", nil)
 	req.Header.Set("X-Original-Method", method)
 	req.Header.Set("X-Original-URI", uri)
 	req.Header.Set("X-Original-Host", "docs.example.com")
@@ -82,7 +70,7 @@ var hexID = regexp.MustCompile(`^[0-9a-f]{16}$`)
 
 func TestHTTPFrontServedAndReloaded(t *testing.T) {
 	e := startWith(t, opsConfig(""), daemon.Options{ConfigPoll: -1})
-	if e.d.AuthzHTTPAddr() == "" {
+	if e.D.AuthzHTTPAddr() == "" {
 		t.Fatal("authz_http_addr is set but the front does not listen")
 	}
 	resp := nginxCheck(t, e, "GET", "/private", map[string]string{"X-Deki-Token": serverToken("s3cret", "5")})
@@ -92,15 +80,15 @@ func TestHTTPFrontServedAndReloaded(t *testing.T) {
 	if resp := nginxCheck(t, e, "GET", "/private", nil); resp.StatusCode != 200 {
 		t.Fatalf("anonymous /private before the reload: %d", resp.StatusCode)
 	}
-	writeFile(t, e.configPath, opsConfig("      - {path: /private, require: authenticated}\n"))
-	if err := e.d.Reload(e.configPath); err != nil {
+	daemontest.WriteFile(t, e.ConfigPath, opsConfig("      - {path: /private, require: authenticated}\n"))
+	if err := e.D.Reload(e.ConfigPath); err != nil {
 		t.Fatal(err)
 	}
 	if resp := nginxCheck(t, e, "GET", "/private", nil); resp.StatusCode != 401 || resp.Header.Get("X-Auth-Reason") != "authentication_required" {
 		t.Fatalf("the HTTP front still decides with the old config: %d %v", resp.StatusCode, resp.Header)
 	}
 	// The gRPC answer carries the same kind of decision id in its dynamic metadata.
-	md := e.check(t, "GET", "docs.example.com", "/", nil).GetDynamicMetadata().GetFields()
+	md := e.Check(t, "GET", "docs.example.com", "/", nil).GetDynamicMetadata().GetFields()
 	if !hexID.MatchString(md["decision_id"].GetStringValue()) {
 		t.Errorf("dynamic metadata decision_id = %v", md["decision_id"])
 	}
@@ -108,29 +96,29 @@ func TestHTTPFrontServedAndReloaded(t *testing.T) {
 
 func TestFrontOffByDefault(t *testing.T) {
 	e := start(t)
-	if a := e.d.AuthzHTTPAddr(); a != "" {
+	if a := e.D.AuthzHTTPAddr(); a != "" {
 		t.Fatalf("the HTTP front listens on %s without authz_http_addr", a)
 	}
 }
 
 func TestPprofFlag(t *testing.T) {
 	off := startWith(t, configYAML, daemon.Options{ConfigPoll: -1})
-	if code, _ := get(t, off.httpBase+"/debug/pprof/"); code != http.StatusNotFound {
+	if code, _ := get(t, off.HTTP+"/debug/pprof/"); code != http.StatusNotFound {
 		t.Errorf("pprof without the flag: %d", code)
 	}
 	on := startWith(t, configYAML, daemon.Options{ConfigPoll: -1, Pprof: true})
-	if code, body := get(t, on.httpBase+"/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
+	if code, body := get(t, on.HTTP+"/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
 		t.Errorf("pprof with the flag: %d", code)
 	}
-	if code, body := get(t, on.httpBase+"/debug/pprof/cmdline"); code != 200 || body == "" {
+	if code, body := get(t, on.HTTP+"/debug/pprof/cmdline"); code != 200 || body == "" {
 		t.Errorf("pprof cmdline: %d", code)
 	}
 }
 
 // scrape reads /metrics and parses it as Prometheus does.
-func scrape(t *testing.T, e *env) map[string]*dto.MetricFamily {
+func scrape(t *testing.T, e *daemontest.Env) map[string]*dto.MetricFamily {
 	t.Helper()
-	resp, err := http.Get(e.httpBase + "/metrics")
+	resp, err := http.Get(e.HTTP + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,15 +150,15 @@ func labelValue(m *dto.Metric, name string) string {
 
 func TestMetricsExposition(t *testing.T) {
 	e := startWith(t, opsConfig(""), daemon.Options{ConfigPoll: -1, Version: "v1.2.3"})
-	e.check(t, "GET", "docs.example.com", "/", nil)
-	e.check(t, "GET", "docs.example.com", "/", map[string]string{"x-deki-token": serverToken("guess", "1")})
+	e.Check(t, "GET", "docs.example.com", "/", nil)
+	e.Check(t, "GET", "docs.example.com", "/", map[string]string{"x-deki-token": serverToken("guess", "1")})
 	// Made-up hosts must not make new series: their site is "unknown".
 	for i := range 20 {
-		e.check(t, "GET", fmt.Sprintf("h%d.example.net", i), "/", nil)
+		e.Check(t, "GET", fmt.Sprintf("h%d.example.net", i), "/", nil)
 	}
 	nginxCheck(t, e, "GET", "/", nil)
-	writeFile(t, e.configPath, "sites: [")
-	_ = e.d.Reload(e.configPath)
+	daemontest.WriteFile(t, e.ConfigPath, "sites: [")
+	_ = e.D.Reload(e.ConfigPath)
 
 	mfs := scrape(t, e)
 	want := []struct {
@@ -270,10 +258,10 @@ func TestMetricsExposition(t *testing.T) {
 }
 
 func TestReloadOnFileChange(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &daemontest.Buffer{}
 	e := startWith(t, configYAML, daemon.Options{ConfigPoll: 20 * time.Millisecond,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil))})
-	allowed := func() bool { return e.check(t, "GET", "docs.example.com", "/private", nil).GetOkResponse() != nil }
+	allowed := func() bool { return e.Check(t, "GET", "docs.example.com", "/private", nil).GetOkResponse() != nil }
 	if !allowed() {
 		t.Fatal("/private closed before any change")
 	}
@@ -281,13 +269,13 @@ func TestReloadOnFileChange(t *testing.T) {
 	// A good change is picked up without a signal. Files are replaced by a rename, as editors
 	// and Kubernetes do, so each write is one change (a write in place can be seen half done,
 	// which is a refused reload and then a good one).
-	writeAtomic(t, e.configPath, configYAML+"      - {path: /private, require: authenticated}\n")
-	eventually(t, "the changed config takes effect", func() bool { return !allowed() })
+	writeAtomic(t, e.ConfigPath, configYAML+"      - {path: /private, require: authenticated}\n")
+	daemontest.Eventually(t, "the changed config takes effect", func() bool { return !allowed() })
 
 	// A bad file keeps the config serving, and is reported: log, metric, /readyz.
-	writeAtomic(t, e.configPath, configYAML+"      - {path: /private, require: nobody}\n")
-	eventually(t, "the refused reload is in /readyz", func() bool {
-		_, body := get(t, e.httpBase+"/readyz")
+	writeAtomic(t, e.ConfigPath, configYAML+"      - {path: /private, require: nobody}\n")
+	daemontest.Eventually(t, "the refused reload is in /readyz", func() bool {
+		_, body := get(t, e.HTTP+"/readyz")
 		return strings.Contains(body, "reload refused") && strings.Contains(body, "require")
 	})
 	if allowed() {
@@ -307,11 +295,11 @@ func TestReloadOnFileChange(t *testing.T) {
 	errsBefore := mfs["tokenagent_config_reload_errors_total"].GetMetric()[0].GetCounter().GetValue()
 
 	// Fixing the file recovers: the warning goes, the gauge is 1, the new rule serves.
-	writeAtomic(t, e.configPath, configYAML+"      - {path: /private, require: authenticated}\n      - {path: /other, require: user}\n")
-	eventually(t, "the fixed config takes effect", func() bool {
-		return e.check(t, "GET", "docs.example.com", "/other", nil).GetOkResponse() == nil
+	writeAtomic(t, e.ConfigPath, configYAML+"      - {path: /private, require: authenticated}\n      - {path: /other, require: user}\n")
+	daemontest.Eventually(t, "the fixed config takes effect", func() bool {
+		return e.Check(t, "GET", "docs.example.com", "/other", nil).GetOkResponse() == nil
 	})
-	_, body := get(t, e.httpBase+"/readyz")
+	_, body := get(t, e.HTTP+"/readyz")
 	if strings.Contains(body, "reload refused") {
 		t.Errorf("/readyz still warns after a good reload: %s", body)
 	}
@@ -347,7 +335,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			defer wg.Done()
 			for !stop.Load() && checks.Load() < maxChecks {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				resp, err := e.client.Check(ctx, envoyRequest("GET", "docs.example.com", "/private", nil))
+				resp, err := e.Client.Check(ctx, daemontest.CheckRequest("GET", "docs.example.com", "/private", nil))
 				cancel()
 				checks.Add(1)
 				switch {
@@ -363,7 +351,7 @@ func TestReloadUnderLoad(t *testing.T) {
 					firstErr.CompareAndSwap(nil, fmt.Sprintf("unexpected answer %v", resp))
 				}
 				// A credentialed check too: never affected by the rule.
-				resp, err = e.client.Check(context.Background(), envoyRequest("GET", "docs.example.com", "/private",
+				resp, err = e.Client.Check(context.Background(), daemontest.CheckRequest("GET", "docs.example.com", "/private",
 					map[string]string{"x-deki-token": tok}))
 				checks.Add(1)
 				if err != nil || resp.GetOkResponse() == nil {
@@ -374,7 +362,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		}()
 	}
 	isOpen := func() bool {
-		return e.check(t, "GET", "docs.example.com", "/private", nil).GetOkResponse() != nil
+		return e.Check(t, "GET", "docs.example.com", "/private", nil).GetOkResponse() != nil
 	}
 	for i := range 6 {
 		next, wantOpen := closed, false
@@ -383,14 +371,14 @@ func TestReloadUnderLoad(t *testing.T) {
 		}
 		// Let the load run across every reload: some checks before each one.
 		before := checks.Load()
-		eventually(t, "checks keep running", func() bool { return checks.Load() >= before+100 })
-		writeFile(t, e.configPath, next)
+		daemontest.Eventually(t, "checks keep running", func() bool { return checks.Load() >= before+100 })
+		daemontest.WriteFile(t, e.ConfigPath, next)
 		if i%3 == 0 { // some reloads by hand (as SIGHUP does), the others by the file watcher
-			if err := e.d.Reload(e.configPath); err != nil {
+			if err := e.D.Reload(e.ConfigPath); err != nil {
 				t.Fatal(err)
 			}
 		}
-		eventually(t, fmt.Sprintf("reload %d switches the decision to open=%v", i, wantOpen),
+		daemontest.Eventually(t, fmt.Sprintf("reload %d switches the decision to open=%v", i, wantOpen),
 			func() bool { return isOpen() == wantOpen })
 	}
 	stop.Store(true)
@@ -407,35 +395,18 @@ func TestReloadUnderLoad(t *testing.T) {
 // writeAtomic replaces the file at p by a rename.
 func writeAtomic(t *testing.T, p, s string) {
 	t.Helper()
-	writeFile(t, p+".new", s)
+	daemontest.WriteFile(t, p+".new", s)
 	if err := os.Rename(p+".new", p); err != nil {
 		t.Fatal(err)
 	}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestDecisionLogOverTheWire: the daemon's decision log names the same id as the answer.
 func TestDecisionLogOverTheWire(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &daemontest.Buffer{}
 	e := startWith(t, opsConfig(""), daemon.Options{ConfigPoll: -1, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	tok := serverToken("s3cret", "=jane")
-	resp := e.check(t, "GET", "docs.example.com", "/x?authtoken=zzz", map[string]string{"x-deki-token": tok})
+	resp := e.Check(t, "GET", "docs.example.com", "/x?authtoken=zzz", map[string]string{"x-deki-token": tok})
 	id := resp.GetDynamicMetadata().GetFields()["decision_id"].GetStringValue()
 	if !hexID.MatchString(id) {
 		t.Fatalf("decision_id %q", id)

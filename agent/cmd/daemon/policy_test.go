@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/plugins/plugintest"
 )
 
@@ -20,20 +21,20 @@ func TestPolicyOverGRPC(t *testing.T) {
 		return strings.Replace(configYAML, "    hosts: [docs.example.com, \"*.docs.example.com\"]\n",
 			"    hosts: [docs.example.com, \"*.docs.example.com\"]\n    policy: "+p+"\n    policy_deadline: 5s\n", 1)
 	}
-	writeFile(t, e.configPath, withPolicy(readonly))
-	if err := e.d.Reload(e.configPath); err != nil {
+	daemontest.WriteFile(t, e.ConfigPath, withPolicy(readonly))
+	if err := e.D.Reload(e.ConfigPath); err != nil {
 		t.Fatal(err)
 	}
-	resp := e.check(t, "PUT", "docs.example.com", "/page", nil)
-	if codes.Code(resp.GetStatus().GetCode()) != codes.Unauthenticated || headerOf(resp, "x-auth-reason") != "policy_denied" {
+	resp := e.Check(t, "PUT", "docs.example.com", "/page", nil)
+	if codes.Code(resp.GetStatus().GetCode()) != codes.Unauthenticated || daemontest.DeniedHeader(resp, "x-auth-reason") != "policy_denied" {
 		t.Fatalf("anonymous write under readonly-anonymous: %v", resp)
 	}
 
-	writeFile(t, e.configPath, withPolicy(role))
-	if err := e.d.Reload(e.configPath); err != nil {
+	daemontest.WriteFile(t, e.ConfigPath, withPolicy(role))
+	if err := e.D.Reload(e.ConfigPath); err != nil {
 		t.Fatal(err)
 	}
-	resp = e.check(t, "PUT", "docs.example.com", "/page", nil)
+	resp = e.Check(t, "PUT", "docs.example.com", "/page", nil)
 	ok := resp.GetOkResponse()
 	if ok == nil {
 		t.Fatalf("role-header allows: %v", resp)
@@ -49,15 +50,15 @@ func TestPolicyOverGRPC(t *testing.T) {
 	}
 
 	missing := filepath.Join(t.TempDir(), "missing.wasm")
-	writeFile(t, e.configPath, withPolicy(missing))
-	if err := e.d.Reload(e.configPath); err != nil {
+	daemontest.WriteFile(t, e.ConfigPath, withPolicy(missing))
+	if err := e.D.Reload(e.ConfigPath); err != nil {
 		t.Fatal(err)
 	}
-	if r := e.d.Ready(); r.Ready || !strings.Contains(strings.Join(r.Problems, " "), "missing.wasm") {
+	if r := e.D.Ready(); r.Ready || !strings.Contains(strings.Join(r.Problems, " "), "missing.wasm") {
 		t.Fatalf("readiness with a module that cannot load: %+v", r)
 	}
-	resp = e.check(t, "GET", "docs.example.com", "/", nil)
-	if headerOf(resp, "x-auth-reason") != "policy_error" {
+	resp = e.Check(t, "GET", "docs.example.com", "/", nil)
+	if daemontest.DeniedHeader(resp, "x-auth-reason") != "policy_error" {
 		t.Fatalf("a site whose module did not load: %v", resp)
 	}
 }

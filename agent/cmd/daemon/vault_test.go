@@ -4,18 +4,15 @@ import (
 	"context"
 	"encoding/base64"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
-	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/vaulttest"
@@ -44,9 +41,9 @@ func TestVaultEndToEnd(t *testing.T) {
 
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "vault-token")
-	writeFile(t, tokenFile, v.Token)
+	daemontest.WriteFile(t, tokenFile, v.Token)
 	cfgPath := filepath.Join(dir, "tokenagent.yaml")
-	writeFile(t, cfgPath, `
+	daemontest.WriteFile(t, cfgPath, `
 grpc_addr: 127.0.0.1:0
 http_addr: 127.0.0.1:0
 keys:
@@ -58,44 +55,17 @@ sites:
   - id: docs
     hosts: [docs.example.com]
 `)
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Unsetenv("VAULT_TOKEN")
-	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = d.Serve() }()
-	t.Cleanup(func() { d.Shutdown(context.Background()) })
-	conn, err := grpc.NewClient(d.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := authv3.NewAuthorizationClient(conn)
+	t.Setenv("VAULT_TOKEN", "")
+	e := daemontest.StartFile(t, cfgPath, daemontest.Options{Daemon: daemon.Options{Logger: slog.New(slog.DiscardHandler)}})
+	d, client := e.D, e.Client
 	checkCode := func(headers map[string]string) (codes.Code, *authv3.CheckResponse) {
-		resp, err := client.Check(ctx, envoyRequest("GET", "docs.example.com", "/", headers))
+		resp, err := client.Check(ctx, daemontest.CheckRequest("GET", "docs.example.com", "/", headers))
 		if err != nil {
 			t.Fatalf("Check: %v", err)
 		}
 		return codes.Code(resp.GetStatus().GetCode()), resp
 	}
-	eventually := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("never: %s", what)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	eventually("ready after the Vault login", func() bool { return d.Ready().Ready })
+	daemontest.Eventually(t, "ready after the Vault login", func() bool { return d.Ready().Ready })
 
 	srv := map[string]string{"x-deki-token": serverToken("s3cret", "42")}
 	auth := map[string]string{"cookie": "authtoken=" + token.MintAuthToken(vault.NewSecret(authKey), "7", time.Now())}
@@ -111,9 +81,9 @@ sites:
 		map[string]any{"secret": "s3cret", "disabled": true}); err != nil {
 		t.Fatal(err)
 	}
-	eventually("the disabled key is refused", func() bool {
+	daemontest.Eventually(t, "the disabled key is refused", func() bool {
 		_, r := checkCode(map[string]string{"x-deki-token": serverToken("s3cret", "42")})
-		return headerOf(r, "x-auth-reason") == "revoked_key"
+		return daemontest.DeniedHeader(r, "x-auth-reason") == "revoked_key"
 	})
 
 	// Outage: cached keys serve, an unseen key is 503 with Retry-After.
@@ -124,24 +94,15 @@ sites:
 	unseen := map[string]string{"x-deki-token": token.MintServerToken("k2", vault.NewSecret([]byte("second")), "1", time.Now())}
 	c, r := checkCode(unseen)
 	if c != codes.Unavailable || r.GetDeniedResponse().GetStatus().GetCode() != 503 ||
-		headerOf(r, "x-auth-reason") != "keys_unavailable" || headerOf(r, "retry-after") == "" {
+		daemontest.DeniedHeader(r, "x-auth-reason") != "keys_unavailable" || daemontest.DeniedHeader(r, "retry-after") == "" {
 		t.Fatalf("unseen key during the outage: %v %v", c, r)
 	}
 
 	// Recovery without restarting the agent (a dev server restarts empty: seed it again).
 	v.RestartT(t)
 	seed()
-	eventually("the unseen key verifies once Vault is back", func() bool {
+	daemontest.Eventually(t, "the unseen key verifies once Vault is back", func() bool {
 		c, _ := checkCode(map[string]string{"x-deki-token": token.MintServerToken("k2", vault.NewSecret([]byte("second")), "1", time.Now())})
 		return c == codes.OK
 	})
-}
-
-func headerOf(r *authv3.CheckResponse, name string) string {
-	for _, h := range r.GetDeniedResponse().GetHeaders() {
-		if h.GetHeader().GetKey() == name {
-			return h.GetHeader().GetValue()
-		}
-	}
-	return ""
 }
