@@ -18,18 +18,22 @@ func isAuthHeader(name string) bool {
 		return false
 	}
 	for i := 0; i < len(prefix); i++ {
-		c := name[i]
-		switch {
-		case 'A' <= c && c <= 'Z':
-			c += 'a' - 'A'
-		case c == '_':
-			c = '-'
-		}
-		if c != prefix[i] {
+		if foldHeaderByte(name[i]) != prefix[i] {
 			return false
 		}
 	}
 	return true
+}
+
+// foldHeaderByte is a header name's byte as upstreams compare it: lower-case, "_" read as "-".
+func foldHeaderByte(c byte) byte {
+	switch {
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	case c == '_':
+		return '-'
+	}
+	return c
 }
 
 // policyHeaderRule says what happens to one request header on its way to a policy.
@@ -53,14 +57,7 @@ func policyRule(name string) policyHeaderRule {
 	}
 	n := buf[:len(name)]
 	for i := 0; i < len(name); i++ {
-		c := name[i]
-		switch {
-		case 'A' <= c && c <= 'Z':
-			c += 'a' - 'A'
-		case c == '_':
-			c = '-'
-		}
-		n[i] = c
+		n[i] = foldHeaderByte(name[i])
 	}
 	switch string(n) {
 	case headerAuthorization, "proxy-authorization", headerDekiToken, headerAuthtoken:

@@ -54,8 +54,7 @@ func (b *breaker) allow(now time.Time) bool {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.refill(now)
-	if now.Before(b.until) || b.budget < 0 || b.probing {
+	if b.refusingLocked(now) || b.probing {
 		return false
 	}
 	b.probing = true
@@ -143,6 +142,12 @@ func (b *breaker) refusing(now time.Time) bool {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.refusingLocked(now)
+}
+
+// refusingLocked reports whether the backoff or a spent budget refuses calls at now. b.mu
+// must be held.
+func (b *breaker) refusingLocked(now time.Time) bool {
 	b.refill(now)
 	return now.Before(b.until) || b.budget < 0
 }

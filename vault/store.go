@@ -295,22 +295,15 @@ var errStaleWait = errors.New("key source slower than the stale wait")
 // slow until then, and loadWithin returns errStaleWait.
 func (s *Store) loadWithin(ctx context.Context, h uint64, e *entry) (*entry, error) {
 	ch := s.startLoad(ctx, h, e.ref)
-	t := time.NewTimer(s.opts.StaleWait)
-	defer t.Stop()
-	select {
-	case res := <-ch:
-		return loaded(res)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-t.C:
+	return awaitLoad(ctx, ch, s.opts.StaleWait, func() error {
 		if e.slow.CompareAndSwap(false, true) {
 			go func() {
 				<-ch
 				e.slow.Store(false)
 			}()
 		}
-		return nil, errStaleWait
-	}
+		return errStaleWait
+	})
 }
 
 // load reads one record through singleflight and caches the result. It returns an error only
@@ -318,8 +311,15 @@ func (s *Store) loadWithin(ctx context.Context, h uint64, e *entry) (*entry, err
 // most ReadTimeout, even for a source that does not honour its context (a key file on a hung
 // network file system).
 func (s *Store) load(ctx context.Context, h uint64, r ref) (*entry, error) {
-	ch := s.startLoad(ctx, h, r)
-	t := time.NewTimer(s.opts.ReadTimeout)
+	return awaitLoad(ctx, s.startLoad(ctx, h, r), s.opts.ReadTimeout, func() error {
+		return fmt.Errorf("key source %s: no answer within %s", s.src.Name(), s.opts.ReadTimeout)
+	})
+}
+
+// awaitLoad waits for the read ch, at most until ctx ends or wait has passed (then the error of
+// late; the read goes on and is cached when it ends).
+func awaitLoad(ctx context.Context, ch <-chan singleflight.Result, wait time.Duration, late func() error) (*entry, error) {
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case res := <-ch:
@@ -327,7 +327,7 @@ func (s *Store) load(ctx context.Context, h uint64, r ref) (*entry, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-t.C:
-		return nil, fmt.Errorf("key source %s: no answer within %s", s.src.Name(), s.opts.ReadTimeout)
+		return nil, late()
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
-	"errors"
 	"log/slog"
 	"net/url"
 	"strings"
@@ -59,13 +58,9 @@ func (v *APIKeyVerifier) Verify(ctx context.Context, site *Site, key, impersonat
 		return Identity{}, reason.Newf(reason.MalformedToken, "impersonateuserid is not a decimal user id")
 	}
 	leg, err := v.Keys.Legacy(ctx, site.ID)
-	known := err == nil
-	if err != nil && !errors.Is(err, vault.ErrNotFound) {
-		return Identity{}, unavailable(err, "")
-	}
-	stored := decoyAPIKey
-	if known {
-		stored = leg.APIKey
+	stored, known, rerr := secretOrDecoy(leg, err, func(l *vault.Legacy) *vault.Secret { return l.APIKey }, decoyAPIKey)
+	if rerr != nil {
+		return Identity{}, rerr
 	}
 	if !apiKeyEqual(stored, key) || !known {
 		return Identity{}, reason.New(reason.InvalidAPIKey)

@@ -63,6 +63,20 @@ var (
 	_ LegacyKeys        = (*vault.Store)(nil)
 )
 
+// secretOrDecoy returns the secret of a looked-up record, or decoy when the record does not
+// exist (known false): the caller then does the same work for a missing key as for a wrong
+// one, so the timing tells them apart no more than the answer does. A lookup that failed
+// otherwise is a keys_unavailable denial.
+func secretOrDecoy[R any](rec R, err error, secretOf func(R) *vault.Secret, decoy *vault.Secret) (secret *vault.Secret, known bool, rerr *reason.Error) {
+	switch {
+	case err == nil:
+		return secretOf(rec), true, nil
+	case errors.Is(err, vault.ErrNotFound):
+		return decoy, false, nil
+	}
+	return nil, false, unavailable(err, "")
+}
+
 // defaultRetryAfter is what a client is told to wait when the key layer gives no better hint.
 const defaultRetryAfter = 5 * time.Second
 

@@ -98,13 +98,9 @@ func (v *ServerTokenVerifier) VerifyUnprefixed(ctx context.Context, site *Site, 
 
 func (v *ServerTokenVerifier) verify(ctx context.Context, site *Site, p serverTokenParts, unprefixed bool) (Identity, error) {
 	rec, err := v.Keys.ServerKey(ctx, site.ID, p.key)
-	known := err == nil
-	if err != nil && !errors.Is(err, vault.ErrNotFound) {
-		return Identity{}, unavailable(err, "")
-	}
-	secret := decoySecret
-	if known {
-		secret = rec.Secret
+	secret, known, rerr := secretOrDecoy(rec, err, func(k *vault.ServerKey) *vault.Secret { return k.Secret }, decoySecret)
+	if rerr != nil {
+		return Identity{}, rerr
 	}
 	var good bool
 	if unprefixed {

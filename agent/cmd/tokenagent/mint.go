@@ -106,7 +106,7 @@ func cmdMint(args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	switch kind {
 	case "authtoken":
-		if !isDigits(*user) {
+		if !token.ValidUserID(*user) {
 			return fmt.Errorf("--user: an Auth Token names a decimal user id, got %q", *user)
 		}
 		var sec *vault.Secret
@@ -165,7 +165,7 @@ func cmdMint(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(stdout, token.MintImpersonationToken(apiKey, *user, when))
 			break
 		}
-		if *user != "" && !isDigits(*user) {
+		if *user != "" && !token.ValidUserID(*user) {
 			return fmt.Errorf("--user: impersonateuserid is a decimal user id, got %q", *user)
 		}
 		var key []byte
@@ -291,16 +291,4 @@ func parseTime(s string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("%q is neither RFC 3339 nor Unix seconds", s)
 	}
 	return t, nil
-}
-
-func isDigits(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
 }

@@ -13,31 +13,35 @@ import (
 // in epoll with a timeout in whole milliseconds), which would add up to 1 ms to open-loop
 // latencies. SleepUntil instead arms a Linux timerfd, an exact kernel timer, and waits for it
 // in Go's netpoller: the goroutine wakes within microseconds of t and no thread is blocked.
-type realClock struct{}
+type realClock struct {
+	// timerFDs are idle timerfds; a dropped one is closed by its os.File's finalizer.
+	timerFDs *sync.Pool
+}
+
+func newRealClock() realClock {
+	return realClock{timerFDs: &sync.Pool{New: func() any {
+		tf, err := newTimerFD()
+		if err != nil {
+			return nil
+		}
+		return tf
+	}}}
+}
 
 func (realClock) Now() time.Time { return time.Now() }
 
-func (realClock) SleepUntil(t time.Time) {
+func (c realClock) SleepUntil(t time.Time) {
 	d := time.Until(t)
 	if d < time.Microsecond {
 		return
 	}
-	tf, _ := timerFDs.Get().(*timerFD)
+	tf, _ := c.timerFDs.Get().(*timerFD)
 	if tf == nil || tf.sleep(d) != nil {
 		time.Sleep(time.Until(t)) // no timerfd: the runtime's timer
 		return
 	}
-	timerFDs.Put(tf)
+	c.timerFDs.Put(tf)
 }
-
-// timerFDs are idle timerfds; a dropped one is closed by its os.File's finalizer.
-var timerFDs = sync.Pool{New: func() any {
-	tf, err := newTimerFD()
-	if err != nil {
-		return nil
-	}
-	return tf
-}}
 
 type timerFD struct {
 	f  *os.File // non-blocking, so reads park the goroutine in the netpoller

@@ -8,6 +8,8 @@ import "time"
 // to a millisecond late and so add to open-loop latencies.
 type realClock struct{}
 
+func newRealClock() realClock { return realClock{} }
+
 func (realClock) Now() time.Time { return time.Now() }
 
 func (realClock) SleepUntil(t time.Time) {

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tokenagent/tokenagent/agent/reason"
 )
 
 // checkMethod is the ext_authz v3 Check method, as Envoy calls it.
@@ -186,11 +188,8 @@ var interned = func() map[string]string {
 	for _, v := range invalidVariants {
 		m[v.reason] = v.reason
 	}
-	for _, r := range []string{"revoked_key", "replayed_token", "user_restricted", "legacy_token_disabled",
-		"user_token_required", "insufficient_scope", "unsupported_algorithm", "unknown_issuer",
-		"invalid_audience", "invalid_api_key", "invalid_id_token", "body_too_large", "policy_denied",
-		"policy_error", "keys_unavailable", "token_not_yet_valid"} {
-		m[r] = r
+	for _, r := range reason.All() {
+		m[string(r)] = string(r)
 	}
 	return m
 }()

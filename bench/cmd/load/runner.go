@@ -89,7 +89,7 @@ func Run(ctx context.Context, mix *Mix, send Sender, o RunOptions) (*RunResult, 
 		return nil, errors.New("run: --warmup must be shorter than --duration")
 	}
 	if o.Clock == nil {
-		o.Clock = realClock{}
+		o.Clock = newRealClock()
 	}
 	if o.Drain <= 0 {
 		o.Drain = 10 * time.Second
