@@ -19,19 +19,15 @@ type Site struct {
 	PolicyDeadline int64
 }
 
-// siteIndex finds the site of a host: exact names first, then the longest "*.suffix".
+// siteIndex finds the site of a host: exact names first, then the longest "*.suffix". Both are
+// map lookups, so a lookup costs at most one per label of the host however many sites there are.
 type siteIndex struct {
 	exact    map[string]*Site
-	suffixes []suffixSite // longest suffix first
-}
-
-type suffixSite struct {
-	suffix string // ".docs.example.com"
-	site   *Site
+	suffixes map[string]*Site // "docs.example.com" for "*.docs.example.com"
 }
 
 func buildSites(cfgs []config.Site) (*siteIndex, []*Site) {
-	idx := &siteIndex{exact: map[string]*Site{}}
+	idx := &siteIndex{exact: map[string]*Site{}, suffixes: map[string]*Site{}}
 	sites := make([]*Site, 0, len(cfgs))
 	for i := range cfgs {
 		c := &cfgs[i]
@@ -54,19 +50,13 @@ func buildSites(cfgs []config.Site) (*siteIndex, []*Site) {
 			s.Routes = append(s.Routes, compileRoute(r))
 		}
 		for _, h := range c.Hosts {
-			if suffix, ok := strings.CutPrefix(h, "*"); ok {
-				idx.suffixes = append(idx.suffixes, suffixSite{suffix: suffix, site: s})
+			if suffix, ok := strings.CutPrefix(h, "*."); ok {
+				idx.suffixes[suffix] = s
 			} else {
 				idx.exact[h] = s
 			}
 		}
 		sites = append(sites, s)
-	}
-	// Longest suffix first, so the most specific wildcard wins.
-	for i := 1; i < len(idx.suffixes); i++ {
-		for j := i; j > 0 && len(idx.suffixes[j].suffix) > len(idx.suffixes[j-1].suffix); j-- {
-			idx.suffixes[j], idx.suffixes[j-1] = idx.suffixes[j-1], idx.suffixes[j]
-		}
 	}
 	return idx, sites
 }
@@ -85,9 +75,16 @@ func (x *siteIndex) lookup(authority string) *Site {
 	if hostname.IsIP(h) {
 		return nil // an IP address is only ever matched exactly
 	}
-	for _, ss := range x.suffixes {
-		if len(h) > len(ss.suffix) && strings.HasSuffix(h, ss.suffix) {
-			return ss.site
+	// Every proper suffix that starts after a dot, longest first: "a.eu.docs.example.com" looks
+	// up "eu.docs.example.com", then "docs.example.com", …, never the host itself, so the most
+	// specific wildcard wins and "*.suffix" never matches the bare suffix.
+	if len(x.suffixes) > 0 {
+		for i := 0; i < len(h); i++ {
+			if h[i] == '.' {
+				if s, ok := x.suffixes[h[i+1:]]; ok {
+					return s
+				}
+			}
 		}
 	}
 	return nil
