@@ -107,6 +107,11 @@ func (a *Agent) Config() *config.Config { return a.cfg }
 func (a *Agent) Check(ctx context.Context, req *Request) *Decision {
 	start := time.Now()
 	d, kind := a.decide(ctx, req)
+	if d.Reason != "" && !d.own {
+		if s := a.sites.byID[d.Site]; s != nil && s.Shadow {
+			d = a.shadow(s, req, d)
+		}
+	}
 	d.ID = NewDecisionID()
 	took := time.Since(start)
 	a.rt.metrics.observe(d, kind, took)

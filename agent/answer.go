@@ -96,10 +96,27 @@ func (a *Agent) deny(s *Site, e *reason.Error) *Decision {
 	return d
 }
 
+// shadow turns the denial d of a site in shadow mode into what the site lets through (SPEC
+// §8): the request goes upstream without identity (every client-sent x-auth-* header removed,
+// only x-auth-site and x-auth-kind: anonymous set), the CORS headers of the denial kept, and
+// the would-be reason in the decision (dynamic metadata shadow_reason, the decision log, the
+// metrics).
+func (a *Agent) shadow(s *Site, req *Request, d *Decision) *Decision {
+	var cors []Header
+	for _, h := range d.Headers {
+		if strings.HasPrefix(h.Name, "access-control-") || h.Name == "vary" {
+			cors = append(cors, h)
+		}
+	}
+	allowed := a.allow(s, req, token.Identity{Kind: token.KindAnonymous}, cors, nil)
+	allowed.Shadow, allowed.Cause = d.Reason, d.Cause
+	return allowed
+}
+
 // answer builds the agent's own answer (status 200 or 204) to a request it serves itself.
 func answer(s *Site, status int, headers []Header, body []byte) *Decision {
 	return &Decision{Site: s.ID, Status: status, Answered: true, Headers: headers, Body: body,
-		Identity: token.Identity{Kind: token.KindAnonymous}}
+		Identity: token.Identity{Kind: token.KindAnonymous}, own: true}
 }
 
 func sortedKeys(m map[string]string) []string {

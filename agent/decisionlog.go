@@ -60,6 +60,8 @@ const (
 	LogDenied   = "denied"
 	LogAllowed  = "allowed"
 	LogAnswered = "answered"
+	// LogShadowDenied is a denial of a site in shadow mode, let through (always logged).
+	LogShadowDenied = "shadow_denied"
 )
 
 // maxLogValue bounds the request values (host, path, origin) a decision log line copies, so a
@@ -73,7 +75,9 @@ const maxLogValue = 256
 // fingerprint (token.CredentialFingerprint) — never a token or secret.
 func (a *Agent) logDecision(req *Request, d *Decision, kind token.Kind, took time.Duration) {
 	msg := LogDenied
-	if d.Allowed || d.Answered {
+	if d.Shadow != "" {
+		msg = LogShadowDenied
+	} else if d.Allowed || d.Answered {
 		n := uint64(a.cfg.Log.AllowSample)
 		if n == 0 || a.sampled.Add(1)%n != 0 {
 			return
@@ -96,6 +100,9 @@ func (a *Agent) logDecision(req *Request, d *Decision, kind token.Kind, took tim
 		slog.String("path", clip(path)), slog.Int("status", d.Status))
 	if d.Reason != "" {
 		attrs = append(attrs, slog.String("reason", string(d.Reason)))
+	}
+	if d.Shadow != "" {
+		attrs = append(attrs, slog.String("reason", string(d.Shadow)))
 	}
 	if d.Allowed {
 		if d.Identity.User != "" {

@@ -13,6 +13,8 @@ import (
 type Metrics struct {
 	Duration  *prometheus.HistogramVec
 	Decisions *prometheus.CounterVec
+	// ShadowDenials counts the denials of sites in shadow mode, let through (SPEC §8).
+	ShadowDenials *prometheus.CounterVec
 
 	// bound caches label-bound collectors, so a check does not hash its labels each time.
 	bound sync.Map // labelKey -> *boundMetrics
@@ -25,6 +27,7 @@ type labelKey struct {
 type boundMetrics struct {
 	duration  prometheus.Observer
 	decisions prometheus.Counter
+	shadow    prometheus.Counter // nil unless the decision is a shadow denial
 }
 
 // NewMetrics creates the check collectors and registers them with reg (nil: not registered).
@@ -40,9 +43,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "tokenagent_decisions_total",
 			Help: "Checks decided, by site, credential kind, decision and reason (empty when allowed).",
 		}, []string{"site", "kind", "decision", "reason"}),
+		ShadowDenials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenagent_shadow_denials_total",
+			Help: "Requests a site in shadow mode would have denied, by site and reason; they were let through without identity.",
+		}, []string{"site", "reason"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.Duration, m.Decisions} {
+		for _, c := range []prometheus.Collector{m.Duration, m.Decisions, m.ShadowDenials} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -54,6 +61,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 func (m *Metrics) observe(d *Decision, kind token.Kind, took time.Duration) {
 	k := labelKey{site: d.Site, kind: string(kind), decision: "deny", reason: string(d.Reason)}
 	switch {
+	case d.Shadow != "":
+		k.decision, k.reason = "shadow", string(d.Shadow)
 	case d.Allowed:
 		k.decision = "allow"
 	case d.Answered:
@@ -64,12 +73,19 @@ func (m *Metrics) observe(d *Decision, kind token.Kind, took time.Duration) {
 	}
 	b, ok := m.bound.Load(k)
 	if !ok {
-		b, _ = m.bound.LoadOrStore(k, &boundMetrics{
+		bm := &boundMetrics{
 			duration:  m.Duration.WithLabelValues(k.site, k.kind, k.decision),
 			decisions: m.Decisions.WithLabelValues(k.site, k.kind, k.decision, k.reason),
-		})
+		}
+		if d.Shadow != "" {
+			bm.shadow = m.ShadowDenials.WithLabelValues(k.site, k.reason)
+		}
+		b, _ = m.bound.LoadOrStore(k, bm)
 	}
 	bm := b.(*boundMetrics)
 	bm.duration.Observe(took.Seconds())
 	bm.decisions.Inc()
+	if bm.shadow != nil {
+		bm.shadow.Inc()
+	}
 }

@@ -57,6 +57,12 @@ type Decision struct {
 	Reason   reason.Reason
 	Body     []byte
 	Answered bool
+	// Shadow is the reason a site in shadow mode would have denied this allowed request with
+	// (SPEC §8); "" otherwise.
+	Shadow reason.Reason
+	// own marks the agent's own answers and their refusals (CORS preflight, token exchange),
+	// which shadow mode leaves as they are.
+	own bool
 	// Headers are the headers of a denial or of the agent's own answer.
 	Headers []Header
 	// Cause is the internal error behind a denial, for logs only.

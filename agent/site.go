@@ -17,6 +17,9 @@ type Site struct {
 	Policy string
 	// PolicyDeadline is the per-call deadline of the site's policy (0: the engine default).
 	PolicyDeadline int64
+	// Shadow is the site's shadow mode (SPEC §8): a would-be denial is allowed, without
+	// identity, and logged and counted.
+	Shadow bool
 }
 
 // siteIndex finds the site of a host: exact names first, then the longest "*.suffix". Both are
@@ -24,10 +27,11 @@ type Site struct {
 type siteIndex struct {
 	exact    map[string]*Site
 	suffixes map[string]*Site // "docs.example.com" for "*.docs.example.com"
+	byID     map[string]*Site
 }
 
 func buildSites(cfgs []config.Site) (*siteIndex, []*Site) {
-	idx := &siteIndex{exact: map[string]*Site{}, suffixes: map[string]*Site{}}
+	idx := &siteIndex{exact: map[string]*Site{}, suffixes: map[string]*Site{}, byID: map[string]*Site{}}
 	sites := make([]*Site, 0, len(cfgs))
 	for i := range cfgs {
 		c := &cfgs[i]
@@ -45,6 +49,7 @@ func buildSites(cfgs []config.Site) (*siteIndex, []*Site) {
 			},
 			Policy:         c.Policy,
 			PolicyDeadline: int64(c.PolicyDeadline),
+			Shadow:         c.Mode == config.ModeShadow,
 		}
 		for _, r := range c.Routes {
 			s.Routes = append(s.Routes, compileRoute(r))
@@ -57,6 +62,7 @@ func buildSites(cfgs []config.Site) (*siteIndex, []*Site) {
 			}
 		}
 		sites = append(sites, s)
+		idx.byID[s.ID] = s
 	}
 	return idx, sites
 }

@@ -106,7 +106,9 @@ func (a *Agent) preflight(ctx context.Context, s *Site, req *Request) *Decision 
 	h, err := a.browser.Preflight(ctx, &s.Site, req.Headers[headerOrigin],
 		req.Headers[headerRequestMethod], req.Headers[headerRequestHeaders])
 	if err != nil {
-		return a.deny(s, reason.From(err))
+		d := a.deny(s, reason.From(err))
+		d.own = true
+		return d
 	}
 	return answer(s, http.StatusNoContent, toHeaders(h), nil)
 }
@@ -115,7 +117,9 @@ func (a *Agent) preflight(ctx context.Context, s *Site, req *Request) *Decision 
 func (a *Agent) doExchange(ctx context.Context, s *Site, req *Request) *Decision {
 	ans, rerr := a.exchange.Exchange(ctx, &s.Site, req.Body, req.BodyTruncated)
 	if rerr != nil {
-		return a.deny(s, rerr)
+		d := a.deny(s, rerr)
+		d.own = true
+		return d
 	}
 	d := answer(s, ans.Status, toHeaders(ans.Headers), ans.Body)
 	d.Identity = ans.Identity

@@ -227,7 +227,8 @@ func headerOptions(hs []agent.Header) []*corev3.HeaderValueOption {
 
 // metadata is the dynamic metadata of SPEC §4: site, kind, user, client_id and scopes as
 // strings, each only where it has a value, plus decision_id (the decision log's id) on every
-// answer and reason on denials.
+// answer, reason on denials, and shadow_reason on the would-be denials a site in shadow mode
+// lets through (SPEC §8).
 func metadata(d *agent.Decision) *structpb.Struct {
 	f := make(map[string]*structpb.Value, 6)
 	put := func(k, v string) {
@@ -242,6 +243,7 @@ func metadata(d *agent.Decision) *structpb.Struct {
 		put("user", d.Identity.User)
 		put("client_id", d.Identity.ClientID)
 		put("scopes", strings.Join(d.Identity.Scopes, " "))
+		put("shadow_reason", string(d.Shadow)) // a shadow-mode site's would-be denial (SPEC §8)
 	} else if d.Reason != "" {
 		put("reason", string(d.Reason))
 	}

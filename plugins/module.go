@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tokenagent/tokenagent/vault/filestamp"
 )
 
 // ModuleOptions configure one loaded module. The zero value of each field takes its default.
@@ -78,8 +80,8 @@ type Module struct {
 
 	reloadMu sync.Mutex // one reload at a time
 	statMu   sync.Mutex
-	seen     fileStamp // the file's stamp when last looked at
-	missing  bool      // the watcher could not stat the file
+	seen     filestamp.Stamp // the file's stamp when last looked at
+	missing  bool            // the watcher could not stat the file
 	lastErr  string
 	lastErrT time.Time
 
@@ -106,13 +108,6 @@ type ModuleStatus struct {
 	// Closed reports that the module was closed.
 	Closed bool
 }
-
-type fileStamp struct {
-	mod  time.Time
-	size int64
-}
-
-func stampOf(fi os.FileInfo) fileStamp { return fileStamp{fi.ModTime(), fi.Size()} }
 
 // Load compiles the module in the file at path, checks that it implements ABI v1, and makes
 // ModuleOptions.Prewarm instances (running each one's _initialize). It fails, naming the
@@ -177,7 +172,7 @@ func (e *Engine) Load(ctx context.Context, path string, opts ModuleOptions) (*Mo
 	if err != nil {
 		return nil, fmt.Errorf("plugins: load %s: %w", path, err)
 	}
-	m.seen = stampOf(fi)
+	m.seen = filestamp.FromInfo(fi)
 	m.cur.Store(v)
 	if err := e.track(m); err != nil {
 		v.retire()
@@ -216,7 +211,7 @@ func (m *Module) Reload(ctx context.Context) error {
 	}
 	if fi, err := os.Stat(m.path); err == nil {
 		m.statMu.Lock()
-		m.seen = stampOf(fi)
+		m.seen = filestamp.FromInfo(fi)
 		m.statMu.Unlock()
 	}
 	bin, err := os.ReadFile(m.path)
@@ -261,8 +256,8 @@ func (m *Module) setReloadErr(err error) {
 	m.e.metrics.reloadFailing.WithLabelValues(m.name).Set(1)
 }
 
-// watch polls the file and reloads it when its modification time or size changes. A file that
-// failed to load is not tried again until it changes again.
+// watch polls the file and reloads it when it changes (size, time or identity: see
+// vault/filestamp). A file that failed to load is not tried again until it changes again.
 func (m *Module) watch() {
 	defer close(m.watchDone)
 	t := time.NewTicker(m.e.opts.PollInterval)
@@ -275,7 +270,7 @@ func (m *Module) watch() {
 		}
 		fi, err := os.Stat(m.path)
 		m.statMu.Lock()
-		changed := err == nil && (stampOf(fi) != m.seen || m.missing)
+		changed := err == nil && (filestamp.FromInfo(fi) != m.seen || m.missing)
 		reported := m.missing
 		m.missing = err != nil
 		m.statMu.Unlock()

@@ -32,6 +32,13 @@ type Config struct {
 	Log       Log       `yaml:"log"`
 	Sites     []Site    `yaml:"sites"`
 
+	// The production settings of SPEC §8 (production.go).
+	GRPCTLS        *TLS     `yaml:"grpc_tls"`
+	HTTPTLS        *TLS     `yaml:"http_tls"`
+	GRPCReflection bool     `yaml:"grpc_reflection"`
+	Tracing        *Tracing `yaml:"tracing"`
+	Replay         Replay   `yaml:"replay"`
+
 	// Dir is the directory of the config file; relative paths in it are resolved against it.
 	Dir string `yaml:"-"`
 }
@@ -145,6 +152,12 @@ type Site struct {
 	Policy string `yaml:"policy"`
 	// PolicyDeadline overrides the per-call policy deadline for this site.
 	PolicyDeadline Duration `yaml:"policy_deadline"`
+	// PolicyEntrypoint names the rule an OPA bundle evaluates (SPEC §5a; default: the
+	// bundle's only entrypoint).
+	PolicyEntrypoint string `yaml:"policy_entrypoint"`
+	// Mode is enforce (default) or shadow: would-be denials are allowed, logged and counted
+	// (SPEC §8).
+	Mode string `yaml:"mode"`
 }
 
 // Legacy holds the legacy credential switches, all off by default.
@@ -259,6 +272,9 @@ func (c *Config) validate() error {
 		return err
 	}
 	if err := c.Keys.validate(c.Dir); err != nil {
+		return err
+	}
+	if err := c.validateProduction(); err != nil {
 		return err
 	}
 	if c.Policies.Deadline < 0 {
@@ -427,7 +443,10 @@ func (s *Site) validate(dir string) error {
 	if s.Policy != "" {
 		s.Policy = resolve(dir, s.Policy)
 	}
-	return nil
+	if s.PolicyEntrypoint != "" && s.Policy == "" {
+		return fmt.Errorf("policy_entrypoint: only with a policy")
+	}
+	return validateMode(&s.Mode)
 }
 
 func validSiteID(id string) bool {

@@ -35,6 +35,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/filestamp"
 )
 
 // sections of a site: those holding one record, and those holding a map of named records.
@@ -50,8 +51,7 @@ type Source struct {
 	mu       sync.RWMutex
 	records  map[string][]vault.Raw // path -> versions, newest first
 	dirs     map[string][]string    // dir -> sorted names
-	modTime  time.Time
-	size     int64
+	stamp    filestamp.Stamp        // the file as last read
 	checked  time.Time
 	loadErr  error
 	checkGap time.Duration
@@ -121,12 +121,12 @@ func (s *Source) List(_ context.Context, dir string) ([]string, error) {
 }
 
 // Reload reads the file again now, whether or not it changed. (Reads look at the file by
-// themselves, at most once a second, and read it again when its size or modification time
+// themselves, at most once a second, and read it again when its size, time or identity
 // changed; Reload is for callers that know it changed, such as tests.) On failure the records
 // read before keep serving and Ready reports the error.
 func (s *Source) Reload() error { return s.reload() }
 
-// maybeReload re-reads the file when its size or modification time changed, checking at most
+// maybeReload re-reads the file when it changed (size, time or identity), checking at most
 // once per checkGap.
 func (s *Source) maybeReload() {
 	now := time.Now()
@@ -139,7 +139,7 @@ func (s *Source) maybeReload() {
 	st, err := os.Stat(s.path)
 	s.mu.Lock()
 	s.checked = now
-	changed := err == nil && (!st.ModTime().Equal(s.modTime) || st.Size() != s.size)
+	changed := err == nil && filestamp.FromInfo(st) != s.stamp
 	s.mu.Unlock()
 	if changed {
 		_ = s.reload()
@@ -153,7 +153,7 @@ func (s *Source) reload() error {
 	defer s.mu.Unlock()
 	s.checked = time.Now()
 	if statErr == nil {
-		s.modTime, s.size = st.ModTime(), st.Size()
+		s.stamp = filestamp.FromInfo(st)
 	}
 	if err != nil {
 		s.loadErr = err

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tokenagent/tokenagent/vault/filestamp"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -57,7 +58,7 @@ type File struct {
 	mu     sync.Mutex // serialises this directory's goroutines; flock serialises processes
 	lock   *os.File
 	doc    fileDoc
-	loaded fileStamp
+	loaded filestamp.Stamp
 }
 
 // fileDoc is the file's contents.
@@ -76,14 +77,6 @@ type fileEntry struct {
 	FamilyName string `yaml:"family_name,omitempty"`
 	Email      string `yaml:"email,omitempty"`
 	Created    string `yaml:"created,omitempty"`
-}
-
-// fileStamp tells whether the file changed since it was read.
-type fileStamp struct {
-	exists bool
-	size   int64
-	mod    time.Time
-	ino    uint64
 }
 
 var _ Directory = (*File)(nil)
@@ -163,7 +156,7 @@ func (f *File) Provision(ctx context.Context, site, provider, sub string, p Prof
 		return "", err
 	}
 	if err := f.write(); err != nil {
-		f.loaded = fileStamp{} // the file is what it was: read it again next time
+		f.loaded = filestamp.Stamp{} // the file is what it was: read it again next time
 		return "", err
 	}
 	reportCreated(ctx, true)
@@ -224,15 +217,15 @@ func (f *File) add(site, provider, sub string, p Profile) (string, error) {
 func (f *File) refresh() error {
 	st, err := os.Stat(f.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		if f.loaded.exists || f.doc.Sites == nil {
-			f.doc, f.loaded = fileDoc{Sites: map[string]*fileSite{}}, fileStamp{}
+		if f.loaded.Exists() || f.doc.Sites == nil {
+			f.doc, f.loaded = fileDoc{Sites: map[string]*fileSite{}}, filestamp.Stamp{}
 		}
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("users file: %w", err)
 	}
-	stamp := stampOf(st)
+	stamp := filestamp.FromInfo(st)
 	if stamp == f.loaded && f.doc.Sites != nil {
 		return nil
 	}
@@ -312,7 +305,7 @@ func (f *File) write() error {
 	if err != nil {
 		return fmt.Errorf("users file: %w", err)
 	}
-	f.loaded = stampOf(st)
+	f.loaded = filestamp.FromInfo(st)
 	return nil
 }
 

@@ -14,7 +14,3 @@ func tryLock(*os.File) (bool, error) {
 }
 
 func unlockFile(*os.File) error { return nil }
-
-func stampOf(st os.FileInfo) fileStamp {
-	return fileStamp{exists: true, size: st.Size(), mod: st.ModTime()}
-}

@@ -25,11 +25,3 @@ func tryLock(f *os.File) (bool, error) {
 }
 
 func unlockFile(f *os.File) error { return syscall.Flock(int(f.Fd()), syscall.LOCK_UN) }
-
-func stampOf(st os.FileInfo) fileStamp {
-	s := fileStamp{exists: true, size: st.Size(), mod: st.ModTime()}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		s.ino = uint64(sys.Ino)
-	}
-	return s
-}

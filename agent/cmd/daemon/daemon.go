@@ -31,11 +31,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/reflection"
 
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/extauthz"
 	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/filestamp"
 	"github.com/tokenagent/tokenagent/vault/users"
 )
 
@@ -52,6 +54,9 @@ type Options struct {
 	ConfigPath string
 	// ConfigPoll is how often ConfigPath is checked (default DefaultConfigPoll; negative: never).
 	ConfigPoll time.Duration
+	// CertPoll is how often the listeners' certificate files are checked (default
+	// DefaultCertPoll; negative: never).
+	CertPoll time.Duration
 	// Pprof serves net/http/pprof under /debug/pprof/ on the HTTP address.
 	Pprof bool
 	// Version is the build's version, for tokenagent_build_info (default "dev").
@@ -72,6 +77,7 @@ type Daemon struct {
 	closeUs func()
 	store   *vault.Store
 	rt      *agent.Runtime
+	tls     listenerTLS
 
 	mu    sync.RWMutex
 	cfg   *config.Config
@@ -110,6 +116,12 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error)
 		Help: "Config reloads refused because the new file is invalid; the old config keeps serving."})
 	reg.MustRegister(d.reloads, d.reloadErrs)
 
+	// The listeners' certificates first: local files, checked before any connection to the
+	// key source is made.
+	var err error
+	if d.tls, err = loadTLS(cfg, opts.Logger); err != nil {
+		return nil, err
+	}
 	src, closer, err := OpenSource(ctx, cfg, reg, opts.Logger)
 	if err != nil {
 		return nil, err
@@ -141,8 +153,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error)
 	}
 	d.agent = a
 	d.ext = extauthz.NewServer(a)
-	d.grpc = grpc.NewServer(extauthz.ServerOptions()...)
+	d.grpc = grpc.NewServer(append(extauthz.ServerOptions(), d.tls.grpcCreds()...)...)
 	d.ext.Register(d.grpc)
+	if cfg.GRPCReflection {
+		reflection.Register(d.grpc) // grpcurl and ghz without proto files (SPEC §8)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -198,6 +213,7 @@ func (d *Daemon) Listen() error {
 		d.grpcLis.Close()
 		return fmt.Errorf("http_addr: %w", err)
 	}
+	d.httpLis = d.tls.wrapHTTP(d.httpLis)
 	if err = d.listenOps(authzAddr); err != nil {
 		d.grpcLis.Close()
 		d.httpLis.Close()
@@ -292,7 +308,10 @@ func (d *Daemon) Close() {
 func (d *Daemon) Reload(path string) error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
-	stamp := stampOf(path)
+	stamp := filestamp.Of(path)
+	for _, r := range d.tls.reloaders() {
+		_ = r.Reload() // SIGHUP re-reads the certificates too; a bad pair is reported by the reloader
+	}
 	err := d.reload(path)
 	d.reloaded(stamp, err)
 	d.mu.Lock()
@@ -316,11 +335,14 @@ func (d *Daemon) reload(path string) error {
 	d.mu.RLock()
 	old := d.cfg
 	d.mu.RUnlock()
-	if cfg.Keys.Source != old.Keys.Source || cfg.Keys.File != old.Keys.File || cfg.Keys.Vault != old.Keys.Vault {
-		d.log.Warn("config reload: keys settings changed; they take effect at the next restart")
+	if changed := cfg.StartOnly(old); len(changed) > 0 {
+		d.log.Warn("config reload: these settings take effect at the next restart; the running ones are kept",
+			"settings", changed)
 	}
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.Keys = old.GRPCAddr, old.HTTPAddr, old.Keys
 	cfg.AuthzHTTPAddr, cfg.AuthzHTTP = old.AuthzHTTPAddr, old.AuthzHTTP
+	cfg.GRPCTLS, cfg.HTTPTLS, cfg.GRPCReflection = old.GRPCTLS, old.HTTPTLS, old.GRPCReflection
+	cfg.Tracing, cfg.Replay = old.Tracing, old.Replay
 	a, err := agent.New(d.rt, cfg)
 	if err != nil {
 		return err
@@ -355,6 +377,7 @@ func (d *Daemon) Ready() Readiness {
 		r.Ready = false
 	}
 	r.Warnings = append(r.Warnings, d.store.Warnings()...)
+	r.Warnings = append(r.Warnings, d.tls.warnings()...)
 	r.Warnings = append(r.Warnings, a.Warnings()...)
 	d.mu.RLock()
 	if d.lastReload != nil {

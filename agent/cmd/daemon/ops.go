@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/extauthz"
+	"github.com/tokenagent/tokenagent/vault/filestamp"
 )
 
 // DefaultConfigPoll is how often the config file is checked for changes (Options.ConfigPoll).
@@ -29,7 +29,7 @@ type opsState struct {
 	frontSrv *http.Server
 	frontLis net.Listener
 
-	stamp    fileStamp // the config file as last (re)loaded; guarded by Daemon.reloadMu
+	stamp    filestamp.Stamp // the config file as last (re)loaded; guarded by Daemon.reloadMu
 	stop     chan struct{}
 	stopOnce sync.Once
 	watching sync.WaitGroup
@@ -44,7 +44,7 @@ func (d *Daemon) initOps(cfg *config.Config, reg *prometheus.Registry, mux *http
 	o := &d.ops
 	o.stop = make(chan struct{})
 	if d.opts.ConfigPath != "" {
-		o.stamp = stampOf(d.opts.ConfigPath)
+		o.stamp = filestamp.Of(d.opts.ConfigPath)
 	}
 	version := d.opts.Version
 	if version == "" {
@@ -94,7 +94,7 @@ func (d *Daemon) listenOps(addr string) error {
 	if err != nil {
 		return fmt.Errorf("authz_http_addr: %w", err)
 	}
-	d.ops.frontLis = lis
+	d.ops.frontLis = d.tls.wrapHTTP(lis)
 	return nil
 }
 
@@ -125,6 +125,11 @@ func (d *Daemon) startOps(errc chan<- error) int {
 		d.ops.watching.Add(1)
 		go d.watchConfig(d.opts.ConfigPath, every)
 	}
+	if every := d.certPoll(); every > 0 {
+		for _, r := range d.tls.reloaders() {
+			d.ops.watching.Go(func() { r.Watch(d.ops.stop, every) })
+		}
+	}
 	return n
 }
 
@@ -136,6 +141,16 @@ func (d *Daemon) configPoll() time.Duration {
 		return DefaultConfigPoll
 	}
 	return d.opts.ConfigPoll
+}
+
+func (d *Daemon) certPoll() time.Duration {
+	switch {
+	case d.opts.CertPoll < 0:
+		return 0
+	case d.opts.CertPoll == 0:
+		return DefaultCertPoll
+	}
+	return d.opts.CertPoll
 }
 
 // stopOps stops the config watcher and starts a graceful stop of the HTTP front (in-flight
@@ -161,7 +176,7 @@ func (d *Daemon) stopOps(ctx context.Context) (wait func()) {
 // reloaded records a reload's outcome: the config file's stamp taken before it was read (so a
 // change during the read is seen by the next poll), and the reload gauges. Called with
 // reloadMu held.
-func (d *Daemon) reloaded(stamp fileStamp, err error) {
+func (d *Daemon) reloaded(stamp filestamp.Stamp, err error) {
 	d.ops.stamp = stamp
 	if err != nil {
 		d.ops.lastOK.Set(0)
@@ -178,30 +193,6 @@ func (d *Daemon) setFrontChecker(a *agent.Agent) {
 	}
 }
 
-// fileStamp is what the watcher compares: the file's identity, size and modification time.
-type fileStamp struct {
-	info os.FileInfo // nil when the file could not be read
-}
-
-func stampOf(path string) fileStamp {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fileStamp{}
-	}
-	return fileStamp{info: fi}
-}
-
-// same reports whether two stamps describe the same file contents as far as a stat can tell.
-// A file replaced by a rename (editors, Kubernetes ConfigMap symlink swaps) is a different
-// file even when its size and time match.
-func (s fileStamp) same(o fileStamp) bool {
-	if s.info == nil || o.info == nil {
-		return s.info == nil && o.info == nil
-	}
-	return os.SameFile(s.info, o.info) && s.info.Size() == o.info.Size() &&
-		s.info.ModTime().Equal(o.info.ModTime())
-}
-
 // watchConfig checks the config file every period and reloads it when it changed (in
 // addition to SIGHUP). A bad file is reported by Reload (log, metrics, /readyz) and the old
 // config keeps serving; it is read again only once the file changes again.
@@ -215,9 +206,9 @@ func (d *Daemon) watchConfig(path string, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		cur := stampOf(path)
+		cur := filestamp.Of(path)
 		d.reloadMu.Lock()
-		unchanged := cur.same(d.ops.stamp)
+		unchanged := cur == d.ops.stamp
 		d.reloadMu.Unlock()
 		if unchanged {
 			continue

@@ -2,15 +2,20 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenagent/tokenagent/agent/config"
@@ -19,7 +24,8 @@ import (
 var checkHelp = helpPage{
 	name: "tokenagent check — ask a running agent about one request, as Envoy would",
 	synopsis: `tokenagent check [--addr ADDR] [--host HOST] [--method M] [--path PATH] [-H 'Name: value']...
-                 [--cookie C] [--body B] [--scheme S] [--json] [--timeout D]`,
+                 [--cookie C] [--body B] [--scheme S] [--json] [--timeout D]
+                 [--cacert FILE [--cert FILE --key FILE] [--server-name NAME]]`,
 	description: `Sends one ext_authz v3 CheckRequest over gRPC to a running agent and prints the decision: ALLOW
 with the headers set upstream (and those removed), or DENY / ANSWER with the status, headers and
 body the client would get. --json prints the whole CheckResponse, including the dynamic
@@ -37,7 +43,10 @@ Example 2 — an anonymous write (denied: 401 authentication_required, exit stat
     tokenagent check --host localhost --method POST --path /@api/deki/pages/home
 
 Example 3 — an Auth Token cookie, the answer as JSON:
-    tokenagent check --host localhost --cookie "authtoken=$tok" --json`,
+    tokenagent check --host localhost --cookie "authtoken=$tok" --json
+
+Example 4 — an agent serving mutual TLS (grpc_tls with client_ca_file):
+    tokenagent check --addr agent.example.internal:9191 --cacert ca.crt --cert envoy.crt --key envoy.key`,
 }
 
 // cmdCheck sends one CheckRequest and prints the decision. Exit code: 0 allowed or answered
@@ -54,8 +63,17 @@ func cmdCheck(args []string, stdout, stderr io.Writer) (int, error) {
 	body := fs.String("body", "", "the request body (for the token exchange)")
 	asJSON := fs.Bool("json", false, "print the CheckResponse as JSON")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the answer")
+	cacert := fs.String("cacert", "", "connect with TLS, trusting the CAs of this PEM file (the agent's grpc_tls)")
+	cert := fs.String("cert", "", "the client certificate (PEM) for mutual TLS; needs --key and --cacert")
+	key := fs.String("key", "", "the client certificate's private key (PEM)")
+	serverName := fs.String("server-name", "", "the name the agent's certificate must hold (default: the host of --addr)")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return 2, err
+	}
+	creds, err := clientCredentials(*cacert, *cert, *key, *serverName)
+	if err != nil {
+		fmt.Fprintf(stderr, "tokenagent check: %v\n", err)
+		return 2, errUsage
 	}
 	h := map[string]string{}
 	for _, hv := range *headers {
@@ -70,7 +88,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) (int, error) {
 		h["cookie"] = *cookie
 	}
 	h[":authority"], h[":method"], h[":path"] = *host, *method, *path
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return 2, fmt.Errorf("--addr %s: %v", *addr, err)
 	}
@@ -136,4 +154,35 @@ func grpcCodeName(c int32) string {
 		return n
 	}
 	return strconv.Itoa(int(c))
+}
+
+// clientCredentials are plaintext without --cacert, TLS (at least 1.2) trusting its CAs with
+// it, and mutual TLS with --cert and --key as well.
+func clientCredentials(cacert, cert, key, serverName string) (credentials.TransportCredentials, error) {
+	if cacert == "" {
+		if cert != "" || key != "" {
+			return nil, errors.New("--cert and --key need --cacert (the agent's CA)")
+		}
+		return insecure.NewCredentials(), nil
+	}
+	pem, err := os.ReadFile(cacert)
+	if err != nil {
+		return nil, fmt.Errorf("--cacert: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--cacert %s: no PEM certificate in it", cacert)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: serverName}
+	switch {
+	case cert != "" && key != "":
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("--cert/--key: %v", err)
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	case cert != "" || key != "":
+		return nil, errors.New("--cert and --key go together")
+	}
+	return credentials.NewTLS(tc), nil
 }

@@ -43,6 +43,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "check":
 		var code int
 		code, err = cmdCheck(args[1:], stdout, stderr)
+		if err != nil && !errors.Is(err, errUsage) && !errors.Is(err, pflag.ErrHelp) {
+			// An agent not reached is exit 2, apart from a denial's 1.
+			fmt.Fprintf(stderr, "tokenagent: %v\n", err)
+			return code
+		}
 		if err == nil {
 			return code
 		}

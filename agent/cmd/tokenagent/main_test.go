@@ -7,6 +7,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/agenttest"
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -38,6 +40,10 @@ func TestUsageErrors(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
 	if err := os.WriteFile(bad, []byte("keys: {source: file, file: k}\nsites: [{id: a, hosts: [a.b], routes: [{path: /, require: admin}]}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badTLS := filepath.Join(dir, "tls.yaml")
+	if err := os.WriteFile(badTLS, []byte("keys: {source: file, file: k}\ngrpc_tls: {cert_file: none.crt, key_file: none.key}\nsites: [{id: a, hosts: [a.b]}]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -56,6 +62,10 @@ func TestUsageErrors(t *testing.T) {
 		{"mint unknown kind", []string{"mint", "cookie", "--site", "a", "--user", "1", "--secret", "x"}, 2, "unknown kind"},
 		{"mint without site", []string{"mint", "server", "--user", "1"}, 2, "--site and --user"},
 		{"check bad header", []string{"check", "-H", "nocolon"}, 2, "want 'Name: value'"},
+		{"serve with a missing certificate", []string{"serve", "--config", badTLS}, 1, "grpc_tls"},
+		{"check with a missing CA file", []string{"check", "--cacert", filepath.Join(dir, "none.crt")}, 2, "--cacert"},
+		{"check with a client cert but no CA", []string{"check", "--cert", "c.crt", "--key", "c.key"}, 2, "need --cacert"},
+		{"check with a cert but no key", []string{"check", "--cacert", bad, "--cert", "c.crt"}, 2, "--cacert"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -391,4 +401,33 @@ func testAgent(t *testing.T, cfgPath string) *agent.Agent {
 	t.Cleanup(store.Close)
 	a := agenttest.New(t, cfg, agent.RuntimeOptions{Keys: store, Logger: log})
 	return a
+}
+
+// check talks to an agent that serves mutual TLS with --cacert, --cert and --key, and is
+// refused without its client certificate.
+func TestCheckOverMutualTLS(t *testing.T) {
+	ca := daemontest.NewCA(t, "agents CA")
+	cert, key := ca.Issue(t, "agent", false)
+	ccert, ckey := ca.Issue(t, "envoy", true)
+	files := map[string]string{"tls.crt": string(cert), "tls.key": string(key), "ca.crt": string(ca.PEM()),
+		"envoy.crt": string(ccert), "envoy.key": string(ckey), "keys.yaml": "sites: {}\n"}
+	pair, err := tls.X509KeyPair(ccert, ckey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := daemontest.Start(t, "keys: {source: file, file: keys.yaml}\ngrpc_tls: {cert_file: tls.crt, key_file: tls.key, client_ca_file: ca.crt}\n"+
+		"sites: [{id: demo, hosts: [localhost]}]\n", daemontest.Options{Files: files,
+		Daemon:    daemon.Options{Logger: slog.New(slog.DiscardHandler)},
+		ClientTLS: &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{pair}}})
+	at := func(name string) string { return filepath.Join(e.Dir, name) }
+	code, out, stderr := runCLI("check", "--addr", e.D.GRPCAddr(), "--cacert", at("ca.crt"), "--cert", at("envoy.crt"), "--key", at("envoy.key"))
+	if code != 0 || !strings.HasPrefix(out, "ALLOW") {
+		t.Fatalf("check over mutual TLS: exit %d, %q %q", code, out, stderr)
+	}
+	if code, o, se := runCLI("check", "--addr", e.D.GRPCAddr(), "--cacert", at("ca.crt"), "--timeout", "2s"); code != 2 {
+		t.Fatalf("check without a client certificate: exit %d, want 2 (refused) %s %s", code, o, se)
+	}
+	if code, _, _ := runCLI("check", "--addr", e.D.GRPCAddr(), "--timeout", "2s"); code != 2 {
+		t.Fatalf("plaintext check of a TLS agent: exit %d, want 2", code)
+	}
 }

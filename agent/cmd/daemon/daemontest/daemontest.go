@@ -11,6 +11,7 @@ package daemontest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
@@ -43,6 +45,8 @@ type Options struct {
 	WaitReady bool
 	// KeepAddrs keeps the config's listen addresses instead of free loopback ports.
 	KeepAddrs bool
+	// ClientTLS connects the gRPC client (and Env.HTTPClient) with TLS; nil: plaintext.
+	ClientTLS *tls.Config
 }
 
 // Env is a running daemon and its client.
@@ -50,8 +54,10 @@ type Env struct {
 	D      *daemon.Daemon
 	Client authv3.AuthorizationClient
 	Conn   *grpc.ClientConn
-	// HTTP is the base URL of the daemon's HTTP address (/healthz, /readyz, /metrics).
-	HTTP string
+	// HTTP is the base URL of the daemon's HTTP address (/healthz, /readyz, /metrics), https
+	// when the config has http_tls; HTTPClient talks to it (with Options.ClientTLS).
+	HTTP       string
+	HTTPClient *http.Client
 	// Dir is the config's directory; ConfigPath the config file (rewrite it, then Reload).
 	Dir, ConfigPath string
 	// Logs is what the daemon logged, when Options.Daemon.Logger was nil.
@@ -107,7 +113,11 @@ func StartConfig(t testing.TB, cfg *config.Config, opts Options) *Env {
 	}
 	served := make(chan error, 1)
 	go func() { served <- d.Serve() }()
-	conn, err := grpc.NewClient(d.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if opts.ClientTLS != nil {
+		creds = credentials.NewTLS(opts.ClientTLS)
+	}
+	conn, err := grpc.NewClient(d.GRPCAddr(), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +132,11 @@ func StartConfig(t testing.TB, cfg *config.Config, opts Options) *Env {
 		}
 	})
 	e.D, e.Conn, e.Client, e.HTTP = d, conn, authv3.NewAuthorizationClient(conn), "http://"+d.HTTPAddr()
+	e.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	if cfg.HTTPTLS != nil {
+		e.HTTP = "https://" + d.HTTPAddr()
+		e.HTTPClient.Transport = &http.Transport{TLSClientConfig: opts.ClientTLS}
+	}
 	if opts.WaitReady {
 		Eventually(t, "the daemon to be ready", func() bool { return d.Ready().Ready })
 	}
@@ -218,7 +233,7 @@ func (e *Env) Counter(t testing.TB, name string, labels map[string]string) float
 // Readyz fetches /readyz: its status and decoded body.
 func (e *Env) Readyz(t testing.TB) (int, daemon.Readiness) {
 	t.Helper()
-	resp, err := http.Get(e.HTTP + "/readyz")
+	resp, err := e.HTTPClient.Get(e.HTTP + "/readyz")
 	if err != nil {
 		t.Fatalf("readyz: %v", err)
 	}
@@ -268,4 +283,21 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Records decodes what was written as JSON log lines (slog's JSON handler), one map a line.
+func (b *Buffer) Records(t testing.TB) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("a log line is not JSON: %q", line)
+		}
+		out = append(out, rec)
+	}
+	return out
 }

@@ -1,0 +1,176 @@
+package config
+
+import "fmt"
+
+// The production settings of SPEC §8. Each is optional; absent, the agent behaves as in
+// §1–§7. Listener and tracing settings take effect at start-up (like the listen addresses); a
+// config reload keeps the ones the agent started with and says so in the log.
+
+// TLS is the TLS of one listener (grpc_tls, http_tls).
+type TLS struct {
+	// CertFile and KeyFile are the PEM certificate chain and private key, re-read when they
+	// change on disk.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile, when set, turns on mutual TLS: a client without a certificate signed by
+	// one of these CAs fails the handshake.
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+func (t *TLS) validate(field, dir string) error {
+	if t == nil {
+		return nil
+	}
+	if t.CertFile == "" {
+		return fmt.Errorf("%s.cert_file: required", field)
+	}
+	if t.KeyFile == "" {
+		return fmt.Errorf("%s.key_file: required", field)
+	}
+	t.CertFile, t.KeyFile = resolve(dir, t.CertFile), resolve(dir, t.KeyFile)
+	t.ClientCAFile = resolve(dir, t.ClientCAFile)
+	return nil
+}
+
+// Tracing sends OpenTelemetry traces over OTLP/gRPC.
+type Tracing struct {
+	// OTLPEndpoint is the collector's host:port (required).
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// Insecure sends in plaintext (default: TLS).
+	Insecure bool `yaml:"insecure"`
+	// SampleRatio is the share of requests without a sampling decision that are traced
+	// (parent-based: a sampled traceparent is always followed); default 0.01.
+	SampleRatio *float64 `yaml:"sample_ratio"`
+}
+
+// DefaultSampleRatio is tracing.sample_ratio's default.
+const DefaultSampleRatio = 0.01
+
+func (t *Tracing) validate() error {
+	if t == nil {
+		return nil
+	}
+	if err := checkAddr("tracing.otlp_endpoint", t.OTLPEndpoint); err != nil {
+		return err
+	}
+	if t.SampleRatio == nil {
+		r := DefaultSampleRatio
+		t.SampleRatio = &r
+	}
+	if r := *t.SampleRatio; r < 0 || r > 1 {
+		return fmt.Errorf("tracing.sample_ratio: %v is not between 0 and 1", r)
+	}
+	return nil
+}
+
+// Replay is the memory of single-use Server API Tokens (SPEC §3.2, §8).
+type Replay struct {
+	// Store is "local" (the default: node-local memory) or "redis" (shared by every agent on
+	// the same Redis).
+	Store string `yaml:"store"`
+	// Redis configures the redis store.
+	Redis Redis `yaml:"redis"`
+}
+
+// Redis is the replay store's Redis.
+type Redis struct {
+	// Address is host:port (required with store redis).
+	Address string `yaml:"address"`
+	// Username and PasswordFile are the ACL credentials (optional).
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	// TLS connects with TLS.
+	TLS bool `yaml:"tls"`
+	// KeyPrefix starts every key the agent writes (default "tokenagent:").
+	KeyPrefix string `yaml:"key_prefix"`
+}
+
+// Replay stores.
+const (
+	ReplayLocal = "local"
+	ReplayRedis = "redis"
+)
+
+func (r *Replay) validate(dir string) error {
+	switch r.Store {
+	case "":
+		r.Store = ReplayLocal
+	case ReplayLocal:
+	case ReplayRedis:
+		if err := checkAddr("replay.redis.address", r.Redis.Address); err != nil {
+			return err
+		}
+		r.Redis.PasswordFile = resolve(dir, r.Redis.PasswordFile)
+	default:
+		return fmt.Errorf("replay.store: %q is not local or redis", r.Store)
+	}
+	if r.Redis.KeyPrefix == "" {
+		r.Redis.KeyPrefix = "tokenagent:"
+	}
+	return nil
+}
+
+// Site modes (SPEC §1, §8).
+const (
+	ModeEnforce = "enforce"
+	ModeShadow  = "shadow"
+)
+
+func validateMode(m *string) error {
+	switch *m {
+	case "":
+		*m = ModeEnforce
+	case ModeEnforce, ModeShadow:
+	default:
+		return fmt.Errorf("mode: %q is not enforce or shadow", *m)
+	}
+	return nil
+}
+
+// validateProduction checks the production settings of c.
+func (c *Config) validateProduction() error {
+	if err := c.GRPCTLS.validate("grpc_tls", c.Dir); err != nil {
+		return err
+	}
+	if err := c.HTTPTLS.validate("http_tls", c.Dir); err != nil {
+		return err
+	}
+	if err := c.Tracing.validate(); err != nil {
+		return err
+	}
+	return c.Replay.validate(c.Dir)
+}
+
+// StartOnly lists the settings that differ between c and o and take effect only at start-up
+// (listen addresses, TLS, reflection, tracing, the key source, the replay store).
+func (c *Config) StartOnly(o *Config) []string {
+	var out []string
+	diff := func(name string, same bool) {
+		if !same {
+			out = append(out, name)
+		}
+	}
+	diff("grpc_addr", c.GRPCAddr == o.GRPCAddr)
+	diff("http_addr", c.HTTPAddr == o.HTTPAddr)
+	diff("authz_http_addr", c.AuthzHTTPAddr == o.AuthzHTTPAddr)
+	diff("authz_http", c.AuthzHTTP == o.AuthzHTTP)
+	diff("grpc_tls", eqPtr(c.GRPCTLS, o.GRPCTLS))
+	diff("http_tls", eqPtr(c.HTTPTLS, o.HTTPTLS))
+	diff("grpc_reflection", c.GRPCReflection == o.GRPCReflection)
+	diff("tracing", eqTracing(c.Tracing, o.Tracing))
+	diff("keys", c.Keys == o.Keys)
+	diff("replay", c.Replay == o.Replay)
+	return out
+}
+
+func eqPtr[T comparable](a, b *T) bool {
+	return (a == nil) == (b == nil) && (a == nil || *a == *b)
+}
+
+func eqTracing(a, b *Tracing) bool {
+	if (a == nil) != (b == nil) {
+		return false
+	}
+	return a == nil || (a.OTLPEndpoint == b.OTLPEndpoint && a.Insecure == b.Insecure &&
+		eqPtr(a.SampleRatio, b.SampleRatio))
+}
