@@ -33,6 +33,7 @@ import (
 	"github.com/tokenagent/tokenagent/agent/policy"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Agent decides Requests for one config. Build it with New.
@@ -106,6 +107,10 @@ func (a *Agent) Config() *config.Config { return a.cfg }
 // Check decides req. It never returns nil and never panics on client input.
 func (a *Agent) Check(ctx context.Context, req *Request) *Decision {
 	start := time.Now()
+	var span trace.Span
+	if a.rt.tracer != nil && a.rt.traced(req.Headers) {
+		ctx, span = a.rt.startCheck(ctx, req)
+	}
 	d, kind := a.decide(ctx, req)
 	if d.Reason != "" && !d.own {
 		if s := a.sites.byID[d.Site]; s != nil && s.Shadow {
@@ -116,6 +121,9 @@ func (a *Agent) Check(ctx context.Context, req *Request) *Decision {
 	took := time.Since(start)
 	a.rt.metrics.observe(d, kind, took)
 	a.logDecision(req, d, kind, took)
+	if span != nil {
+		endCheck(span, d, kind)
+	}
 	return d
 }
 

@@ -59,15 +59,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 func (m *Metrics) observe(d *Decision, kind token.Kind, took time.Duration) {
-	k := labelKey{site: d.Site, kind: string(kind), decision: "deny", reason: string(d.Reason)}
-	switch {
-	case d.Shadow != "":
-		k.decision, k.reason = "shadow", string(d.Shadow)
-	case d.Allowed:
-		k.decision = "allow"
-	case d.Answered:
-		k.decision = "answer"
-	}
+	dec, why := d.outcome()
+	k := labelKey{site: d.Site, kind: string(kind), decision: dec, reason: string(why)}
 	if k.site == "" {
 		k.site = "unknown"
 	}

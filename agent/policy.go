@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenagent/tokenagent/agent/internal/tracing"
 	"github.com/tokenagent/tokenagent/agent/policy"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
@@ -51,7 +52,11 @@ func (a *Agent) evaluatePolicy(ctx context.Context, s *Site, req *Request, tg *t
 		Scopes: id.Scopes, Method: tg.method, Path: tg.path, Query: cleanQuery(tg.query),
 		Host: requestHost(req.Host), Origin: req.Headers["origin"], Headers: policyHeaders(req.Headers),
 		Time: a.rt.now()}
+	start := time.Now()
 	out, err := m.Evaluate(ctx, &in)
+	if sp := tracing.Recording(ctx); sp != nil {
+		sp.SetAttributes(tracing.PolicyTime.Int64(int64(time.Since(start))))
+	}
 	if err != nil {
 		return policyResult{}, &reason.Error{Reason: reason.PolicyError, Cause: err}
 	}

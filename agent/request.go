@@ -155,3 +155,18 @@ func upperMethod(method string) (string, bool) {
 	}
 	return method, true
 }
+
+// outcome names the decision as metrics, logs and spans do: allow, deny, answer (the agent's
+// own answer) or shadow (a shadow-mode site's would-be denial, let through), with its reason
+// (the denial's or the would-be one).
+func (d *Decision) outcome() (string, reason.Reason) {
+	switch {
+	case d.Shadow != "":
+		return "shadow", d.Shadow
+	case d.Allowed:
+		return "allow", ""
+	case d.Answered:
+		return "answer", ""
+	}
+	return "deny", d.Reason
+}

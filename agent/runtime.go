@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenagent/tokenagent/agent/exchange"
 	"github.com/tokenagent/tokenagent/agent/policy"
@@ -38,6 +39,13 @@ type RuntimeOptions struct {
 	// OAuthCacheBytes is the verified-token cache's capacity (default
 	// token.DefaultOAuthCacheMaxCost).
 	OAuthCacheBytes int64
+	// TracerProvider receives the spans of traced checks (tokenagent.check, SPEC §8); nil: no
+	// tracing. The runtime decides which checks are traced (a sampled W3C traceparent, or
+	// TraceRatio of the others) before starting a span, so the provider's sampler should keep
+	// what it is given (sdktrace.AlwaysSample). The caller owns the provider and shuts it down.
+	TracerProvider trace.TracerProvider
+	// TraceRatio is the share of checks without a valid traceparent that are traced (0 to 1).
+	TraceRatio float64
 }
 
 // Runtime holds what outlives a config: the key sets of JWT issuers, the verified-token cache,
@@ -61,14 +69,16 @@ type Runtime struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	jwks     *jwks.Cache
-	verified *token.VerifiedTokens
-	oauthM   *token.OAuthMetrics
-	replay   *token.ReplayCache
-	legacy   *token.LegacyAudit
-	exchange *exchange.Metrics
-	metrics  *Metrics
-	policies *policy.Registry
+	jwks       *jwks.Cache
+	verified   *token.VerifiedTokens
+	oauthM     *token.OAuthMetrics
+	replay     *token.ReplayCache
+	legacy     *token.LegacyAudit
+	exchange   *exchange.Metrics
+	metrics    *Metrics
+	policies   *policy.Registry
+	tracer     trace.Tracer // nil: no tracing
+	traceRatio float64
 
 	closeOnce sync.Once
 }
@@ -86,6 +96,10 @@ func NewRuntime(opts RuntimeOptions) (*Runtime, error) {
 	}
 	rt := &Runtime{keys: opts.Keys, users: opts.Users, log: opts.Logger, now: opts.Now,
 		replay: token.NewReplayCache(opts.Now)}
+	if opts.TracerProvider != nil {
+		rt.tracer = opts.TracerProvider.Tracer("github.com/tokenagent/tokenagent/agent")
+		rt.traceRatio = opts.TraceRatio
+	}
 	var err error
 	fail := func(what string, err error) (*Runtime, error) {
 		_ = rt.Close(context.Background())

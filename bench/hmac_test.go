@@ -13,6 +13,7 @@ import (
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file/filetest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Benchmarks of the two HMAC token kinds (Auth Token, Server API Token) and of a whole
@@ -172,7 +173,10 @@ func BenchmarkServerTokenVerifySingleUse(b *testing.B) {
 	}
 }
 
-func hmAgent(b *testing.B) *agent.Agent {
+func hmAgent(b *testing.B) *agent.Agent { return hmAgentTraced(b, nil, 0) }
+
+// hmAgentTraced is hmAgent tracing its checks with tp (nil: no tracing) at ratio.
+func hmAgentTraced(b *testing.B, tp trace.TracerProvider, ratio float64) *agent.Agent {
 	cfg, err := config.Parse([]byte(`
 keys: {source: file, file: keys.yaml}
 sites:
@@ -186,8 +190,7 @@ sites:
 		b.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	a := agenttest.New(b, cfg, agent.RuntimeOptions{Keys: hmStore(b), Logger: log})
-	return a
+	return agenttest.New(b, cfg, agent.RuntimeOptions{Keys: hmStore(b), Logger: log, TracerProvider: tp, TraceRatio: ratio})
 }
 
 func benchCheck(b *testing.B, headers map[string]string, method, path string) {

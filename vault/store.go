@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
+	"github.com/tokenagent/tokenagent/vault/internal/spans"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -352,6 +353,7 @@ func (s *Store) startLoad(ctx context.Context, h uint64, r ref) <-chan singlefli
 		}
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ReadTimeout)
 		defer cancel()
+		rctx, span := spans.Start(rctx, spans.KeyRead, spans.Source.String(s.src.Name()), spans.Path.String(path))
 		// The entry's age counts from before the read: a change written while the read was
 		// under way must still show within the refresh interval.
 		fetched := s.opts.Now()
@@ -361,14 +363,18 @@ func (s *Store) startLoad(ctx context.Context, h uint64, r ref) <-chan singlefli
 		var inv *InvalidRecordError
 		switch {
 		case err == nil:
+			spans.End(span, "ok", false)
 			s.noteInvalid(path, nil)
 		case errors.Is(err, ErrNotFound):
+			spans.End(span, "not_found", false)
 			s.noteInvalid(path, nil)
 			v, err = nil, ErrNotFound
 		case errors.As(err, &inv):
+			spans.End(span, "invalid", false)
 			s.noteInvalid(path, err)
 			v, err = nil, ErrNotFound
 		default:
+			spans.End(span, "error", true)
 			// A source that has not logged in yet is not down: don't hold later reads back
 			// (the first one after the login must go through at once).
 			if s.src.Ready() == nil {

@@ -111,6 +111,16 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad grpc_addr", base + site + "grpc_addr: nowhere\n", "grpc_addr"},
 		{"bad log level", base + site + "log: {level: loud}\n", "log.level"},
 		{"not YAML", "sites: [", "yaml"},
+		{"grpc_tls without a key", base + site + "grpc_tls: {cert_file: c.pem}\n", "grpc_tls.key_file"},
+		{"http_tls without a cert", base + site + "http_tls: {key_file: k.pem}\n", "http_tls.cert_file"},
+		{"unknown TLS field", base + site + "grpc_tls: {cert_file: c, key_file: k, ca_file: x}\n", "ca_file"},
+		{"tracing without an endpoint", base + site + "tracing: {insecure: true}\n", "tracing.otlp_endpoint"},
+		{"sample ratio over 1", base + site + "tracing: {otlp_endpoint: \"127.0.0.1:4317\", sample_ratio: 1.5}\n", "tracing.sample_ratio"},
+		{"negative sample ratio", base + site + "tracing: {otlp_endpoint: \"127.0.0.1:4317\", sample_ratio: -0.1}\n", "tracing.sample_ratio"},
+		{"unknown replay store", base + site + "replay: {store: memcached}\n", "replay.store"},
+		{"redis without an address", base + site + "replay: {store: redis}\n", "replay.redis.address"},
+		{"unknown mode", base + "sites: [{id: a, hosts: [a.b], mode: audit}]\n", "mode"},
+		{"entrypoint without a policy", base + "sites: [{id: a, hosts: [a.b], policy_entrypoint: authz/allow}]\n", "policy_entrypoint"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -157,5 +167,50 @@ sites: [{id: a, hosts: [a.b]}]
 	a := cfg.Keys.Vault.Auth
 	if a.RoleIDFile != "/etc/tokenagent/role-id" || a.SecretIDFile != "/etc/tokenagent/secret-id" {
 		t.Fatalf("auth files = %+v, want them resolved against the config's directory", a)
+	}
+}
+
+// The production settings of SPEC §8, with their defaults and paths resolved.
+func TestParseProductionSettings(t *testing.T) {
+	cfg, err := Parse([]byte(`
+keys: {source: file, file: k.yaml}
+grpc_tls: {cert_file: tls/tls.crt, key_file: tls/tls.key, client_ca_file: /etc/ca.crt}
+http_tls: {cert_file: tls/tls.crt, key_file: tls/tls.key}
+grpc_reflection: true
+tracing: {otlp_endpoint: "127.0.0.1:4317", insecure: true}
+replay: {store: redis, redis: {address: "127.0.0.1:6379", password_file: redis.pass}}
+sites:
+  - {id: a, hosts: [a.b], mode: shadow}
+  - {id: b, hosts: [c.d]}
+`), "/etc/tokenagent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case cfg.GRPCTLS.CertFile != "/etc/tokenagent/tls/tls.crt" || cfg.GRPCTLS.ClientCAFile != "/etc/ca.crt":
+		t.Errorf("grpc_tls = %+v", cfg.GRPCTLS)
+	case cfg.HTTPTLS.ClientCAFile != "":
+		t.Errorf("http_tls.client_ca_file = %q, want none", cfg.HTTPTLS.ClientCAFile)
+	case !cfg.GRPCReflection:
+		t.Error("grpc_reflection is off")
+	case *cfg.Tracing.SampleRatio != DefaultSampleRatio || !cfg.Tracing.Insecure:
+		t.Errorf("tracing = %+v", cfg.Tracing)
+	case cfg.Replay.Store != ReplayRedis || cfg.Replay.Redis.KeyPrefix != "tokenagent:" || cfg.Replay.Redis.PasswordFile != "/etc/tokenagent/redis.pass":
+		t.Errorf("replay = %+v", cfg.Replay)
+	case cfg.Sites[0].Mode != ModeShadow || cfg.Sites[1].Mode != ModeEnforce:
+		t.Errorf("modes = %q, %q", cfg.Sites[0].Mode, cfg.Sites[1].Mode)
+	}
+	plain, err := Parse([]byte("keys: {source: file, file: k.yaml}\nsites: [{id: a, hosts: [a.b]}]\n"), "/etc/tokenagent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.GRPCTLS != nil || plain.Tracing != nil || plain.Replay.Store != ReplayLocal || plain.GRPCReflection {
+		t.Errorf("defaults: tls %v tracing %v replay %q reflection %v", plain.GRPCTLS, plain.Tracing, plain.Replay.Store, plain.GRPCReflection)
+	}
+	if got := cfg.StartOnly(plain); strings.Join(got, ",") != "grpc_tls,http_tls,grpc_reflection,tracing,replay" {
+		t.Errorf("StartOnly = %v", got)
+	}
+	if got := cfg.StartOnly(cfg); len(got) != 0 {
+		t.Errorf("StartOnly of itself = %v", got)
 	}
 }

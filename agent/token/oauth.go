@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenagent/tokenagent/agent/internal/clock"
+	"github.com/tokenagent/tokenagent/agent/internal/tracing"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/jwks"
@@ -132,11 +133,17 @@ func (v *OAuthVerifier) Verify(ctx context.Context, site *Site, tok string) (Ide
 		if e, ok := v.Cache.get(h, site.ID, tok); ok {
 			if now.Before(e.until) && v.stillTrusted(ctx, site.ID, e) {
 				v.Cache.hit.Inc()
+				if s := tracing.Recording(ctx); s != nil {
+					s.SetAttributes(tracing.CacheHit.Bool(true))
+				}
 				return e.id, nil
 			}
 			v.Cache.del(h) // expired, or its issuer or keys changed
 		}
 		v.Cache.miss.Inc()
+		if s := tracing.Recording(ctx); s != nil {
+			s.SetAttributes(tracing.CacheHit.Bool(false))
+		}
 	}
 	e, err := v.verify(ctx, site, tok, now)
 	if v.Metrics != nil {

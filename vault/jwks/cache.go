@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/internal/spans"
 )
 
 // Options configure a Cache. The zero value of each field takes its default.
@@ -315,7 +316,7 @@ func (r *Remote) fetchLimited(ctx context.Context) (*Set, error) {
 		}
 		r.lastAttempt = now
 		r.mu.Unlock()
-		set, err := r.fetch()
+		set, err := r.fetch(ctx)
 		r.mu.Lock()
 		if err != nil {
 			if r.lastErr == nil {
@@ -353,10 +354,13 @@ func (r *Remote) fetchLimited(ctx context.Context) (*Set, error) {
 	return nil, &UnavailableError{URI: r.uri, RetryAfter: max(wait, time.Second), Err: err}
 }
 
-// fetch reads and parses the set once.
-func (r *Remote) fetch() (*Set, error) {
+// fetch reads and parses the set once. ctx is the first waiting caller's, for its span only:
+// the fetch runs to its own timeout whoever stops waiting.
+func (r *Remote) fetch(ctx context.Context) (*Set, error) {
+	_, span := spans.Start(ctx, spans.JWKSFetch, spans.Server.String(r.host))
 	start := time.Now()
 	set, outcome, err := r.get()
+	spans.End(span, outcome, err != nil)
 	r.c.m.Fetches.WithLabelValues(r.host, outcome).Inc()
 	r.c.m.FetchSeconds.WithLabelValues(r.host).Observe(time.Since(start).Seconds())
 	return set, err

@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/reflection"
 
@@ -59,8 +60,16 @@ type Options struct {
 	CertPoll time.Duration
 	// Pprof serves net/http/pprof under /debug/pprof/ on the HTTP address.
 	Pprof bool
-	// Version is the build's version, for tokenagent_build_info (default "dev").
+	// Version is the build's version, for tokenagent_build_info and the traces' service.version
+	// (default "dev").
 	Version string
+}
+
+func (o Options) version() string {
+	if o.Version == "" {
+		return "dev"
+	}
+	return o.Version
 }
 
 // Daemon is a running tokenagent: the composition root. It builds once what outlives a config
@@ -78,6 +87,7 @@ type Daemon struct {
 	store   *vault.Store
 	rt      *agent.Runtime
 	tls     listenerTLS
+	tracing *tracing // nil without tracing
 
 	mu    sync.RWMutex
 	cfg   *config.Config
@@ -122,13 +132,23 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error)
 	if d.tls, err = loadTLS(cfg, opts.Logger); err != nil {
 		return nil, err
 	}
+	var tp trace.TracerProvider
+	var ratio float64
+	if cfg.Tracing != nil {
+		ratio = *cfg.Tracing.SampleRatio
+		if d.tracing, err = newTracing(cfg.Tracing, reg, opts.Logger, opts.version()); err != nil {
+			return nil, err
+		}
+		tp = d.tracing.tp
+	}
 	src, closer, err := OpenSource(ctx, cfg, reg, opts.Logger)
 	if err != nil {
+		d.tracing.shutdown()
 		return nil, err
 	}
 	d.source, d.closer = src, closer
 	if d.users, d.closeUs, err = openUsers(cfg, src); err != nil {
-		closer()
+		d.Close()
 		return nil, err
 	}
 	store, err := vault.NewStore(src, vault.StoreOptions{
@@ -136,12 +156,13 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error)
 		Now: opts.Now, Logger: opts.Logger, Metrics: vault.NewStoreMetrics(reg),
 	})
 	if err != nil {
-		closer()
+		d.Close()
 		return nil, err
 	}
 	d.store = store
 	d.rt, err = agent.NewRuntime(agent.RuntimeOptions{Keys: store, Users: d.users, Registerer: reg,
-		Logger: opts.Logger, Now: opts.Now, PolicyCacheDir: policyCacheDir(cfg)})
+		Logger: opts.Logger, Now: opts.Now, PolicyCacheDir: policyCacheDir(cfg),
+		TracerProvider: tp, TraceRatio: ratio})
 	if err != nil {
 		d.Close()
 		return nil, err
@@ -300,6 +321,7 @@ func (d *Daemon) Close() {
 	if d.closer != nil {
 		d.closer()
 	}
+	d.tracing.shutdown()
 }
 
 // Reload reads the config file at path again, validates it in full and swaps it in

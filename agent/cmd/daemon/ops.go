@@ -46,13 +46,9 @@ func (d *Daemon) initOps(cfg *config.Config, reg *prometheus.Registry, mux *http
 	if d.opts.ConfigPath != "" {
 		o.stamp = filestamp.Of(d.opts.ConfigPath)
 	}
-	version := d.opts.Version
-	if version == "" {
-		version = "dev"
-	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{Name: "tokenagent_build_info",
 		Help:        "Always 1; the labels name the running build.",
-		ConstLabels: prometheus.Labels{"version": version, "go_version": runtime.Version()}})
+		ConstLabels: prometheus.Labels{"version": d.opts.version(), "go_version": runtime.Version()}})
 	build.Set(1)
 	o.lastOK = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tokenagent_config_last_reload_successful",
 		Help: "1 when the last config load or reload succeeded, 0 when the last reload was refused."})

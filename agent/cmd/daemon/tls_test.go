@@ -316,34 +316,36 @@ func TestTLSStartupErrors(t *testing.T) {
 	}
 }
 
+// listServices asks the daemon's reflection service for its services.
+func listServices(e *daemontest.Env) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := grpc_reflection_v1.NewServerReflectionClient(e.Conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Send reports io.EOF when the server already ended the stream; Recv has its status.
+	if err := stream.Send(&grpc_reflection_v1.ServerReflectionRequest{
+		MessageRequest: &grpc_reflection_v1.ServerReflectionRequest_ListServices{}}); err != nil && err != io.EOF {
+		return nil, err
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	return names, nil
+}
+
 // grpc_reflection: true serves the reflection service (grpcurl, ghz); it is off by default.
 func TestGRPCReflection(t *testing.T) {
-	list := func(e *daemontest.Env) ([]string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		stream, err := grpc_reflection_v1.NewServerReflectionClient(e.Conn).ServerReflectionInfo(ctx)
-		if err != nil {
-			return nil, err
-		}
-		// Send reports io.EOF when the server already ended the stream; Recv has its status.
-		if err := stream.Send(&grpc_reflection_v1.ServerReflectionRequest{
-			MessageRequest: &grpc_reflection_v1.ServerReflectionRequest_ListServices{}}); err != nil && err != io.EOF {
-			return nil, err
-		}
-		resp, err := stream.Recv()
-		if err != nil {
-			return nil, err
-		}
-		var names []string
-		for _, s := range resp.GetListServicesResponse().GetService() {
-			names = append(names, s.GetName())
-		}
-		return names, nil
-	}
 	quiet := daemon.Options{Logger: slog.New(slog.DiscardHandler)}
 	files := map[string]string{"keys.yaml": keysYAML()}
 	on := daemontest.Start(t, "grpc_reflection: true\n"+configYAML, daemontest.Options{Files: files, Daemon: quiet})
-	names, err := list(on)
+	names, err := listServices(on)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +353,28 @@ func TestGRPCReflection(t *testing.T) {
 		t.Fatalf("reflection lists %v", names)
 	}
 	off := daemontest.Start(t, configYAML, daemontest.Options{Files: files, Daemon: quiet})
-	if _, err := list(off); status.Code(err) != codes.Unimplemented {
+	if _, err := listServices(off); status.Code(err) != codes.Unimplemented {
 		t.Fatalf("reflection without grpc_reflection: %v, want Unimplemented", err)
+	}
+}
+
+// A reload that changes start-up settings (listeners, TLS, reflection, tracing, replay store)
+// keeps the running ones, says which in the log, and applies the rest of the file.
+func TestReloadKeepsStartupSettings(t *testing.T) {
+	e := daemontest.Start(t, configYAML, daemontest.Options{Files: map[string]string{"keys.yaml": keysYAML()}})
+	daemontest.WriteFile(t, e.ConfigPath, "grpc_reflection: true\ntracing: {otlp_endpoint: \"127.0.0.1:1\", insecure: true}\n"+
+		configYAML+"      - {path: /private, require: authenticated}\n")
+	if err := e.D.Reload(e.ConfigPath); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(e.Logs.String(), "next restart") || !strings.Contains(e.Logs.String(), "grpc_reflection") ||
+		!strings.Contains(e.Logs.String(), "tracing") {
+		t.Errorf("the log does not name the settings kept:\n%s", e.Logs.String())
+	}
+	if _, err := listServices(e); status.Code(err) != codes.Unimplemented {
+		t.Errorf("reflection turned on by a reload: %v", err)
+	}
+	if r := daemontest.Reason(e.Check(t, "GET", "docs.example.com", "/private", nil)); r != "authentication_required" {
+		t.Errorf("the reloaded route: %s", r)
 	}
 }
