@@ -23,12 +23,15 @@ func TestDevDemo(t *testing.T) {
 		"x-auth-reason: authentication_required",
 		"x-auth-reason: bad_signature",
 		"x-auth-reason: unknown_site",
+		"shadow mode: enforce would deny (authentication_required)",
+		"removed header   x-auth-user",
+		`tokenagent_shadow_denials_total{reason="authentication_required",site="trial"} 1`,
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, s)
 		}
 	}
-	if n := strings.Count(s, "\n    ALLOW"); n != 3 {
-		t.Errorf("%d requests allowed, want 3:\n%s", n, s)
+	if n := strings.Count(s, "\n    ALLOW"); n != 4 {
+		t.Errorf("%d requests allowed, want 4 (one of them by the shadow-mode site):\n%s", n, s)
 	}
 }

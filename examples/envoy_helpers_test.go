@@ -39,23 +39,29 @@ const extAuthzName = "envoy.filters.http.ext_authz"
 // types refused), then Envoy's protoc-gen-validate rules on the bootstrap and on every message
 // packed in an Any, at any depth.
 func loadBootstrap(src []byte) (*bootstrapv3.Bootstrap, error) {
-	var doc any
-	dec := yaml.NewDecoder(bytes.NewReader(src))
-	if err := dec.Decode(&doc); err != nil {
-		return nil, fmt.Errorf("yaml: %w", err)
-	}
-	js, err := json.Marshal(doc)
-	if err != nil {
-		return nil, fmt.Errorf("yaml to json: %w", err)
-	}
 	b := &bootstrapv3.Bootstrap{}
-	if err := protojson.Unmarshal(js, b); err != nil {
-		return nil, fmt.Errorf("bootstrap: %w", err)
-	}
-	if err := validateDeep(b, "bootstrap"); err != nil {
+	if err := loadEnvoyYAML(src, b, "bootstrap"); err != nil {
 		return nil, err
 	}
 	return b, nil
+}
+
+// loadEnvoyYAML reads any Envoy config message (a bootstrap, an SDS file's DiscoveryResponse)
+// from YAML into m, the strict way loadBootstrap describes.
+func loadEnvoyYAML(src []byte, m proto.Message, where string) error {
+	var doc any
+	dec := yaml.NewDecoder(bytes.NewReader(src))
+	if err := dec.Decode(&doc); err != nil {
+		return fmt.Errorf("yaml: %w", err)
+	}
+	js, err := json.Marshal(doc)
+	if err != nil {
+		return fmt.Errorf("yaml to json: %w", err)
+	}
+	if err := protojson.Unmarshal(js, m); err != nil {
+		return fmt.Errorf("%s: %w", where, err)
+	}
+	return validateDeep(m, where)
 }
 
 type validator interface{ ValidateAll() error }

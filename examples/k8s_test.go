@@ -38,6 +38,8 @@ type k8sObjects struct {
 	deployments     map[string]*appsv1.Deployment
 	networkPolicies map[string]*networkingv1.NetworkPolicy
 	bindings        map[string]*rbacv1.ClusterRoleBinding
+	certificates    map[string]*certificate // cert-manager (k8s_tls_test.go)
+	clusterIssuers  map[string]*clusterIssuer
 }
 
 // parseManifest decodes one YAML document into the real Kubernetes type of its apiVersion and
@@ -96,6 +98,16 @@ func (o *k8sObjects) parseManifest(doc []byte) (string, error) {
 		if err = strict(v); err == nil {
 			o.bindings[v.Name] = v
 		}
+	case "cert-manager.io/v1 Certificate":
+		v := &certificate{}
+		if err = strict(v); err == nil {
+			o.certificates[key(v.ObjectMeta)] = v
+		}
+	case "cert-manager.io/v1 ClusterIssuer":
+		v := &clusterIssuer{}
+		if err = strict(v); err == nil {
+			o.clusterIssuers[v.Name] = v
+		}
 	default:
 		return "", fmt.Errorf("apiVersion %q kind %q: not a kind this test knows", tm.APIVersion, tm.Kind)
 	}
@@ -145,7 +157,8 @@ func loadK8s(t *testing.T) *k8sObjects {
 	o := &k8sObjects{namespaces: map[string]*corev1.Namespace{}, serviceAccounts: map[string]*corev1.ServiceAccount{},
 		secrets: map[string]*corev1.Secret{}, configMaps: map[string]*corev1.ConfigMap{}, services: map[string]*corev1.Service{},
 		daemonSets: map[string]*appsv1.DaemonSet{}, deployments: map[string]*appsv1.Deployment{},
-		networkPolicies: map[string]*networkingv1.NetworkPolicy{}, bindings: map[string]*rbacv1.ClusterRoleBinding{}}
+		networkPolicies: map[string]*networkingv1.NetworkPolicy{}, bindings: map[string]*rbacv1.ClusterRoleBinding{},
+		certificates: map[string]*certificate{}, clusterIssuers: map[string]*clusterIssuer{}}
 	for _, f := range kust.Resources {
 		b, err := os.ReadFile(filepath.Join(k8sDir, f))
 		if err != nil {
@@ -306,6 +319,7 @@ func TestK8sManifests(t *testing.T) {
 	cfg, c := checkAgentPod(t, o, ds)
 	checkAgentVaultSetup(t, cfg, ds)
 	checkGateway(t, o, gw, svc)
+	checkMutualTLS(t, o, cfg, ds, gw)
 	checkDockerfile(t, c, ds)
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -20,6 +21,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
@@ -135,7 +137,23 @@ func TestK8sVaultKubernetesAuth(t *testing.T) {
 	cfg.Keys.Vault.Address = srv.Addr
 	cfg.Keys.Vault.Auth.TokenFile = tokenFile
 	cfg.Policies.CacheDir = t.TempDir()
-	ag := startAgent(t, cfg) // waits for /readyz: the Kubernetes login worked
+	// The Secret cert-manager would write (certificates.yaml): the agent's pair for its Service
+	// name and the CA, which also signs the client certificate the check below presents.
+	ca := daemontest.NewCA(t, "tokenagent CA")
+	crt, crtKey := ca.Issue(t, "tokenagent.tokenagent.svc", false)
+	ccrt, ckey := ca.Issue(t, "envoy-gateway", true)
+	tlsDir := t.TempDir()
+	writeFiles(t, tlsDir, map[string]string{"tls.crt": string(crt), "tls.key": string(crtKey), "ca.crt": string(ca.PEM())})
+	for _, f := range []*string{&cfg.GRPCTLS.CertFile, &cfg.GRPCTLS.KeyFile, &cfg.GRPCTLS.ClientCAFile} {
+		*f = filepath.Join(tlsDir, filepath.Base(*f))
+	}
+	pair, err := tls.X509KeyPair(ccrt, ckey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Waits for /readyz: the Kubernetes login worked.
+	ag := daemontest.StartConfig(t, cfg, daemontest.Options{WaitReady: true, ClientTLS: &tls.Config{
+		RootCAs: ca.Pool(), Certificates: []tls.Certificate{pair}, ServerName: "tokenagent.tokenagent.svc"}})
 
 	tok := token.MintServerToken("k1", vault.NewSecret([]byte(secret)), "=jane_doe", time.Now())
 	resp := ag.Check(t, "POST", "docs.example.com", "/@api/deki/pages/home", map[string]string{"x-deki-token": tok})

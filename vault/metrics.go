@@ -16,6 +16,11 @@ type StoreMetrics struct {
 	InvalidRecords prometheus.Counter
 	Reads          *prometheus.CounterVec
 	ReadSeconds    *prometheus.HistogramVec
+	// FailingSince is when the source's reads started failing (Unix seconds), 0 while they
+	// succeed; MaxStale is StoreOptions.MaxStale. Together they tell how close the cached keys
+	// are to being refused (an alert on time() - FailingSince > 0.75 * MaxStale).
+	FailingSince prometheus.Gauge
+	MaxStale     prometheus.Gauge
 }
 
 // NewStoreMetrics creates the collectors and registers them with reg (nil: not registered).
@@ -35,9 +40,14 @@ func NewStoreMetrics(reg prometheus.Registerer) *StoreMetrics {
 			Help: "Reads of the key source by outcome (ok, not_found, invalid, error)."}, []string{"source", "outcome"}),
 		ReadSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "tokenagent_key_source_read_duration_seconds",
 			Help: "Latency of key source reads.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"source"}),
+		FailingSince: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tokenagent_key_source_failing_since_timestamp_seconds",
+			Help: "When the key source's reads started failing (Unix time); 0 while they succeed. Cached keys serve for up to tokenagent_key_max_stale_seconds after it."}),
+		MaxStale: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tokenagent_key_max_stale_seconds",
+			Help: "keys.max_stale: how long cached keys serve while the key source fails."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Hits, m.Misses, m.Stale, m.Evictions, m.InvalidRecords, m.Reads, m.ReadSeconds)
+		reg.MustRegister(m.Hits, m.Misses, m.Stale, m.Evictions, m.InvalidRecords, m.Reads, m.ReadSeconds,
+			m.FailingSince, m.MaxStale)
 	}
 	return m
 }

@@ -116,6 +116,7 @@ func NewStore(src Source, opts StoreOptions) (*Store, error) {
 		opts.Metrics = NewStoreMetrics(nil)
 	}
 	s := &Store{src: src, opts: opts, seed: maphash.MakeSeed(), log: opts.Logger, m: opts.Metrics, warnings: map[string]string{}}
+	s.m.MaxStale.Set(opts.MaxStale.Seconds())
 	c, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
 		NumCounters: 1 << 20,
 		MaxCost:     opts.MaxCost,
@@ -170,8 +171,12 @@ func (s *Store) Warnings() []string {
 func (s *Store) noteRead(err error) {
 	s.failMu.Lock()
 	defer s.failMu.Unlock()
-	if err != nil && s.failing == nil {
+	switch {
+	case err != nil && s.failing == nil:
 		s.failedAt = time.Now()
+		s.m.FailingSince.Set(float64(s.failedAt.UnixNano()) / 1e9)
+	case err == nil && s.failing != nil:
+		s.m.FailingSince.Set(0)
 	}
 	s.failing = err
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/file"
 )
@@ -328,5 +329,52 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(end) {
 			t.Fatalf("gave up waiting for %s", what)
 		}
+	}
+}
+
+// The failing-since and max-stale gauges tell how close cached keys are to being refused: the
+// first failed read sets the time, a good read clears it.
+func TestStoreFailingSinceGauge(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "keys.yaml")
+	if err := os.WriteFile(p, []byte(keysYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := file.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &faultySource{Source: fs}
+	c := &clock{t: time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)}
+	m := vault.NewStoreMetrics(nil)
+	s, err := vault.NewStore(src, vault.StoreOptions{Refresh: 30 * time.Second, MaxStale: 2 * time.Hour,
+		Now: c.now, Logger: slog.New(slog.DiscardHandler), Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if v := testutil.ToFloat64(m.MaxStale); v != 7200 {
+		t.Fatalf("max stale gauge = %v, want 7200", v)
+	}
+	ctx := context.Background()
+	if _, err := s.ServerKey(ctx, "docs", "k1"); err != nil {
+		t.Fatal(err)
+	}
+	if v := testutil.ToFloat64(m.FailingSince); v != 0 {
+		t.Fatalf("failing since = %v while reads succeed", v)
+	}
+	src.down.Store(true)
+	before := time.Now()
+	_, _ = s.ServerKey(ctx, "docs", "never-seen")
+	v := testutil.ToFloat64(m.FailingSince)
+	if v < float64(before.Unix())-1 || v > float64(time.Now().Unix())+1 {
+		t.Fatalf("failing since = %v, want about %d", v, before.Unix())
+	}
+	src.down.Store(false)
+	c.add(2 * time.Second)
+	if _, err := s.ServerKey(ctx, "docs", "never-seen-2"); !errors.Is(err, vault.ErrNotFound) {
+		t.Fatalf("after recovery: %v", err)
+	}
+	if v := testutil.ToFloat64(m.FailingSince); v != 0 {
+		t.Fatalf("failing since = %v after a good read", v)
 	}
 }

@@ -54,6 +54,11 @@ show "Auth Token cookie: allowed as user 42 (a spoofed x-auth-user is overwritte
 show "anonymous write: denied 401 authentication_required" --method POST --path /@api/deki/pages/home
 show "forged Server API Token: denied 401 bad_signature" -H "X-Deki-Token: $forged" --path /
 HOST=nowhere.example show "unknown host: denied 404 unknown_site" --path /
+HOST=trial.localhost show "site in shadow mode: an anonymous write is let through, without identity (enforce would deny it)" \
+  --method POST --path /@api/deki/pages/home -H "x-auth-user: 1"
+echo
+echo "==> shadow-mode would-be denials so far (/metrics):"
+curl -fsS "http://$http/metrics" | grep '^tokenagent_shadow_denials_total' | sed 's/^/    /'
 
 if [[ "${1:-}" == "--keep" ]]; then
   echo

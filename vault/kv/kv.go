@@ -260,6 +260,7 @@ func New(ctx context.Context, opts Options) (*Source, error) {
 	}
 	s.setErr(errors.New("not logged in yet"))
 	m.setState(stateLoggingIn)
+	m.loginFailures.WithLabelValues(s.method) // exported as 0 until a login fails, for alerts
 	go s.run(ctx)
 	return s, nil
 }

@@ -122,6 +122,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) (int, error) {
 func printDecision(w io.Writer, r *authv3.CheckResponse) {
 	if ok := r.GetOkResponse(); ok != nil {
 		fmt.Fprintln(w, "ALLOW")
+		if why := r.GetDynamicMetadata().GetFields()["shadow_reason"].GetStringValue(); why != "" {
+			fmt.Fprintf(w, "  shadow mode: enforce would deny (%s); let through without identity\n", why)
+		}
 		for _, h := range ok.GetHeaders() {
 			fmt.Fprintf(w, "  upstream header  %s: %s\n", h.GetHeader().GetKey(), h.GetHeader().GetValue())
 		}
