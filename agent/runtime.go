@@ -46,6 +46,9 @@ type RuntimeOptions struct {
 	TracerProvider trace.TracerProvider
 	// TraceRatio is the share of checks without a valid traceparent that are traced (0 to 1).
 	TraceRatio float64
+	// Replay is the memory of single-use Server API Tokens (nil: node-local memory,
+	// token.ReplayCache; replay.Redis shares it between agents). The caller closes it.
+	Replay token.ReplayStore
 }
 
 // Runtime holds what outlives a config: the key sets of JWT issuers, the verified-token cache,
@@ -72,7 +75,7 @@ type Runtime struct {
 	jwks       *jwks.Cache
 	verified   *token.VerifiedTokens
 	oauthM     *token.OAuthMetrics
-	replay     *token.ReplayCache
+	replay     token.ReplayStore
 	legacy     *token.LegacyAudit
 	exchange   *exchange.Metrics
 	metrics    *Metrics
@@ -94,8 +97,10 @@ func NewRuntime(opts RuntimeOptions) (*Runtime, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	rt := &Runtime{keys: opts.Keys, users: opts.Users, log: opts.Logger, now: opts.Now,
-		replay: token.NewReplayCache(opts.Now)}
+	rt := &Runtime{keys: opts.Keys, users: opts.Users, log: opts.Logger, now: opts.Now, replay: opts.Replay}
+	if rt.replay == nil {
+		rt.replay = token.NewReplayCache(opts.Now)
+	}
 	if opts.TracerProvider != nil {
 		rt.tracer = opts.TracerProvider.Tracer("github.com/tokenagent/tokenagent/agent")
 		rt.traceRatio = opts.TraceRatio

@@ -1,6 +1,7 @@
 package token
 
 import (
+	"context"
 	"hash/maphash"
 	"sync"
 	"time"
@@ -8,9 +9,19 @@ import (
 	"github.com/tokenagent/tokenagent/vault"
 )
 
+// ReplayStore remembers single-use Server API Tokens until their window ends (SPEC §3.2, §8).
+// ReplayCache is the node-local one; package agent/replay keeps the memory in Redis, shared by
+// every agent on it.
+type ReplayStore interface {
+	// FirstUse records the token (site, key, hex signature) until expires and reports whether
+	// it was not seen before. An error means the store could not answer: the caller refuses
+	// the token (fail closed).
+	FirstUse(ctx context.Context, site, key, sigHex string, expires time.Time) (bool, error)
+}
+
 // ReplayCache remembers single-use Server API Tokens until their window ends, so a token is
 // accepted once per agent. It is node-local: two agents behind one load balancer each accept
-// a token once.
+// a token once (replay.store: redis shares the memory).
 //
 // # Notes
 //
@@ -46,9 +57,14 @@ func NewReplayCache(now func() time.Time) *ReplayCache {
 	return c
 }
 
-// FirstUse records the token (site, key, hex signature) until expires and reports whether it
-// was not seen before.
-func (c *ReplayCache) FirstUse(site, key, sigHex string, expires time.Time) bool {
+var _ ReplayStore = (*ReplayCache)(nil)
+
+// FirstUse implements ReplayStore; it never fails.
+func (c *ReplayCache) FirstUse(_ context.Context, site, key, sigHex string, expires time.Time) (bool, error) {
+	return c.firstUse(site, key, sigHex, expires), nil
+}
+
+func (c *ReplayCache) firstUse(site, key, sigHex string, expires time.Time) bool {
 	var k replayKey
 	if !vault.DecodeHex(k.sig[:], sigHex) {
 		return false

@@ -34,7 +34,7 @@ type ServerTokenVerifier struct {
 	// Keys looks up the token's key (required).
 	Keys ServerKeys
 	// Replay remembers single-use tokens; required when any site sets server_token_single_use.
-	Replay *ReplayCache
+	Replay ReplayStore
 	Now    func() time.Time
 }
 
@@ -132,7 +132,11 @@ func (v *ServerTokenVerifier) verify(ctx context.Context, site *Site, p serverTo
 		if v.Replay == nil {
 			return Identity{}, reason.From(errors.New("server_token_single_use is on but no replay cache is configured"))
 		}
-		if !v.Replay.FirstUse(site.ID, p.key, p.sig, issued.Add(window)) {
+		first, err := v.Replay.FirstUse(ctx, site.ID, p.key, p.sig, issued.Add(window))
+		if err != nil {
+			return Identity{}, reason.From(err) // keys_unavailable: the memory cannot be asked (fail closed)
+		}
+		if !first {
 			return Identity{}, reason.New(reason.ReplayedToken)
 		}
 	}

@@ -155,14 +155,14 @@ func TestReplayCacheSweeps(t *testing.T) {
 	for i := 0; i < n; i++ {
 		sig := strconv.FormatInt(int64(i), 16)
 		sig = strings.Repeat("0", 64-len(sig)) + sig
-		if !c.FirstUse("docs", "k1", sig, now.Add(time.Second)) {
+		if !c.firstUse("docs", "k1", sig, now.Add(time.Second)) {
 			t.Fatalf("token %d reported as replayed", i)
 		}
 	}
 	now = now.Add(2 * time.Second)
 	for i := 0; i < n; i++ {
 		sig := strconv.FormatInt(int64(i+n), 16)
-		c.FirstUse("docs", "k1", strings.Repeat("0", 64-len(sig))+sig, now.Add(time.Second))
+		c.firstUse("docs", "k1", strings.Repeat("0", 64-len(sig))+sig, now.Add(time.Second))
 	}
 	if got := c.Len(); got >= 2*n-n/4 {
 		t.Fatalf("expired entries were never swept: %d remembered", got)

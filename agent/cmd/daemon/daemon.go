@@ -36,6 +36,8 @@ import (
 
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/replay"
+	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/extauthz"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/filestamp"
@@ -87,7 +89,8 @@ type Daemon struct {
 	store   *vault.Store
 	rt      *agent.Runtime
 	tls     listenerTLS
-	tracing *tracing // nil without tracing
+	tracing *tracing      // nil without tracing
+	replay  *replay.Redis // nil with replay.store local
 
 	mu    sync.RWMutex
 	cfg   *config.Config
@@ -151,6 +154,17 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error)
 		d.Close()
 		return nil, err
 	}
+	var replayStore token.ReplayStore
+	if cfg.Replay.Store == config.ReplayRedis {
+		rc := cfg.Replay.Redis
+		if d.replay, err = replay.NewRedis(replay.RedisOptions{Address: rc.Address, Username: rc.Username,
+			PasswordFile: rc.PasswordFile, TLS: rc.TLS, KeyPrefix: rc.KeyPrefix, Registerer: reg,
+			Logger: opts.Logger}); err != nil {
+			d.Close()
+			return nil, err
+		}
+		replayStore = d.replay
+	}
 	store, err := vault.NewStore(src, vault.StoreOptions{
 		Refresh: cfg.Keys.Refresh.D(), MaxStale: cfg.Keys.MaxStale.D(), MaxCost: cfg.Keys.CacheBytes,
 		Now: opts.Now, Logger: opts.Logger, Metrics: vault.NewStoreMetrics(reg),
@@ -162,7 +176,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error)
 	d.store = store
 	d.rt, err = agent.NewRuntime(agent.RuntimeOptions{Keys: store, Users: d.users, Registerer: reg,
 		Logger: opts.Logger, Now: opts.Now, PolicyCacheDir: policyCacheDir(cfg),
-		TracerProvider: tp, TraceRatio: ratio})
+		TracerProvider: tp, TraceRatio: ratio, Replay: replayStore})
 	if err != nil {
 		d.Close()
 		return nil, err
@@ -321,6 +335,9 @@ func (d *Daemon) Close() {
 	if d.closer != nil {
 		d.closer()
 	}
+	if d.replay != nil {
+		_ = d.replay.Close()
+	}
 	d.tracing.shutdown()
 }
 
@@ -400,6 +417,9 @@ func (d *Daemon) Ready() Readiness {
 	}
 	r.Warnings = append(r.Warnings, d.store.Warnings()...)
 	r.Warnings = append(r.Warnings, d.tls.warnings()...)
+	if d.replay != nil {
+		r.Warnings = append(r.Warnings, d.replay.Warnings()...)
+	}
 	r.Warnings = append(r.Warnings, a.Warnings()...)
 	d.mu.RLock()
 	if d.lastReload != nil {

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
 	"github.com/tokenagent/tokenagent/agent/config"
 )
@@ -93,6 +94,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	log := newLogger(cfg.Log.Level, stderr)
 	slog.SetDefault(log)
+	redis.SetLogger(redisLog{log}) // the process's one Redis client library: its notes as JSON lines
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -129,4 +131,12 @@ func cmdServe(args []string, stderr io.Writer) error {
 	d.Shutdown(context.Background())
 	<-errc
 	return nil
+}
+
+// redisLog passes go-redis's own notes (dial and pool problems) to the agent's log at debug
+// level: the replay store reports its failures itself (log, /readyz, metrics).
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug("redis client", "message", fmt.Sprintf(format, v...))
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -183,6 +184,21 @@ func (p *Process) Ready() bool {
 	}
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
+}
+
+// Readyz fetches the process's /readyz: its status and decoded body.
+func (p *Process) Readyz(t testing.TB) (int, daemon.Readiness) {
+	t.Helper()
+	resp, err := http.Get("http://" + p.HTTP + "/readyz")
+	if err != nil {
+		t.Fatalf("readyz: %v", err)
+	}
+	defer resp.Body.Close()
+	var r daemon.Readiness
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatalf("readyz body: %v", err)
+	}
+	return resp.StatusCode, r
 }
 
 // Metric reads one unlabelled sample from the process's /metrics.

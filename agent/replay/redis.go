@@ -1,0 +1,268 @@
+// Package replay keeps the memory of single-use Server API Tokens in Redis, shared by every
+// agent that uses the same Redis (SPEC §3.2, §8 replay.store: redis): a token accepted by one
+// agent is refused (replayed_token) by all the others for the rest of its window.
+//
+// Each first use is one atomic SET key 1 NX PX <the token's remaining window>, keyed by site,
+// key and the signature (lower-case hex of the decoded bytes), under a prefix:
+//
+//	tokenagent:replay:docs:k1:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+//
+// # Notes
+//
+//   - Fail closed: a call that does not answer within the budget (50 ms), or fails, is an
+//     error, and the verifier refuses the token with keys_unavailable (503). Only sites with
+//     server_token_single_use ask the store; no other site is touched.
+//   - The verifier asks only after the signature, the key's state, the window and the user
+//     restriction passed: a forged or expired token never writes to Redis.
+//   - NewRedis dials nothing and starts no goroutine; connections are made on first use and
+//     pooled. Close releases them.
+//   - An address with commas is a list of Redis Cluster seed nodes (go-redis's cluster client).
+package replay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/tokenagent/tokenagent/agent/token"
+)
+
+// DefaultBudget is how long one call to Redis may take (SPEC §8: 50 ms).
+const DefaultBudget = 50 * time.Millisecond
+
+// RedisOptions configure a Redis replay store.
+type RedisOptions struct {
+	// Address is host:port, or a comma-separated list of Redis Cluster seed nodes (required).
+	Address string
+	// Username and PasswordFile are the ACL credentials; the file is read at every new
+	// connection, so a rotated password needs no restart.
+	Username, PasswordFile string
+	// TLS connects with TLS 1.2 or later, verifying the server against the system's roots
+	// (SSL_CERT_FILE adds a private CA).
+	TLS bool
+	// TLSConfig replaces the default TLS settings (tests; nil: the defaults above).
+	TLSConfig *tls.Config
+	// KeyPrefix starts every key (default "tokenagent:").
+	KeyPrefix string
+	// Budget bounds each call (default DefaultBudget).
+	Budget time.Duration
+	// Registerer receives the store's metrics (nil: none).
+	Registerer prometheus.Registerer
+	// Logger receives the store's failures, at most one line every 10 s (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the clock the windows are measured with (default time.Now).
+	Now func() time.Time
+}
+
+// Redis is the shared replay store.
+type Redis struct {
+	c       redis.UniversalClient
+	addr    string
+	prefix  string
+	budget  time.Duration
+	now     func() time.Time
+	log     *slog.Logger
+	results *prometheus.CounterVec
+	seconds prometheus.Observer
+
+	firstUse, replayed, failed prometheus.Counter
+
+	lastOK  atomic.Int64 // unix nanos of the last call that Redis answered
+	mu      sync.Mutex
+	failing error // the last call's failure; nil once a call succeeds
+	since   time.Time
+	logged  time.Time
+}
+
+var _ token.ReplayStore = (*Redis)(nil)
+
+// NewRedis returns a store for opts. It checks the settings and that the password file can be
+// read; it does not connect.
+func NewRedis(opts RedisOptions) (*Redis, error) {
+	if opts.Address == "" {
+		return nil, errors.New("replay.redis.address: required")
+	}
+	if opts.KeyPrefix == "" {
+		opts.KeyPrefix = "tokenagent:"
+	}
+	if opts.Budget <= 0 {
+		opts.Budget = DefaultBudget
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	var creds func(context.Context) (string, string, error)
+	if opts.PasswordFile != "" {
+		if _, err := readPassword(opts.PasswordFile); err != nil {
+			return nil, fmt.Errorf("replay.redis.password_file: %w", err)
+		}
+		creds = func(context.Context) (string, string, error) {
+			p, err := readPassword(opts.PasswordFile)
+			return opts.Username, p, err
+		}
+	}
+	tlsCfg := opts.TLSConfig
+	if opts.TLS && tlsCfg == nil {
+		host, _, err := net.SplitHostPort(strings.Split(opts.Address, ",")[0])
+		if err != nil {
+			return nil, fmt.Errorf("replay.redis.address: %w", err)
+		}
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	}
+	r := &Redis{addr: opts.Address, prefix: opts.KeyPrefix + "replay:", budget: opts.Budget, now: opts.Now,
+		log: opts.Logger.With("component", "replay", "redis", opts.Address)}
+	r.c = redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:    strings.Split(opts.Address, ","),
+		Username: opts.Username, CredentialsProviderContext: creds,
+		TLSConfig: tlsCfg,
+		// Every call is bounded by the budget through its context: no retry (a SET NX retried
+		// after a timeout could find its own first write and call a first use a replay), one
+		// dial attempt, and socket timeouts no longer than the budget.
+		ContextTimeoutEnabled:    true,
+		MaxRetries:               -1,
+		DialerRetries:            1,
+		DialTimeout:              opts.Budget,
+		ReadTimeout:              opts.Budget,
+		WriteTimeout:             opts.Budget,
+		PoolTimeout:              opts.Budget,
+		DisableIdentity:          true, // no CLIENT SETINFO round trip at each connection
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	})
+	r.results = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_replay_store_requests_total",
+		Help: "Calls to the shared replay store (Redis) by result: first_use, replayed, error (the token was refused with keys_unavailable)."},
+		[]string{"result"})
+	hist := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tokenagent_replay_store_request_duration_seconds",
+		Help: "Latency of calls to the shared replay store (Redis).", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 12)})
+	r.seconds = hist
+	r.firstUse, r.replayed, r.failed = r.results.WithLabelValues("first_use"), r.results.WithLabelValues("replayed"),
+		r.results.WithLabelValues("error")
+	if opts.Registerer != nil {
+		for _, c := range []prometheus.Collector{r.results, hist} {
+			if err := opts.Registerer.Register(c); err != nil {
+				r.c.Close()
+				return nil, fmt.Errorf("replay metrics: %w", err)
+			}
+		}
+	}
+	return r, nil
+}
+
+func readPassword(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	p := strings.TrimRight(string(b), "\r\n")
+	if p == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return p, nil
+}
+
+// Key is the Redis key of a token: the prefix, "replay:", the site, the key name and the
+// signature in lower-case hex (one spelling per signature, whatever case the token used).
+func (r *Redis) Key(site, key, sigHex string) string {
+	return r.prefix + site + ":" + key + ":" + strings.ToLower(sigHex)
+}
+
+// FirstUse implements token.ReplayStore: SET NX with the token's remaining window as expiry.
+func (r *Redis) FirstUse(ctx context.Context, site, key, sigHex string, expires time.Time) (bool, error) {
+	ttl := expires.Sub(r.now())
+	if ttl <= 0 {
+		return false, nil // the window is over: nothing to remember (the verifier refused it already)
+	}
+	ttl = max(ttl.Truncate(time.Millisecond), time.Millisecond)
+	ctx, cancel := context.WithTimeout(ctx, r.budget)
+	defer cancel()
+	start := time.Now()
+	set, err := r.c.SetNX(ctx, r.Key(site, key, sigHex), 1, ttl).Result()
+	r.seconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		r.failed.Inc()
+		r.fail(err)
+		return false, &UnavailableError{Addr: r.addr, Err: err}
+	}
+	r.ok()
+	if set {
+		r.firstUse.Inc()
+	} else {
+		r.replayed.Inc()
+	}
+	return set, nil
+}
+
+// UnavailableError is a call the store could not answer in its budget.
+type UnavailableError struct {
+	Addr string
+	Err  error
+}
+
+func (e *UnavailableError) Error() string {
+	return fmt.Sprintf("replay store redis %s: %v", e.Addr, e.Err)
+}
+
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+func (r *Redis) ok() {
+	r.lastOK.Store(time.Now().UnixNano())
+	r.mu.Lock()
+	if r.failing != nil {
+		r.log.Info("replay store answers again")
+	}
+	r.failing = nil
+	r.mu.Unlock()
+}
+
+func (r *Redis) fail(err error) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failing == nil {
+		r.since = now
+	}
+	r.failing = err
+	if now.Sub(r.logged) >= 10*time.Second {
+		r.logged = now
+		r.log.Warn("replay store unavailable; single-use tokens are refused (keys_unavailable)", "error", err.Error())
+	}
+}
+
+// Warnings reports a store that does not answer, for /readyz. With no successful call in the
+// last 5 s it asks Redis (PING, within the budget) first, so an idle agent reports too.
+func (r *Redis) Warnings() []string {
+	if time.Since(time.Unix(0, r.lastOK.Load())) > 5*time.Second {
+		ctx, cancel := context.WithTimeout(context.Background(), r.budget)
+		err := r.c.Ping(ctx).Err()
+		cancel()
+		if err != nil {
+			r.fail(err)
+		} else {
+			r.ok()
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failing == nil {
+		return nil
+	}
+	return []string{fmt.Sprintf("replay store redis %s: failing since %s; single-use tokens are refused with keys_unavailable: %v",
+		r.addr, r.since.UTC().Format(time.RFC3339), r.failing)}
+}
+
+// Close releases the connections.
+func (r *Redis) Close() error { return r.c.Close() }

@@ -1,0 +1,162 @@
+// Package redistest runs a real redis-server (Debian's redis-server package) for tests: on a
+// free 127.0.0.1 port, with no persistence, stopped by PID when the test ends. A test can kill
+// it (SIGKILL, as a crash) and start it again on the same port.
+package redistest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Options configure the server.
+type Options struct {
+	// User and Password make an ACL user allowed only what tokenagent needs (keys under
+	// "tokenagent:", SET and PING), and turn the default user off.
+	User, Password string
+	// CertFile, KeyFile and CAFile serve TLS only (the plain port is off).
+	CertFile, KeyFile, CAFile string
+}
+
+// Server is a running redis-server.
+type Server struct {
+	// Addr is 127.0.0.1:port.
+	Addr string
+
+	opts Options
+	dir  string
+	port int
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Binary is the path of redis-server, or an error that says how to install it.
+func Binary() (string, error) {
+	if p, err := exec.LookPath("redis-server"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("redis-server is not installed: apt-get install -y redis-server (.ci/test installs it)")
+}
+
+// Start starts a server; it stops when the test ends.
+func Start(t testing.TB, opts Options) *Server {
+	t.Helper()
+	if _, err := Binary(); err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{opts: opts, dir: t.TempDir()}
+	for attempt := 0; ; attempt++ {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.port = lis.Addr().(*net.TCPAddr).Port
+		lis.Close()
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+		err = s.start()
+		if err == nil {
+			break
+		}
+		if attempt == 3 {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// Restart starts the server again on the same port after Kill (an empty memory).
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *Server) start() error {
+	bin, err := Binary()
+	if err != nil {
+		return err
+	}
+	args := []string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir,
+		"--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log")}
+	if s.opts.CertFile != "" {
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(s.port), "--tls-cert-file", s.opts.CertFile,
+			"--tls-key-file", s.opts.KeyFile, "--tls-ca-cert-file", s.opts.CAFile, "--tls-auth-clients", "no")
+	} else {
+		args = append(args, "--port", strconv.Itoa(s.port))
+	}
+	if s.opts.User != "" {
+		// What tokenagent needs, and nothing else (the README's ACL).
+		args = append(args, "--user", "default", "off", "--user", s.opts.User, "on", ">"+s.opts.Password,
+			"~tokenagent:*", "-@all", "+set", "+ping")
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	s.mu.Lock()
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
+	// Ready when it accepts connections (PING answers, even NOAUTH does).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-done:
+			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			return fmt.Errorf("redis-server exited at start:\n%s", log)
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", s.Addr, time.Second); err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			s.Kill()
+			return fmt.Errorf("redis-server did not listen on %s", s.Addr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Kill stops the server with SIGKILL (a crash) and waits for it to exit.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+// Client is an administrative client of the server (the default user, or the ACL user).
+func (s *Server) Client(t testing.TB) *redis.Client {
+	t.Helper()
+	o := &redis.Options{Addr: s.Addr, Username: s.opts.User, Password: s.opts.Password, DisableIdentity: true,
+		MaxRetries: -1}
+	c := redis.NewClient(o)
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = c.Ping(ctx).Err()
+	return c
+}
