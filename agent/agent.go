@@ -88,7 +88,7 @@ func New(rt *Runtime, cfg *config.Config) (*Agent, error) {
 		if s.Policy == "" {
 			continue
 		}
-		key := policy.Key{Path: s.Policy, Deadline: a.policyDeadline(s)}
+		key := policy.Key{Path: s.Policy, Deadline: a.policyDeadline(s), Entrypoint: s.PolicyEntrypoint}
 		e := rt.policies.Entry(context.Background(), key, s.ID)
 		if e == nil {
 			return nil, fmt.Errorf("agent: the runtime is closed")

@@ -49,7 +49,7 @@ func (a *Agent) evaluatePolicy(ctx context.Context, s *Site, req *Request, tg *t
 			Detail: "the site's policy module is not loaded", Cause: fmt.Errorf("policy %s not loaded", s.Policy)}
 	}
 	in := plugins.Input{Site: s.ID, Kind: string(id.Kind), User: id.User, ClientID: id.ClientID,
-		Scopes: id.Scopes, Method: tg.method, Path: tg.path, Query: cleanQuery(tg.query),
+		Scopes: id.Scopes, Method: tg.method, Scheme: req.Scheme, Path: tg.path, Query: cleanQuery(tg.query),
 		Host: requestHost(req.Host), Origin: req.Headers["origin"], Headers: policyHeaders(req.Headers),
 		Time: a.rt.now()}
 	start := time.Now()

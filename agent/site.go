@@ -17,6 +17,8 @@ type Site struct {
 	Policy string
 	// PolicyDeadline is the per-call deadline of the site's policy (0: the engine default).
 	PolicyDeadline int64
+	// PolicyEntrypoint is the rule an OPA bundle policy evaluates ("": its only one).
+	PolicyEntrypoint string
 	// Shadow is the site's shadow mode (SPEC §8): a would-be denial is allowed, without
 	// identity, and logged and counted.
 	Shadow bool
@@ -47,9 +49,10 @@ func buildSites(cfgs []config.Site) (*siteIndex, []*Site) {
 				LegacyAPIKey:                c.Legacy.APIKey,
 				LegacyUnprefixedServerToken: c.Legacy.UnprefixedServerTokens,
 			},
-			Policy:         c.Policy,
-			PolicyDeadline: int64(c.PolicyDeadline),
-			Shadow:         c.Mode == config.ModeShadow,
+			Policy:           c.Policy,
+			PolicyDeadline:   int64(c.PolicyDeadline),
+			PolicyEntrypoint: c.PolicyEntrypoint,
+			Shadow:           c.Mode == config.ModeShadow,
 		}
 		for _, r := range c.Routes {
 			s.Routes = append(s.Routes, compileRoute(r))

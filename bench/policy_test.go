@@ -4,11 +4,14 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/tokenagent/tokenagent/plugins"
+	"github.com/tokenagent/tokenagent/plugins/opatest"
 	"github.com/tokenagent/tokenagent/plugins/plugintest"
 )
 
@@ -49,6 +52,11 @@ func BenchmarkPolicy(b *testing.B) {
 		{"role-header/oauth", goPolicy("role-header"), withScopes(request("oauth", "sub-42", "GET"), "read", "write")},
 		{"no-legacy-wat/allow", func(tb testing.TB) string { return plugintest.BuildWAT(tb, "../policies/no-legacy/policy.wat") },
 			request("authtoken", "42", "GET")},
+		// The Rego example (OPA's WebAssembly ABI): the input document as JSON, opa_eval, the
+		// result set read back.
+		{"rego-envoy/read", regoPolicy, request("anonymous", "", "GET")},
+		{"rego-envoy/editor-write", regoPolicy, request("authtoken", "42", "POST")},
+		{"rego-envoy/deny", regoPolicy, request("authtoken", "7", "POST")},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
@@ -113,3 +121,16 @@ func reportPercentiles(b *testing.B, call func()) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// regoPolicy builds policies/rego-envoy with the real opa (OPA's WebAssembly bundle).
+func regoPolicy(tb testing.TB) string {
+	files := map[string]string{}
+	for _, name := range []string{"policy.rego", "data.json"} {
+		b, err := os.ReadFile(filepath.Join("../policies/rego-envoy", name))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		files[name] = string(b)
+	}
+	return opatest.Build(tb, files, "envoy/authz/result")
+}

@@ -50,6 +50,9 @@ type Input struct {
 	Scopes []string
 	// Method is the HTTP method.
 	Method string
+	// Scheme is "http" or "https" as the proxy saw it. OPA modules see it
+	// (input.attributes.request.http.scheme); the ABI v1 record does not carry it.
+	Scheme string
 	// Path is the request path without the query; the agent passes the path normalised as for
 	// route rules (SPEC §5).
 	Path string
@@ -256,19 +259,8 @@ func (r *reader) headers(what string) (map[string]string, error) {
 		if !ok {
 			return nil, r.truncated(what + " value")
 		}
-		if err := checkHeaderName(name); err != nil {
-			return nil, fmt.Errorf("output %s %q: %v", what, truncate(name), err)
-		}
-		if len(value) > MaxHeaderValueBytes {
-			return nil, fmt.Errorf("output %s %q: value is %d bytes, over %d", what, name, len(value), MaxHeaderValueBytes)
-		}
-		for _, c := range value {
-			if (c < 0x20 && c != '\t') || c == 0x7f {
-				return nil, fmt.Errorf("output %s %q: value holds control character %#x", what, name, c)
-			}
-		}
-		if !utf8.Valid(value) { // gRPC cannot carry it: the answer would be an Internal error
-			return nil, fmt.Errorf("output %s %q: value is not UTF-8", what, name)
+		if err := checkHeader(what, name, value); err != nil {
+			return nil, err
 		}
 		if _, dup := m[string(name)]; dup {
 			return nil, fmt.Errorf("output %s %q is given twice", what, name)
@@ -276,6 +268,27 @@ func (r *reader) headers(what string) (map[string]string, error) {
 		m[string(name)] = string(value)
 	}
 	return m, nil
+}
+
+// checkHeader enforces the output header rules (ABI.md "Output") on one header: the name's
+// (checkHeaderName), and a value of at most MaxHeaderValueBytes of UTF-8 without control
+// characters but tab.
+func checkHeader(what string, name, value []byte) error {
+	if err := checkHeaderName(name); err != nil {
+		return fmt.Errorf("output %s %q: %v", what, truncate(name), err)
+	}
+	if len(value) > MaxHeaderValueBytes {
+		return fmt.Errorf("output %s %q: value is %d bytes, over %d", what, name, len(value), MaxHeaderValueBytes)
+	}
+	for _, c := range value {
+		if (c < 0x20 && c != '\t') || c == 0x7f {
+			return fmt.Errorf("output %s %q: value holds control character %#x", what, name, c)
+		}
+	}
+	if !utf8.Valid(value) { // gRPC cannot carry it: the answer would be an Internal error
+		return fmt.Errorf("output %s %q: value is not UTF-8", what, name)
+	}
+	return nil
 }
 
 func truncate(b []byte) string {
@@ -304,8 +317,10 @@ func checkHeaderName(name []byte) error {
 			return fmt.Errorf("name holds %q, not a lower-case token character", c)
 		}
 	}
-	if len(name) >= 7 && string(name[:7]) == "x-auth-" {
-		return fmt.Errorf("names starting with x-auth- are reserved for the agent")
+	// x_auth_user is X-Auth-User to a CGI, WSGI, Rack or PHP upstream: every spelling is the
+	// agent's (SPEC §2a).
+	if len(name) >= 7 && strings.EqualFold(strings.ReplaceAll(string(name[:7]), "_", "-"), "x-auth-") {
+		return fmt.Errorf("names starting with x-auth- (in any spelling) are reserved for the agent")
 	}
 	if reservedHeaders[string(name)] {
 		return fmt.Errorf("name is reserved (framing, routing or the agent's own answer)")

@@ -164,6 +164,10 @@ func NewEngine(ctx context.Context, opts EngineOptions) (*Engine, error) {
 		_ = e.rt.Close(ctx)
 		return nil, fmt.Errorf("plugins: instantiate host module: %w", err)
 	}
+	if err := e.instantiateOPAEnv(ctx); err != nil {
+		_ = e.rt.Close(ctx)
+		return nil, fmt.Errorf("plugins: instantiate the OPA host module: %w", err)
+	}
 	return e, nil
 }
 

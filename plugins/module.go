@@ -49,6 +49,9 @@ type ModuleOptions struct {
 	InitTimeout time.Duration
 	// Watch polls the file every EngineOptions.PollInterval and swaps in a changed module.
 	Watch bool
+	// Entrypoint names the rule an OPA module evaluates ("envoy/authz/allow"; "data." and
+	// dots are accepted too); empty: the module's only entrypoint. Only for OPA modules.
+	Entrypoint string
 }
 
 // Module is a loaded policy module: the compiled module of the file's current content and a

@@ -32,6 +32,8 @@ type version struct {
 	inflight  atomic.Int64 // calls and refills holding the version open
 	retired   atomic.Bool
 	closeOnce sync.Once
+
+	opa *opaModule // nil for an ABI v1 module (opa.go)
 }
 
 // instance is one instantiated module with the state the host keeps for it. It serves one call
@@ -44,22 +46,53 @@ type instance struct {
 	eval   api.Function
 	inPtr  uint32 // the input region tokenagent_alloc returned
 	inCap  uint32 // its size
-	stack  [2]uint64
+	stack  [8]uint64
 	memory *cappedMemory
-	output headWriter // what the module wrote to stdout/stderr during the current call
+	output headWriter   // what the module wrote to stdout/stderr during the current call
+	opa    *opaInstance // an OPA module's host state (opa.go); nil for ABI v1
 }
 
-// newVersion compiles bin, checks it implements ABI v1 and makes the pre-warmed instances.
+// newVersion compiles bin — an ABI v1 module, an OPA module, or an OPA bundle (.tar.gz) —, checks
+// the ABI its exports choose and makes the pre-warmed instances.
 func (e *Engine) newVersion(ctx context.Context, m *Module, bin []byte, hash string, workers int) (*version, error) {
+	var opa *opaModule
+	if isGzip(bin) {
+		b, err := readBundle(bin)
+		if err != nil {
+			return nil, err
+		}
+		bin, opa = b.wasm, &opaModule{data: b.data}
+	}
+	bin, memMin, importedMem, err := defineImportedMemory(bin)
+	if err != nil {
+		return nil, fmt.Errorf("compile: %w", err)
+	}
 	cm, err := e.compile(ctx, bin, hash, workers)
 	if err != nil {
 		return nil, fmt.Errorf("compile: %w", err)
 	}
-	if err := checkABI(cm, m.opts.MemoryLimitPages); err != nil {
+	switch {
+	case isOPA(cm):
+		if opa == nil {
+			opa = &opaModule{data: []byte("{}")}
+		}
+		_, opa.fast = cm.ExportedFunctions()[opaEval]
+		err = checkOPA(cm, memMin, m.opts.MemoryLimitPages)
+	case opa != nil:
+		err = fmt.Errorf("%w: the bundle's policy.wasm is not an OPA module (no opa_malloc export)", ErrABI)
+	case importedMem:
+		err = fmt.Errorf("%w: imports its memory (an ABI v1 module defines and exports its own)", ErrABI)
+	case m.opts.Entrypoint != "":
+		err = fmt.Errorf("an entrypoint (%q) is for OPA modules; this is an ABI v1 module", m.opts.Entrypoint)
+	default:
+		err = checkABI(cm, m.opts.MemoryLimitPages)
+	}
+	if err != nil {
 		_ = cm.Close(ctx)
 		return nil, err
 	}
 	v := &version{
+		opa:      opa,
 		mod:      m,
 		compiled: cm,
 		hash:     hash,
@@ -197,9 +230,22 @@ func (v *version) instantiateWithin(ctx context.Context, timeout time.Duration) 
 	}
 	inst.mod = mod
 	inst.mem = mod.Memory()
+	e.instances.Store(mod, inst)
+	if v.opa != nil {
+		if err := v.setupOPA(ctx, inst); err != nil {
+			kind, msg := inst.describe(parent, err, timeout)
+			inst.close()
+			m.mm.instErr.Inc()
+			if errors.Is(err, ErrABI) || kind == KindTrap {
+				return nil, fmt.Errorf("OPA module: %w", err)
+			}
+			return nil, fmt.Errorf("OPA module: %s: %s", kind, msg)
+		}
+		m.mm.instOK.Inc()
+		return inst, nil
+	}
 	inst.alloc = mod.ExportedFunction(exportAlloc)
 	inst.eval = mod.ExportedFunction(exportEvaluate)
-	e.instances.Store(mod, inst)
 	if f := mod.ExportedFunction(exportInit); f != nil {
 		if err := f.CallWithStack(ctx, nil); err != nil {
 			kind, msg := inst.describe(parent, err, timeout)
@@ -364,6 +410,9 @@ func (v *version) closeAll() {
 
 // call evaluates one input on the instance. Any error means the instance must be thrown away.
 func (inst *instance) call(ctx context.Context, in *Input, size int, now time.Time) (Output, error) {
+	if inst.opa != nil {
+		return inst.callOPA(ctx, in, now)
+	}
 	m := inst.ver.mod
 	if uint32(size) > inst.inCap {
 		want := min(uint32(size+4095)&^4095, MaxInputBytes)

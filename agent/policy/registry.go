@@ -47,10 +47,13 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Key names one loaded module: a file and the deadline it runs with.
+// Key names one loaded module: a file, the deadline it runs with and, for an OPA bundle, the
+// entrypoint it evaluates.
 type Key struct {
 	Path     string
 	Deadline time.Duration
+	// Entrypoint is the rule an OPA bundle evaluates (site setting policy_entrypoint).
+	Entrypoint string
 }
 
 // Registry holds the loaded modules, by Key.
@@ -220,7 +223,8 @@ func (r *Registry) retry(e *Entry) {
 }
 
 func (e *Entry) load(ctx context.Context, engine *plugins.Engine) error {
-	m, err := engine.Load(ctx, e.key.Path, plugins.ModuleOptions{Name: e.name, Deadline: e.key.Deadline, Watch: true})
+	m, err := engine.Load(ctx, e.key.Path, plugins.ModuleOptions{Name: e.name, Deadline: e.key.Deadline, Watch: true,
+		Entrypoint: e.key.Entrypoint})
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.mod, e.err = m, err
