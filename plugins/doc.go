@@ -1,8 +1,10 @@
 // Package plugins runs tokenagent's site policies: WebAssembly modules that see a verified
 // identity and the request, and allow it (optionally adding upstream headers) or deny it with a
-// status and a reason. It is the host side of ABI v1 (plugins/ABI.md); plugins/guest is the
-// module side for policies written in Go, and plugins/plugintest builds and loads modules in
-// tests.
+// status and a reason. It is the host side of two module interfaces, chosen by what a module
+// exports: tokenagent's ABI v1 (plugins/ABI.md; plugins/guest is the module side for policies
+// written in Go) and OPA's WebAssembly ABI 1.x, for Rego compiled by `opa build -t wasm` (a
+// bundle .tar.gz or a policy.wasm; opa.go). plugins/plugintest builds and loads modules in
+// tests, plugins/opatest compiles Rego with the real opa.
 //
 //	e, err := plugins.NewEngine(ctx, plugins.EngineOptions{
 //		CacheDir:   "/var/cache/tokenagent/wasm",
