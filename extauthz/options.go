@@ -18,6 +18,12 @@ import (
 //     under load, measured with bench/cmd/load and pprof). A pool of 8 workers per CPU, whose
 //     stacks have already grown, runs most calls instead; a call that finds every worker busy
 //     still gets its own goroutine.
+//   - Codec: the Check RPC's messages are read and written in the wire format directly
+//     (package extauthz/internal/wire), every other message (health, reflection) with
+//     protobuf. Register needs it.
 func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.NumStreamWorkers(uint32(8 * runtime.GOMAXPROCS(0)))}
+	return []grpc.ServerOption{
+		grpc.NumStreamWorkers(uint32(8 * runtime.GOMAXPROCS(0))),
+		grpc.ForceServerCodecV2(newCodec()),
+	}
 }

@@ -3,7 +3,7 @@
 // agent.Request and the agent's Decision into a CheckResponse, exactly as SPEC §4 says.
 //
 //	srv := extauthz.NewServer(checker)
-//	gs := grpc.NewServer()
+//	gs := grpc.NewServer(extauthz.ServerOptions()...)
 //	srv.Register(gs)
 //
 // # Notes
@@ -36,6 +36,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/extauthz/internal/wire"
 )
 
 // Checker decides requests; *agent.Agent is one.
@@ -46,8 +47,9 @@ type Checker interface {
 // Server is the ext_authz v3 Authorization service.
 type Server struct {
 	authv3.UnimplementedAuthorizationServer
-	checker atomic.Pointer[checkerBox]
-	health  *health.Server
+	checker   atomic.Pointer[checkerBox]
+	health    *health.Server
+	responses bytesPool // the wire answers' buffers
 }
 
 type checkerBox struct{ Checker }
@@ -62,9 +64,11 @@ func NewServer(c Checker) *Server {
 // SetChecker swaps the checker (for example after a config reload).
 func (s *Server) SetChecker(c Checker) { s.checker.Store(&checkerBox{c}) }
 
-// Register registers the Authorization service and the standard gRPC health service on gs.
+// Register registers the Authorization service and the standard gRPC health service on gs,
+// which must have been made with ServerOptions (the service reads and writes its messages with
+// the wire codec they set).
 func (s *Server) Register(gs *grpc.Server) {
-	authv3.RegisterAuthorizationServer(gs, s)
+	gs.RegisterService(&serviceDesc, s)
 	healthpb.RegisterHealthServer(gs, s.health)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -73,9 +77,11 @@ func (s *Server) Register(gs *grpc.Server) {
 // Shutdown marks the health service NOT_SERVING, so clients drain before the server stops.
 func (s *Server) Shutdown() { s.health.Shutdown() }
 
-// Check implements authv3.AuthorizationServer. A panic while deciding is recovered, logged
-// and answered with a gRPC Internal error: Envoy (failure_mode_allow: false) then denies the
-// request, so a bug fails closed without taking the agent down.
+// Check implements authv3.AuthorizationServer with the generated messages, for callers in
+// process; over gRPC the server reads and writes the wire directly (checkWire), with the same
+// result. A panic while deciding is recovered, logged and answered with a gRPC Internal error:
+// Envoy (failure_mode_allow: false) then denies the request, so a bug fails closed without
+// taking the agent down.
 func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
 	req, err := ToRequest(in)
 	if err != nil {
@@ -96,55 +102,73 @@ func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (resp *auth
 func ToRequest(in *authv3.CheckRequest) (*agent.Request, error) {
 	h := in.GetAttributes().GetRequest().GetHttp()
 	if h == nil {
+		return requestFrom(&wire.HTTP{})
+	}
+	w := wire.HTTP{Present: true, Method: h.GetMethod(), Path: h.GetPath(), Host: h.GetHost(), Scheme: h.GetScheme(),
+		Headers: h.GetHeaders(), Size: h.GetSize(), Body: h.GetBody(), RawBody: string(h.GetRawBody())}
+	for _, hv := range h.GetHeaderMap().GetHeaders() {
+		v := hv.GetValue()
+		if v == "" {
+			v = string(hv.GetRawValue())
+		}
+		w.HeaderMap = append(w.HeaderMap, [2]string{hv.GetKey(), v})
+	}
+	return requestFrom(&w)
+}
+
+// requestFrom builds the agent.Request of a CheckRequest's HTTP attributes, however they were
+// decoded (ToRequest from the generated message, the server from the wire): the method, host
+// and path from the pseudo-headers when the fields are empty, the body cut by Envoy marked.
+func requestFrom(h *wire.HTTP) (*agent.Request, error) {
+	if !h.Present {
 		return nil, status.Error(codes.InvalidArgument, "check request has no attributes.request.http")
 	}
-	headers := h.GetHeaders()
-	if len(headers) == 0 && h.GetHeaderMap() != nil {
-		headers = flattenHeaderMap(h.GetHeaderMap())
+	headers := h.Headers
+	if len(headers) == 0 && len(h.HeaderMap) > 0 {
+		headers = flattenHeaderMap(h.HeaderMap)
 	}
 	if headers == nil {
 		headers = map[string]string{}
 	}
-	host := h.GetHost()
+	host := h.Host
 	if host == "" {
 		host = headers[":authority"]
 	}
 	if host == "" {
 		host = headers["host"]
 	}
-	path := h.GetPath()
+	path := h.Path
 	if path == "" {
 		path = headers[":path"]
 	}
-	method := h.GetMethod()
+	method := h.Method
 	if method == "" {
 		method = headers[":method"]
 	}
-	body := h.GetRawBody()
-	if len(body) == 0 && h.GetBody() != "" {
-		body = []byte(h.GetBody())
+	var body []byte
+	switch {
+	case h.RawBody != "":
+		body = []byte(h.RawBody)
+	case h.Body != "":
+		body = []byte(h.Body)
 	}
 	// Envoy cut the body at max_request_bytes (allow_partial_message): it says so in the
 	// size it reports and in x-envoy-auth-partial-body, which it sets itself (a client-sent
 	// copy is replaced).
-	truncated := (h.GetSize() > 0 && int64(len(body)) < h.GetSize() && len(body) > 0) ||
+	truncated := (h.Size > 0 && int64(len(body)) < h.Size && len(body) > 0) ||
 		headers["x-envoy-auth-partial-body"] == "true"
 	return &agent.Request{
-		Method: method, Scheme: h.GetScheme(), Host: host, Path: path,
+		Method: method, Scheme: h.Scheme, Host: host, Path: path,
 		Headers: headers, Body: body, BodyTruncated: truncated,
 	}, nil
 }
 
 // flattenHeaderMap turns Envoy's header_map (sent instead of headers when the filter encodes
 // raw headers) into lower-case names, joining repeated headers with "," (cookies with "; ").
-func flattenHeaderMap(m *corev3.HeaderMap) map[string]string {
-	out := make(map[string]string, len(m.GetHeaders()))
-	for _, hv := range m.GetHeaders() {
-		k := strings.ToLower(hv.GetKey())
-		v := hv.GetValue()
-		if v == "" && len(hv.GetRawValue()) > 0 {
-			v = string(hv.GetRawValue())
-		}
+func flattenHeaderMap(m [][2]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for _, hv := range m {
+		k, v := strings.ToLower(hv[0]), hv[1]
 		if prev, ok := out[k]; ok {
 			sep := ","
 			if k == "cookie" {
@@ -157,7 +181,8 @@ func flattenHeaderMap(m *corev3.HeaderMap) map[string]string {
 	return out
 }
 
-// ToCheckResponse turns a Decision into the CheckResponse of SPEC §4.
+// ToCheckResponse turns a Decision into the CheckResponse of SPEC §4 (the generated message;
+// the server writes the same response with toWire).
 func ToCheckResponse(d *agent.Decision) *authv3.CheckResponse {
 	if d.Allowed {
 		md := metadata(d)
@@ -185,6 +210,18 @@ func ToCheckResponse(d *agent.Decision) *authv3.CheckResponse {
 		}},
 		DynamicMetadata: metadata(d),
 	}
+}
+
+// toWire is ToCheckResponse for the wire writer.
+func toWire(d *agent.Decision, r *wire.Response) {
+	*r = wire.Response{OK: d.Allowed, Metadata: metadataFields(d, r.Metadata[:0])}
+	if d.Allowed {
+		r.Upstream, r.ResponseHeaders = d.UpstreamHeaders, d.ResponseHeaders
+		r.RemoveHeaders, r.RemoveQuery = d.RemoveHeaders, d.RemoveQuery
+		return
+	}
+	r.Code = int32(GRPCCode(d.Status, d.Answered))
+	r.HTTPStatus, r.Headers, r.Body = int32(d.Status), d.Headers, d.Body
 }
 
 // GRPCCode is the CheckResponse status code for an answer with HTTP status httpStatus (SPEC
@@ -225,15 +262,14 @@ func headerOptions(hs []agent.Header) []*corev3.HeaderValueOption {
 	return out
 }
 
-// metadata is the dynamic metadata of SPEC §4: site, kind, user, client_id and scopes as
-// strings, each only where it has a value, plus decision_id (the decision log's id) on every
-// answer, reason on denials, and shadow_reason on the would-be denials a site in shadow mode
-// lets through (SPEC §8).
-func metadata(d *agent.Decision) *structpb.Struct {
-	f := make(map[string]*structpb.Value, 6)
+// metadataFields lists the dynamic metadata of SPEC §4, appended to dst: site, kind, user,
+// client_id and scopes as strings, each only where it has a value, plus decision_id (the
+// decision log's id) on every answer, reason on denials, and shadow_reason on the would-be
+// denials a site in shadow mode lets through (SPEC §8).
+func metadataFields(d *agent.Decision, dst []wire.Header) []wire.Header {
 	put := func(k, v string) {
 		if v != "" {
-			f[k] = structpb.NewStringValue(v)
+			dst = append(dst, wire.Header{Name: k, Value: v})
 		}
 	}
 	put("site", d.Site)
@@ -242,13 +278,25 @@ func metadata(d *agent.Decision) *structpb.Struct {
 		put("kind", string(d.Identity.Kind))
 		put("user", d.Identity.User)
 		put("client_id", d.Identity.ClientID)
-		put("scopes", strings.Join(d.Identity.Scopes, " "))
+		if len(d.Identity.Scopes) > 0 {
+			put("scopes", strings.Join(d.Identity.Scopes, " "))
+		}
 		put("shadow_reason", string(d.Shadow)) // a shadow-mode site's would-be denial (SPEC §8)
 	} else if d.Reason != "" {
 		put("reason", string(d.Reason))
 	}
-	if len(f) == 0 {
+	return dst
+}
+
+// metadata is metadataFields as a Struct (nil when empty).
+func metadata(d *agent.Decision) *structpb.Struct {
+	fs := metadataFields(d, make([]wire.Header, 0, 8))
+	if len(fs) == 0 {
 		return nil
+	}
+	f := make(map[string]*structpb.Value, len(fs))
+	for _, kv := range fs {
+		f[kv.Name] = structpb.NewStringValue(kv.Value)
 	}
 	return &structpb.Struct{Fields: f}
 }

@@ -103,7 +103,7 @@ func (g *gatedChecker) Check(context.Context, *agent.Request) *agent.Decision {
 func TestGracefulStopFinishesInFlightChecks(t *testing.T) {
 	g := &gatedChecker{entered: make(chan struct{}), release: make(chan struct{})}
 	srv := NewServer(g)
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(ServerOptions()...)
 	srv.Register(gs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
