@@ -127,6 +127,7 @@ func TestSetupEveryKind(t *testing.T) {
 		{"browser", Expect{Allow: true, Kind: "browser"}},
 		{"rs256", Expect{Allow: true, Kind: "oauth"}},
 		{"es256", Expect{Allow: true, Kind: "oauth"}},
+		{"hs256", Expect{Allow: true, Kind: "oauth"}},
 		{"anonymous", Expect{Allow: true, Kind: "anonymous"}},
 		{"invalid/authtoken-bad-signature", Expect{Reason: "bad_signature"}},
 		{"invalid/authtoken-expired", Expect{Reason: "token_expired"}},
@@ -329,6 +330,8 @@ func TestUsageErrors(t *testing.T) {
 		{"run bad flag", []string{"run", "--nope"}, 2},
 		{"compare without targets", []string{"compare", "--keys", "x"}, 2},
 		{"run missing keys dir", []string{"run", "--keys", "/nonexistent/dir"}, 1},
+		{"ghz without out", []string{"ghz", "--keys", "x"}, 2},
+		{"ghz missing keys dir", []string{"ghz", "--keys", "/nonexistent/dir", "--out", "/tmp/x"}, 1},
 		{"help", []string{"run", "--help"}, 0},
 	}
 	for _, tc := range tests {

@@ -45,6 +45,8 @@ Usage:
   load setup   --dir DIR [--host HOST] [--grpc-addr ADDR] [--force]
   load run     --keys DIR [--addr ADDR] [--pid PID] [--rate N] [--duration D] [--out DIR] [flags]
   load compare --keys DIR --a ADDR --b ADDR [--pid-a PID] [--pid-b PID] [--slices N] [--slice D] [flags]
+  load ghz     --keys DIR --out OUT [--opa-addr ADDR]   (bench/opaenvoy/compare.sh's files)
+  load ghz-report --dir DIR [--svg FILE --plot ID,...]   (compare.sh's table and plot)
 
 Run 'load COMMAND --help' for a command's flags.
 `
@@ -75,11 +77,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(ctx, args[1:], stdout, stderr)
 	case "compare":
 		err = cmdCompare(ctx, args[1:], stdout, stderr)
+	case "ghz":
+		err = cmdGHZ(args[1:], stdout, stderr)
+	case "ghz-report":
+		err = cmdGHZReport(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "load: unknown command %q (want setup, run or compare)\n", args[0])
+		fmt.Fprintf(stderr, "load: unknown command %q (want setup, run, compare, ghz or ghz-report)\n", args[0])
 		return 2
 	}
 	switch {
@@ -124,6 +130,7 @@ Creates fresh keys and writes into DIR:
   tokenagent.yaml   a complete agent config (one site, route rules) using keys.yaml
   keys.yaml         the embedded key source: Auth Token key, server keys, browser keys with
                     their origins, and the site's OAuth issuer with an RS256 and an ES256 JWKS
+                    and an HS256 secret
   load-keys.json    the private halves, which 'load run --keys DIR' signs with
 
 Then 'tokenagent serve --config DIR/tokenagent.yaml' trusts exactly what 'load run' sends. To

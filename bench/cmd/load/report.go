@@ -317,6 +317,15 @@ var plotColors = []string{"#0072b2", "#d55e00", "#009e73", "#cc79a7"}
 // SVG writes the latency-by-percentile plot: percentiles on the 1/(1-p) log scale (0 % to
 // 99.999 % and the max) across, latency on a log scale up, one line per target.
 func (r *Report) SVG(w io.Writer) {
+	title := fmt.Sprintf("ext_authz Check latency by percentile (%s loop", r.Settings.Mode)
+	if r.Settings.Mode == "open" {
+		title += fmt.Sprintf(", %.0f checks/s", r.Settings.Rate)
+	}
+	r.svg(w, title+")")
+}
+
+// svg draws the plot of SVG under title.
+func (r *Report) svg(w io.Writer, title string) {
 	const (
 		W, H                     = 860, 480
 		left, right, top, bottom = 80, 30, 50, 60
@@ -351,11 +360,6 @@ func (r *Report) SVG(w io.Writer) {
 	}
 	fmt.Fprintf(w, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", W, H, W, H)
 	fmt.Fprintf(w, `<rect width="%d" height="%d" fill="white"/>`+"\n", W, H)
-	title := fmt.Sprintf("ext_authz Check latency by percentile (%s loop", r.Settings.Mode)
-	if r.Settings.Mode == "open" {
-		title += fmt.Sprintf(", %.0f checks/s", r.Settings.Rate)
-	}
-	title += ")"
 	fmt.Fprintf(w, `<text x="%d" y="28" font-size="16" font-weight="bold">%s</text>`+"\n", left, html.EscapeString(title))
 	// Grid and axes.
 	for d := yLo; d <= yHi; d++ {
@@ -396,8 +400,11 @@ func (r *Report) SVG(w io.Writer) {
 		}
 		ly := top + 16 + 18*i
 		fmt.Fprintf(w, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="3"/>`+"\n", left+12, ly, left+36, ly, color)
-		label := fmt.Sprintf("%s: %.0f checks/s, p50 %s, p99 %s, p99.9 %s", t.Name, t.Throughput,
-			fmtMicros(t.Latency.P50), fmtMicros(t.Latency.P99), fmtMicros(t.Latency.P999))
+		label := fmt.Sprintf("%s: %.0f checks/s, p50 %s, p99 %s", t.Name, t.Throughput,
+			fmtMicros(t.Latency.P50), fmtMicros(t.Latency.P99))
+		if t.Latency.P999 > 0 {
+			label += ", p99.9 " + fmtMicros(t.Latency.P999)
+		}
 		fmt.Fprintf(w, `<text x="%d" y="%d" dominant-baseline="middle">%s</text>`+"\n", left+42, ly, html.EscapeString(label))
 	}
 	fmt.Fprintln(w, "</svg>")

@@ -42,6 +42,10 @@ type Keys struct {
 	// RSA and EC are the private JWKs (RS256, ES256) of the site's own OAuth issuer.
 	RSA jose.JSONWebKey `json:"rsa"`
 	EC  jose.JSONWebKey `json:"ec"`
+	// HS256 is the issuer's symmetric key: 43 URL-safe characters, so that a Rego policy can
+	// hold the same secret as a string (OPA's io.jwt.decode_verify takes it as raw bytes).
+	// Setups written before it have none; the hs256 kind then asks for a new setup.
+	HS256 jose.JSONWebKey `json:"hs256,omitzero"`
 }
 
 // NamedSecret is a server key: its public name and its secret.
@@ -148,6 +152,7 @@ func newKeys(o SetupOptions) (*Keys, error) {
 	}
 	k.RSA = jose.JSONWebKey{Key: rk, KeyID: "bench-rs256", Algorithm: "RS256", Use: "sig"}
 	k.EC = jose.JSONWebKey{Key: ek, KeyID: "bench-es256", Algorithm: "ES256", Use: "sig"}
+	k.HS256 = jose.JSONWebKey{Key: []byte(base64.RawURLEncoding.EncodeToString(randBytes(32))), KeyID: "bench-hs256", Algorithm: "HS256", Use: "sig"}
 	return k, nil
 }
 
@@ -195,7 +200,11 @@ func agentKeysYAML(k *Keys, now time.Time) (string, error) {
 		}
 		fmt.Fprintf(&b, "      %s: {origins: [%s]}\n", bk.Name, strings.Join(q, ", "))
 	}
-	jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{k.RSA.Public(), k.EC.Public()}})
+	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{k.RSA.Public(), k.EC.Public()}}
+	if k.HS256.Key != nil {
+		set.Keys = append(set.Keys, k.HS256) // symmetric: the agent needs the secret itself
+	}
+	jwks, err := json.Marshal(set)
 	if err != nil {
 		return "", err
 	}

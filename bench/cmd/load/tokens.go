@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -36,11 +37,12 @@ const (
 	KindBrowser   = "browser"   // Browser API Token with an allowed Origin, half with an Auth Token
 	KindRS256     = "rs256"     // OAuth JWT signed RS256 (Authorization: Bearer)
 	KindES256     = "es256"     // OAuth JWT signed ES256
+	KindHS256     = "hs256"     // OAuth JWT signed HS256 with the issuer's symmetric key
 	KindAnonymous = "anonymous" // no credential
 )
 
 // ValidKinds lists the valid kinds in report order.
-var ValidKinds = []string{KindAuthToken, KindServer, KindBrowser, KindRS256, KindES256, KindAnonymous}
+var ValidKinds = []string{KindAuthToken, KindServer, KindBrowser, KindRS256, KindES256, KindHS256, KindAnonymous}
 
 // DefaultMix is a plausible production mix: mostly browser sessions (Auth Tokens), then
 // integrations (server tokens, OAuth), anonymous readers.
@@ -447,11 +449,17 @@ func (g *generator) valid(kind string, n int, now time.Time) ([]Item, error) {
 			}
 			items[i] = it
 		}
-	case KindRS256, KindES256:
+	case KindRS256, KindES256, KindHS256:
 		exp.Kind = "oauth"
 		key := g.keys.RSA
-		if kind == KindES256 {
+		switch kind {
+		case KindES256:
 			key = g.keys.EC
+		case KindHS256:
+			if g.keys.HS256.Key == nil {
+				return nil, errors.New("hs256: the keys have no HS256 secret (written by an older setup; run load setup --force)")
+			}
+			key = g.keys.HS256
 		}
 		toks, err := g.jwts(key, n, now)
 		if err != nil {
@@ -486,9 +494,12 @@ type jwtCacheHeader struct {
 
 // jwts returns n distinct JWTs signed with key: from the cache file when it holds enough that
 // stay valid for a day, minted (in parallel, on every core) otherwise.
-func (g *generator) jwts(key jose.JSONWebKey, n int, now time.Time) ([]string, error) {
-	tp, err := key.Thumbprint(crypto.SHA256)
-	if err != nil {
+func (g *generator) jwts(key jose.JSONWebKey, n int, now time.Time) (_ []string, err error) {
+	var tp []byte
+	if secret, ok := key.Key.([]byte); ok { // no RFC 7638 thumbprint for a symmetric key
+		sum := sha256.Sum256(secret)
+		tp = sum[:]
+	} else if tp, err = key.Thumbprint(crypto.SHA256); err != nil {
 		return nil, err
 	}
 	hdr := jwtCacheHeader{KID: key.KeyID, Thumbprint: hex.EncodeToString(tp[:8])}
