@@ -50,6 +50,11 @@ func BenchmarkPolicy(b *testing.B) {
 		{"readonly-anonymous/deny", goPolicy("readonly-anonymous"), request("anonymous", "", "POST")},
 		{"maintenance/allow", goPolicy("maintenance", maintenanceFlags), request("authtoken", "42", "POST")},
 		{"role-header/oauth", goPolicy("role-header"), withScopes(request("oauth", "sub-42", "GET"), "read", "write")},
+		// The floor of any Go module: plugins' test module answering /allow with guest.Allow()
+		// and nothing else (the Go runtime's entry and exit, the input decoded, the output
+		// encoded).
+		{"go-floor/allow", func(tb testing.TB) string { return plugintest.BuildGo(tb, "../plugins/testdata/goguest") },
+			withPath(request("anonymous", "", "GET"), "/allow")},
 		{"no-legacy-wat/allow", func(tb testing.TB) string { return plugintest.BuildWAT(tb, "../policies/no-legacy/policy.wat") },
 			request("authtoken", "42", "GET")},
 		// The Rego example (OPA's WebAssembly ABI): the input document as JSON, opa_eval, the
@@ -100,6 +105,11 @@ func BenchmarkPolicyParallel(b *testing.B) {
 
 func goPolicy(name string, ldflags ...string) func(testing.TB) string {
 	return func(tb testing.TB) string { return plugintest.BuildGo(tb, "../policies/"+name, ldflags...) }
+}
+
+func withPath(in *plugins.Input, path string) *plugins.Input {
+	in.Path, in.Query = path, ""
+	return in
 }
 
 func withScopes(in *plugins.Input, scopes ...string) *plugins.Input {

@@ -2,9 +2,7 @@ package extauthz
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"sync"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -119,18 +117,15 @@ var serviceDesc = grpc.ServiceDesc{
 // deciding is recovered, logged and answered with a gRPC Internal error: Envoy
 // (failure_mode_allow: false) then denies the request, so a bug fails closed without taking the
 // agent down.
-func (s *Server) checkWire(ctx context.Context, in *wireRequest) (resp *wireResponse, err error) {
+func (s *Server) checkWire(ctx context.Context, in *wireRequest) (*wireResponse, error) {
 	req, err := requestFrom(&in.http)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if p := recover(); p != nil {
-			slog.Error("check panicked; failing closed", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			resp, err = nil, status.Error(codes.Internal, "internal error")
-		}
-	}()
-	d := s.checker.Load().Check(ctx, req)
+	d, err := s.decide(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	var r wire.Response
 	var md [8]wire.Header
 	r.Metadata = md[:0]

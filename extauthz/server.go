@@ -82,19 +82,28 @@ func (s *Server) Shutdown() { s.health.Shutdown() }
 // result. A panic while deciding is recovered, logged and answered with a gRPC Internal error:
 // Envoy (failure_mode_allow: false) then denies the request, so a bug fails closed without
 // taking the agent down.
-func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	req, err := ToRequest(in)
 	if err != nil {
 		return nil, err
 	}
+	d, err := s.decide(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return ToCheckResponse(d), nil
+}
+
+// decide runs the current agent's Check. A panic is recovered, logged and returned as a gRPC
+// Internal error (the caller answers with it).
+func (s *Server) decide(ctx context.Context, req *agent.Request) (d *agent.Decision, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			slog.Error("check panicked; failing closed", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			resp, err = nil, status.Error(codes.Internal, "internal error")
+			d, err = nil, status.Error(codes.Internal, "internal error")
 		}
 	}()
-	d := s.checker.Load().Check(ctx, req)
-	return ToCheckResponse(d), nil
+	return s.checker.Load().Check(ctx, req), nil
 }
 
 // ToRequest turns a CheckRequest into an agent.Request. It fails only when the request has no

@@ -79,12 +79,38 @@ type panickingChecker struct{}
 
 func (panickingChecker) Check(context.Context, *agent.Request) *agent.Decision { panic("bug") }
 
+// TestPanicFailsClosed: a check that panics is answered with gRPC Internal, in process (the
+// generated messages) and over gRPC (the wire codec), and the server keeps serving.
 func TestPanicFailsClosed(t *testing.T) {
 	s := NewServer(panickingChecker{})
-	resp, err := s.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Host: "a"}}}})
-	if resp != nil || status.Code(err) != codes.Internal {
-		t.Fatalf("resp %v err %v, want no response and Internal", resp, err)
+	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Host: "a"}}}}
+	gs := grpc.NewServer(ServerOptions()...)
+	s.Register(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	defer gs.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := authv3.NewAuthorizationClient(conn)
+	tests := []struct {
+		name  string
+		check func() (*authv3.CheckResponse, error)
+	}{
+		{"in process", func() (*authv3.CheckResponse, error) { return s.Check(context.Background(), in) }},
+		{"over gRPC", func() (*authv3.CheckResponse, error) { return client.Check(context.Background(), in) }},
+		{"over gRPC, again", func() (*authv3.CheckResponse, error) { return client.Check(context.Background(), in) }},
+	}
+	for _, tc := range tests {
+		if resp, err := tc.check(); resp != nil || status.Code(err) != codes.Internal {
+			t.Errorf("%s: resp %v err %v, want no response and Internal", tc.name, resp, err)
+		}
 	}
 }
 

@@ -43,7 +43,7 @@ echo "grpc_reflection: true" >>"$out/keys/tokenagent.yaml" # ghz without proto f
 	echo "go: $(go version | cut -d' ' -f3)"
 	echo "tokenagent: $(cd "$root" && git describe --always --dirty 2>/dev/null || echo '?')"
 	echo "opa-envoy: $("$opaenvoy" version | head -1)"
-	echo "ghz: $("$ghz" --version)"
+	echo "ghz: v0.120.0 (go install; the binary calls itself $("$ghz" --version 2>&1))"
 	echo "runs: DUR=$DUR REPS=$REPS WARM=$WARM"
 } | tee "$out/env.txt"
 
@@ -78,12 +78,15 @@ wait_ready() { # addr
 	return 1
 }
 
+# slim drops ghz's per-call details (megabytes per run) when jq is there; the report ignores them.
+slim() { if command -v jq >/dev/null; then jq -c 'del(.details)'; else cat; fi; }
+
 # ghz_run ID SERVER N PID ADDR KIND FLAGS
 ghz_run() {
 	local base=$out/runs/$1.$2.$3 before after
 	before=$(cputicks "$4")
 	# shellcheck disable=SC2086
-	"$ghz" --insecure --call $call -D "$out/ghz/$6.json" -z "$DUR" $7 -O json "$5" >"$base.json"
+	"$ghz" --insecure --call $call -D "$out/ghz/$6.json" -z "$DUR" $7 -O json "$5" | slim >"$base.json"
 	after=$(cputicks "$4")
 	echo "$(awk -v a="$after" -v b="$before" -v hz="$hz" 'BEGIN {printf "%.3f", (a - b) / hz}') $(peakkib "$4")" >"$base.proc"
 }
@@ -143,5 +146,6 @@ done
 trap - EXIT
 
 "$load" ghz-report --dir "$out" --svg "$out/latency.svg" --plot anon-c16,rs256-c16,anon-o2k \
-	--title "ext_authz Check latency by percentile, ghz v0.120.0, same requests" | tee "$out/table.md"
+	--plot-servers "opa-envoy,tokenagent (ghz),tokenagent (load)" \
+	--title "ext_authz Check latency by percentile, tokenagent and OPA-Envoy, $(nproc) shared cores" | tee "$out/table.md"
 echo "compare.sh: wrote $out/{env.txt,table.md,latency.svg,runs/}"

@@ -326,18 +326,29 @@ func settingSuffix(server string) (name, suffix string) {
 	return server[:i], server[i:]
 }
 
-// SideSVG plots latency by percentile of the rows named in ids, one line per row and server.
-func SideSVG(w io.Writer, res []SideResult, ids []string, title string) {
+// SideSVG plots latency by percentile of the rows named in ids, one line per row and server
+// (servers: only those named, all when empty): a color per server and client, a dash per row.
+// ghz reports percentiles up to p99, so the axis stops there, with the slowest call at the right.
+func SideSVG(w io.Writer, res []SideResult, ids, servers []string, title string) {
 	rep := &Report{Settings: Settings{Mode: "closed"}}
+	o := svgOptions{xMax: 2.6}
+	colors := map[string]string{}
+	dashes := []string{"", "8 4", "2 3", "12 3 2 3"}
 	for _, r := range res {
-		if !slices.Contains(ids, r.Row.ID) {
+		who := r.Server + " (" + r.Client + ")"
+		row := slices.Index(ids, r.Row.ID)
+		if row < 0 || (len(servers) > 0 && !slices.Contains(servers, r.Server) && !slices.Contains(servers, who)) {
 			continue
 		}
+		if _, ok := colors[who]; !ok {
+			colors[who] = plotColors[len(colors)%len(plotColors)]
+		}
+		o.styles = append(o.styles, lineStyle{colors[who], dashes[row%len(dashes)]})
 		rep.Targets = append(rep.Targets, TargetResult{
-			Name:       fmt.Sprintf("%s, %s, %s (%s)", r.Server, r.Row.Request, r.Row.Load, r.Client),
+			Name:       fmt.Sprintf("%s, %s, %s", who, r.Row.Request, r.Row.Load),
 			Throughput: r.Throughput, Latency: Percentiles{P50: r.P50, P90: r.P90, P99: r.P99}, Curve: r.Curve})
 	}
-	rep.svg(w, title)
+	rep.svg(w, title, o)
 }
 
 func cmdGHZReport(args []string, stdout, stderr io.Writer) error {
@@ -345,10 +356,11 @@ func cmdGHZReport(args []string, stdout, stderr io.Writer) error {
 
 Reads DIR/rows.tsv and DIR/runs (see bench/opaenvoy/compare.sh), prints the Markdown table, and
 writes the latency-by-percentile plot of the --plot rows to --svg.`, stderr)
-	var dir, svg, plot, title string
+	var dir, svg, plot, servers, title string
 	fs.StringVar(&dir, "dir", "", "compare.sh's output directory (required)")
 	fs.StringVar(&svg, "svg", "", "write the plot here")
 	fs.StringVar(&plot, "plot", "", "the row ids to plot, comma-separated")
+	fs.StringVar(&servers, "plot-servers", "", `the servers to plot ("tokenagent" or "tokenagent (load)"), comma-separated; all when empty`)
 	fs.StringVar(&title, "title", "ext_authz Check latency by percentile", "the plot's title")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
@@ -366,6 +378,10 @@ writes the latency-by-percentile plot of the --plot rows to --svg.`, stderr)
 		return nil
 	}
 	var b strings.Builder
-	SideSVG(&b, res, strings.Split(plot, ","), title)
+	var only []string
+	if servers != "" {
+		only = strings.Split(servers, ",")
+	}
+	SideSVG(&b, res, strings.Split(plot, ","), only, title)
 	return os.WriteFile(svg, []byte(b.String()), 0o644)
 }

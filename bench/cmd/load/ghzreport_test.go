@@ -106,9 +106,14 @@ func TestSideBySideReport(t *testing.T) {
 		t.Errorf("table:\n%s", md.String())
 	}
 	var svg strings.Builder
-	SideSVG(&svg, res, []string{"rs256-c16"}, "title & more")
+	SideSVG(&svg, res, []string{"rs256-c16"}, nil, "title & more")
 	if s := svg.String(); !strings.HasPrefix(s, "<svg") || strings.Count(s, "<polyline") != 5 || !strings.Contains(s, "title &amp; more") {
 		t.Errorf("svg: %d polylines, title escaped: %v", strings.Count(s, "<polyline"), strings.Contains(s, "&amp;"))
+	}
+	svg.Reset()
+	SideSVG(&svg, res, []string{"rs256-c16"}, []string{"opa-envoy", "tokenagent (load)"}, "t")
+	if s := svg.String(); strings.Count(s, "<polyline") != 2 || !strings.Contains(s, "tokenagent (load), RS256 JWT") {
+		t.Errorf("svg of two servers: %d polylines:\n%s", strings.Count(s, "<polyline"), s)
 	}
 }
 

@@ -321,17 +321,31 @@ func (r *Report) SVG(w io.Writer) {
 	if r.Settings.Mode == "open" {
 		title += fmt.Sprintf(", %.0f checks/s", r.Settings.Rate)
 	}
-	r.svg(w, title+")")
+	r.svg(w, title+")", svgOptions{})
 }
 
+// svgOptions change the plot of SVG: how far right the percentile axis goes (in decades of
+// 1/(1-p), before the max at the right edge; 5.6 by default) and a color and dash per line.
+type svgOptions struct {
+	xMax   float64
+	styles []lineStyle
+}
+
+type lineStyle struct{ color, dash string }
+
 // svg draws the plot of SVG under title.
-func (r *Report) svg(w io.Writer, title string) {
+func (r *Report) svg(w io.Writer, title string, o svgOptions) {
+	// The legend sits under the plot, a line per target.
 	const (
-		W, H                     = 860, 480
+		W, plotH                 = 860, 480
 		left, right, top, bottom = 80, 30, 50, 60
 	)
-	pw, ph := float64(W-left-right), float64(H-top-bottom)
-	const xMax = 5.6 // decades of 1/(1-p); the max sits at the right edge
+	H := plotH + 18*len(r.Targets) + 10
+	pw, ph := float64(W-left-right), float64(plotH-top-bottom)
+	xMax := 5.6 // decades of 1/(1-p); the max sits at the right edge
+	if o.xMax > 0 {
+		xMax = o.xMax
+	}
 	xOf := func(p float64) float64 {
 		d := xMax
 		if p < 100 {
@@ -381,25 +395,34 @@ func (r *Report) svg(w io.Writer, title string) {
 		p     float64
 		label string
 	}{{0, "0%"}, {50, "50%"}, {90, "90%"}, {99, "99%"}, {99.9, "99.9%"}, {99.99, "99.99%"}, {99.999, "99.999%"}, {100, "max"}} {
+		if tk.p < 100 && math.Log10(1/(1-tk.p/100)) > xMax-0.3 {
+			continue // no room before the max
+		}
 		x := xOf(tk.p)
-		fmt.Fprintf(w, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ccc"/>`+"\n", x, top, x, H-bottom)
-		fmt.Fprintf(w, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x, H-bottom+18, tk.label)
+		fmt.Fprintf(w, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ccc"/>`+"\n", x, top, x, plotH-bottom)
+		fmt.Fprintf(w, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x, plotH-bottom+18, tk.label)
 	}
 	fmt.Fprintf(w, `<rect x="%d" y="%d" width="%.0f" height="%.0f" fill="none" stroke="#333"/>`+"\n", left, top, pw, ph)
-	fmt.Fprintf(w, `<text x="%.0f" y="%d" text-anchor="middle">percentile</text>`+"\n", float64(left)+pw/2, H-bottom+42)
+	fmt.Fprintf(w, `<text x="%.0f" y="%d" text-anchor="middle">percentile</text>`+"\n", float64(left)+pw/2, plotH-bottom+42)
 	fmt.Fprintf(w, `<text transform="translate(18 %.0f) rotate(-90)" text-anchor="middle">latency</text>`+"\n", float64(top)+ph/2)
 	// One line per target, with its legend entry.
 	for i, t := range r.Targets {
-		color := plotColors[i%len(plotColors)]
+		color, dash := plotColors[i%len(plotColors)], ""
+		if i < len(o.styles) {
+			color, dash = o.styles[i].color, o.styles[i].dash
+		}
+		if dash != "" {
+			dash = fmt.Sprintf(` stroke-dasharray="%s"`, dash)
+		}
 		var pts []string
 		for _, c := range t.Curve {
 			pts = append(pts, fmt.Sprintf("%.1f,%.1f", xOf(c.Percentile), yOf(c.Micros)))
 		}
 		if len(pts) > 0 {
-			fmt.Fprintf(w, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", color, strings.Join(pts, " "))
+			fmt.Fprintf(w, `<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>`+"\n", color, dash, strings.Join(pts, " "))
 		}
-		ly := top + 16 + 18*i
-		fmt.Fprintf(w, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="3"/>`+"\n", left+12, ly, left+36, ly, color)
+		ly := plotH + 18*i
+		fmt.Fprintf(w, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="3"%s/>`+"\n", left+12, ly, left+36, ly, color, dash)
 		label := fmt.Sprintf("%s: %.0f checks/s, p50 %s, p99 %s", t.Name, t.Throughput,
 			fmtMicros(t.Latency.P50), fmtMicros(t.Latency.P99))
 		if t.Latency.P999 > 0 {
