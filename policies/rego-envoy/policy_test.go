@@ -60,10 +60,12 @@ sites:
     hosts: [docs.example.com]
     policy: %q
     policy_entrypoint: envoy/authz/result
+    policy_deadline: 5s
   - id: maint
     hosts: [maint.example.com]
     policy: %q
     policy_entrypoint: data.envoy.authz.result
+    policy_deadline: 5s
 `, bundle, down)
 	e := daemontest.Start(t, cfg, daemontest.Options{Files: map[string]string{"keys.yaml": keys}, WaitReady: true,
 		Daemon: daemon.Options{Logger: slog.New(slog.DiscardHandler)}})
