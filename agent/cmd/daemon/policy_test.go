@@ -21,19 +21,23 @@ func TestPolicyOverGRPC(t *testing.T) {
 		return strings.Replace(configYAML, "    hosts: [docs.example.com, \"*.docs.example.com\"]\n",
 			"    hosts: [docs.example.com, \"*.docs.example.com\"]\n    policy: "+p+"\n    policy_deadline: 5s\n", 1)
 	}
-	daemontest.WriteFile(t, e.ConfigPath, withPolicy(readonly))
-	if err := e.D.Reload(e.ConfigPath); err != nil {
-		t.Fatal(err)
+	// A reload hands the module to the registry, which compiles it in the background: wait
+	// until the agent is ready (its problems list the modules not loaded yet).
+	reload := func(cfg string) {
+		t.Helper()
+		daemontest.WriteFile(t, e.ConfigPath, cfg)
+		if err := e.D.Reload(e.ConfigPath); err != nil {
+			t.Fatal(err)
+		}
+		daemontest.Eventually(t, "the policy loaded", func() bool { return e.D.Ready().Ready })
 	}
+	reload(withPolicy(readonly))
 	resp := e.Check(t, "PUT", "docs.example.com", "/page", nil)
 	if codes.Code(resp.GetStatus().GetCode()) != codes.Unauthenticated || daemontest.DeniedHeader(resp, "x-auth-reason") != "policy_denied" {
 		t.Fatalf("anonymous write under readonly-anonymous: %v", resp)
 	}
 
-	daemontest.WriteFile(t, e.ConfigPath, withPolicy(role))
-	if err := e.D.Reload(e.ConfigPath); err != nil {
-		t.Fatal(err)
-	}
+	reload(withPolicy(role))
 	resp = e.Check(t, "PUT", "docs.example.com", "/page", nil)
 	ok := resp.GetOkResponse()
 	if ok == nil {
