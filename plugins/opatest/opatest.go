@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/tokenagent/tokenagent/plugins/plugintest"
@@ -42,17 +41,6 @@ func Binary() (string, error) {
 	return p, nil
 }
 
-var (
-	mu     sync.Mutex
-	builds = map[string]*result{}
-)
-
-type result struct {
-	once sync.Once
-	path string
-	err  error
-}
-
 // Build writes files (name → Rego source, or data.json) into a directory and runs
 // `opa build -t wasm -e <entrypoint>...` on it; it returns the bundle's path, cached by content.
 func Build(tb testing.TB, files map[string]string, entrypoints ...string) string {
@@ -62,33 +50,15 @@ func Build(tb testing.TB, files map[string]string, entrypoints ...string) string
 		tb.Fatal(err)
 	}
 	key := hashOf(files, entrypoints)
-	mu.Lock()
-	r := builds[key]
-	if r == nil {
-		r = &result{}
-		builds[key] = r
-	}
-	mu.Unlock()
-	r.once.Do(func() {
-		out := filepath.Join(plugintest.CacheDir(), "opa", key+".tar.gz")
-		if _, err := os.Stat(out); err == nil {
-			r.path = out
-			return
-		}
+	path, err := plugintest.CachedBuild(filepath.Join("opa", key+".tar.gz"), func(tmp string) error {
 		dir, err := os.MkdirTemp("", "opatest-")
 		if err != nil {
-			r.err = err
-			return
+			return err
 		}
 		defer os.RemoveAll(dir)
-		if r.err = write(dir, files); r.err != nil {
-			return
+		if err := write(dir, files); err != nil {
+			return err
 		}
-		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-			r.err = err
-			return
-		}
-		tmp := fmt.Sprintf("%s.%d.tmp", out, os.Getpid())
 		args := []string{"build", "-t", "wasm", "-o", tmp}
 		for _, e := range entrypoints {
 			args = append(args, "-e", e)
@@ -97,17 +67,14 @@ func Build(tb testing.TB, files map[string]string, entrypoints ...string) string
 		cmd := exec.Command(bin, args...)
 		cmd.Dir = dir
 		if b, err := cmd.CombinedOutput(); err != nil {
-			_ = os.Remove(tmp)
-			r.err = fmt.Errorf("opa %s: %v\n%s", strings.Join(args, " "), err, b)
-			return
+			return fmt.Errorf("opa %s: %v\n%s", strings.Join(args, " "), err, b)
 		}
-		r.err = os.Rename(tmp, out)
-		r.path = out
+		return nil
 	})
-	if r.err != nil {
-		tb.Fatalf("opatest: %v", r.err)
+	if err != nil {
+		tb.Fatalf("opatest: %v", err)
 	}
-	return r.path
+	return path
 }
 
 // Eval evaluates query (e.g. "data.envoy.authz.allow") over files with input, with

@@ -62,6 +62,39 @@ type buildResult struct {
 	err  error
 }
 
+// CachedBuild returns CacheDir()/name, building it first when it is not there: build writes the
+// file at the temporary path it is given, which is then renamed into place (so a concurrent
+// test process never sees half a file). Within the process each name is built once; name should
+// hold a hash of what the build depends on (e.g. "opa/<sha256>.tar.gz").
+func CachedBuild(name string, build func(tmp string) error) (string, error) {
+	buildMu.Lock()
+	r := builds[name]
+	if r == nil {
+		r = &buildResult{}
+		builds[name] = r
+	}
+	buildMu.Unlock()
+	r.once.Do(func() {
+		out := filepath.Join(CacheDir(), name)
+		if _, err := os.Stat(out); err == nil {
+			r.path = out
+			return
+		}
+		if r.err = os.MkdirAll(filepath.Dir(out), 0o755); r.err != nil {
+			return
+		}
+		tmp := fmt.Sprintf("%s.%d.tmp", out, os.Getpid())
+		if r.err = build(tmp); r.err != nil {
+			_ = os.Remove(tmp)
+			return
+		}
+		if r.err = os.Rename(tmp, out); r.err == nil {
+			r.path = out
+		}
+	})
+	return r.path, r.err
+}
+
 // BuildGo builds the Go policy package in dir (a main package importing plugins/guest) with
 // GOOS=wasip1 GOARCH=wasm -buildmode=c-shared and returns the .wasm file's path. ldflags are
 // passed to -ldflags (e.g. "-X main.window=22:00-02:00"). The result is cached by content, so
@@ -89,24 +122,7 @@ func buildGo(dir, ldflags string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	buildMu.Lock()
-	r := builds[key]
-	if r == nil {
-		r = &buildResult{}
-		builds[key] = r
-	}
-	buildMu.Unlock()
-	r.once.Do(func() {
-		out := filepath.Join(CacheDir(), "wasm", key+".wasm")
-		if _, err := os.Stat(out); err == nil {
-			r.path = out
-			return
-		}
-		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-			r.err = err
-			return
-		}
-		tmp := fmt.Sprintf("%s.%d.tmp", out, os.Getpid())
+	return CachedBuild(filepath.Join("wasm", key+".wasm"), func(tmp string) error {
 		args := []string{"build", "-buildmode=c-shared", "-trimpath", "-o", tmp}
 		if ldflags != "" {
 			args = append(args, "-ldflags="+ldflags)
@@ -116,17 +132,10 @@ func buildGo(dir, ldflags string) (string, error) {
 		cmd.Dir = abs
 		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0", "GOFLAGS=")
 		if b, err := cmd.CombinedOutput(); err != nil {
-			_ = os.Remove(tmp)
-			r.err = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b)
-			return
+			return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b)
 		}
-		if err := os.Rename(tmp, out); err != nil {
-			r.err = err
-			return
-		}
-		r.path = out
+		return nil
 	})
-	return r.path, r.err
 }
 
 // sourceHash hashes what a build of dir depends on: the Go version, the flags, and the files of
