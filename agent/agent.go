@@ -59,7 +59,8 @@ type Agent struct {
 
 	// sampled counts allowed decisions for log.allow_sample (decisionlog.go).
 	sampled atomic.Uint64
-	// prefetch fetches the issuers' key sets once, on the first Warnings (prefetch.go).
+	// prefetch reads the sites' key records and fetches the issuers' key sets once, on the
+	// first Warnings (verify.go).
 	prefetchMu sync.Mutex
 	prefetched bool
 }
@@ -221,7 +222,9 @@ func (a *Agent) Problems() []string { return a.policyProblems() }
 
 // Warnings lists problems that do not stop serving (an issuer whose keys cannot be fetched, a
 // policy module reload that failed while the old one keeps serving). The first call after the
-// key source is ready fetches every issuer's remote key set (prefetch.go).
+// key source is ready reads every site's site-wide key records and fetches every issuer's
+// remote key set (see prefetch in verify.go), so a caller that also lists the key store's
+// warnings must call Warnings first to see the invalid records those reads found.
 func (a *Agent) Warnings() []string {
 	a.prefetch()
 	return append(a.oauth.Warnings(), a.policyWarnings()...)

@@ -138,15 +138,18 @@ func toHeaders(h []token.HTTPHeader) []Header {
 	return out
 }
 
-// prefetchTimeout bounds the first Warnings call's fetch of the issuers' key sets.
+// prefetchTimeout bounds the first Warnings call's reads and fetches.
 const prefetchTimeout = 2 * time.Second
 
-// prefetch fetches every site's remote key sets (OAuth issuers and identity providers) once,
-// on the first Warnings (the first /readyz) after the key source is ready, waiting up to
-// prefetchTimeout: a jwks_uri that cannot be fetched shows before any token needs it, and the
-// first tokens find their keys. It runs in the caller's goroutine, not at New, so no
+// prefetch reads every site's site-wide key records (Auth Token keys, own and external OAuth
+// issuers, identity providers, browser keys, and the legacy record where a legacy switch is on)
+// and fetches their remote key sets, once, on the first Warnings (the first /readyz) after the
+// key source is ready, waiting up to prefetchTimeout. So the first /readyz already lists an
+// invalid record and a jwks_uri that cannot be fetched, before any token needs them, and the
+// first tokens find their keys cached. It runs in the caller's goroutine, not at New, so no
 // goroutine of the Agent reads the key store behind the caller's back, and only once the
-// source is ready, so it never marks a source that is still logging in as down.
+// source is ready, so it never marks a source that is still logging in as down. Records read
+// here are cached as any other and refreshed only while checks use them.
 func (a *Agent) prefetch() {
 	if !a.prefetchMu.TryLock() {
 		return // another /readyz is doing it
@@ -156,12 +159,19 @@ func (a *Agent) prefetch() {
 		return
 	}
 	a.prefetched = true
+	ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
+	defer cancel()
+	keys := a.rt.keys
 	ids := make([]string, len(a.list))
 	for i, s := range a.list {
 		ids[i] = s.ID
+		// Errors are the store's to report (its warnings); only the reads matter here.
+		_, _ = keys.AuthTokenKeys(ctx, s.ID, s.AuthTokenRotationGrace)
+		_, _ = keys.BrowserKeys(ctx, s.ID)
+		if s.LegacyAPIKey || s.LegacyImpersonation {
+			_, _ = keys.Legacy(ctx, s.ID)
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
-	defer cancel()
 	a.oauth.Prefetch(ctx, ids...)
 	a.idTokens.Prefetch(ctx, ids...)
 }

@@ -291,11 +291,6 @@ func (e *Engine) hostLog(ctx context.Context, mod api.Module, stack []uint64) {
 		return // not one of ours (cannot happen: only our instances import it)
 	}
 	m := v.(*instance).ver.mod
-	allowed, dropped := m.logLimit.allow(time.Now())
-	if !allowed {
-		m.mm.logDropped.Inc()
-		return
-	}
 	cut := n > maxLogBytes
 	b, ok := mod.Memory().Read(ptr, min(n, maxLogBytes))
 	if !ok {
@@ -314,6 +309,18 @@ func (e *Engine) hostLog(ctx context.Context, mod api.Module, stack []uint64) {
 		lvl = slog.LevelError
 	case level >= int32(slog.LevelWarn):
 		lvl = slog.LevelWarn
+	}
+	e.policyLine(ctx, m, lvl, msg)
+}
+
+// policyLine logs one line a module wrote (tokenagent.log, OPA's opa_println and print()),
+// rate limited per module (Options.LogRate, LogBurst): lines over the limit are dropped and
+// counted, and the next line logged says how many were.
+func (e *Engine) policyLine(ctx context.Context, m *Module, lvl slog.Level, msg string) {
+	allowed, dropped := m.logLimit.allow(time.Now())
+	if !allowed {
+		m.mm.logDropped.Inc()
+		return
 	}
 	attrs := []slog.Attr{slog.String("policy", m.name), slog.String("msg", msg)}
 	if dropped > 0 {

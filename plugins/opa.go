@@ -74,6 +74,7 @@ type opaInstance struct {
 	now                                           time.Time    // the evaluation's time (time.now_ns)
 	input                                         bytes.Buffer // the evaluation's input JSON
 	args                                          [4]any       // a built-in call's decoded arguments
+	printed                                       []string     // lines of a print() call, for the host to log
 }
 
 // checkOPA reports every way cm falls short of OPA's ABI as the host runs it.

@@ -55,6 +55,65 @@ var hostBuiltins = map[string]opaBuiltin{
 		}
 		return url.QueryUnescape(s)
 	}},
+	// print(), in a module built with `opa build --wasm-include-print` (without it, opa
+	// build drops print calls).
+	"internal.print": {1, internalPrint},
+}
+
+// maxPrintLines bounds the lines one print() call makes (each operand that is a set of several
+// values multiplies them, as in OPA).
+const maxPrintLines = 16
+
+// internalPrint is OPA's print(): its operand is an array holding, for each argument, the set
+// of its values (empty when the argument is undefined). One line is made per combination of
+// values, the arguments separated by a space: a string as it is, "<undefined>" for an undefined
+// argument, any other value as JSON. The lines go to the agent's debug log (rate limited, cut
+// to the log line limit); the input holds no credential (SPEC §5), so neither can they. It is
+// always defined, so a print never changes a decision.
+func internalPrint(o *opaInstance, args []any) (any, error) {
+	operands, ok := args[0].([]any)
+	if !ok {
+		return true, nil
+	}
+	parts := make([]string, len(operands))
+	var walk func(i int)
+	walk = func(i int) {
+		if len(o.printed) >= maxPrintLines {
+			return
+		}
+		if i == len(operands) {
+			line := strings.Join(parts, " ")
+			if len(line) > maxLogBytes {
+				line = strings.ToValidUTF8(line[:maxLogBytes], "") + "..."
+			}
+			o.printed = append(o.printed, sanitize([]byte(line)))
+			return
+		}
+		values, _ := operands[i].([]any) // a set is dumped as a JSON array
+		if len(values) == 0 {
+			parts[i] = "<undefined>"
+			walk(i + 1)
+			return
+		}
+		for _, v := range values {
+			parts[i] = printValue(v)
+			walk(i + 1)
+		}
+	}
+	walk(0)
+	return true, nil
+}
+
+// printValue writes one print() operand value: a string as it is, anything else as JSON.
+func printValue(v any) string {
+	if s, ok := v.(string); ok {
+		return s
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
 }
 
 // sprintf is OPA's sprintf: Go's fmt.Sprintf with integers as int64 (or big.Int), other
@@ -235,24 +294,15 @@ func (e *Engine) opaAbort(_ context.Context, mod api.Module, stack []uint64) {
 	panic(fmt.Errorf("opa_abort: %s", sanitize(msg)))
 }
 
-// opaPrintln logs a print() of the policy, rate-limited as tokenagent.log lines.
+// opaPrintln logs a line of the module's opa_println (OPA's runtime writes its own
+// diagnostics there), rate-limited as tokenagent.log lines.
 func (e *Engine) opaPrintln(ctx context.Context, mod api.Module, stack []uint64) {
 	inst := e.opaInstanceOf(mod)
-	m := inst.ver.mod
-	allowed, dropped := m.logLimit.allow(time.Now())
-	if !allowed {
-		m.mm.logDropped.Inc()
-		return
-	}
 	msg, err := cString(mod.Memory(), uint32(stack[0]), maxLogBytes)
 	if err != nil {
 		msg = []byte("(unreadable: " + err.Error() + ")")
 	}
-	attrs := []slog.Attr{slog.String("policy", m.name), slog.String("msg", sanitize(msg))}
-	if dropped > 0 {
-		attrs = append(attrs, slog.Int("dropped_before", dropped))
-	}
-	e.log.LogAttrs(ctx, slog.LevelInfo, "policy log", attrs...)
+	e.policyLine(ctx, inst.ver.mod, slog.LevelInfo, sanitize(msg))
 }
 
 // opaBuiltin dispatches opa_builtin<n>(id, ctx, args...) to the host function: the arguments
@@ -278,6 +328,10 @@ func (e *Engine) opaBuiltin(ctx context.Context, mod api.Module, n int, stack []
 	}
 	res, err := b.fn(o, args)
 	clear(args)
+	for _, line := range o.printed { // print() lines, logged by the host, not the built-in
+		e.policyLine(ctx, inst.ver.mod, slog.LevelDebug, line)
+	}
+	o.printed = o.printed[:0]
 	if err != nil {
 		stack[0] = 0 // undefined
 		return

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -174,6 +175,77 @@ func TestOPAHostBuiltins(t *testing.T) {
 	if out, err = m.Evaluate(context.Background(), in); err != nil || out.Allow {
 		t.Fatalf("a bad token: %+v %v", out, err)
 	}
+}
+
+// print() in a module built with --wasm-include-print reaches the agent's debug log, one line
+// per call (a string as it is, an undefined argument as <undefined>, other values as JSON), and
+// never changes the decision; without the flag, opa build drops print calls.
+func TestOPAPrint(t *testing.T) {
+	const regoPrint = `package envoy.authz
+
+import rego.v1
+
+default allow := false
+
+allow if {
+	print("checking", input.attributes.request.http.method, input.identity.user, input.parsed_path, input.no_such_field)
+	input.attributes.request.http.method == "GET"
+}
+`
+	files := map[string]string{"policy.rego": regoPrint}
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		lines bool
+	}{
+		{"with --wasm-include-print", []string{"--wasm-include-print"}, true},
+		{"without", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncBuffer
+			e := plugintest.NewEngine(t, plugins.EngineOptions{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+			m := load(t, e, opatest.BuildFlags(t, files, tc.flags, "envoy/authz/allow"), "")
+			for _, method := range []string{"GET", "POST"} {
+				in := get(method, "/a/b", "")
+				in.User = "42"
+				out, err := m.Evaluate(context.Background(), in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if out.Allow != (method == "GET") {
+					t.Errorf("%s: allow = %v: print changed the decision", method, out.Allow)
+				}
+			}
+			got := logs.String()
+			for _, method := range []string{"GET", "POST"} {
+				want := `msg="checking ` + method + ` 42 [\"a\",\"b\"] <undefined>"`
+				if strings.Contains(got, want) != tc.lines {
+					t.Errorf("log line %s present = %v, want %v; the log:\n%s", want, !tc.lines, tc.lines, got)
+				}
+			}
+			if tc.lines && !strings.Contains(got, "level=DEBUG msg=\"policy log\" policy=rego") {
+				t.Errorf("print lines are not debug lines of the policy log:\n%s", got)
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the engine's concurrent log writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // A policy that needs a built-in the host does not provide is refused at load, naming it.

@@ -324,7 +324,7 @@ func keySetOf(path string, data map[string]any) (json.RawMessage, string, error)
 func CheckJWKSURI(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
-		return fmt.Errorf("%q is not an absolute URL", raw)
+		return fmt.Errorf("%q is not an absolute URL", RedactURL(raw))
 	}
 	switch u.Scheme {
 	case "https":

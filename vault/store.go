@@ -385,6 +385,7 @@ func (s *Store) startLoad(ctx context.Context, h uint64, r ref) <-chan singlefli
 			if s.src.Ready() == nil {
 				s.downTill.Store(s.opts.Now().Add(time.Second).UnixNano())
 			}
+			err = RedactURLError(err) // a source's HTTP client prints the URL it read
 			s.noteRead(err)
 			s.log.Warn("key source read failed", "source", s.src.Name(), "path", path, "error", err.Error())
 			return nil, err

@@ -19,10 +19,12 @@ import (
 //	scheme://host[:port]   exactly that origin (http or https;     https://app.example.org
 //	                       the default port when none is given)    http://localhost:8080
 //
-// Hosts are compared in their canonical ASCII form: lower case, without a trailing dot, and
-// with Unicode labels turned into punycode (IDNA, UTS #46 lookup rules), so `Bücher.Example.`
-// and `xn--bcher-kva.example` are the same host. A host whose last label is numeric (an IPv4
-// address) or an IPv6 literal (`[::1]`) is only ever matched exactly, never by a `*.suffix`.
+// Hosts are compared in their canonical ASCII form: lower case, without a trailing dot. A
+// pattern may be written in Unicode (`Bücher.Example.`): it is turned into its A-label
+// (`xn--bcher-kva.example`) once, when compiled. A request's `Origin` is compared as the ASCII
+// bytes the browser sent and never IDNA-mapped (SPEC §1): an Origin holding a byte ≥ 0x80 does
+// not parse and matches nothing. A host whose last label is numeric (an IPv4 address) or an
+// IPv6 literal (`[::1]`) is only ever matched exactly, never by a `*.suffix`.
 
 // MaxOriginLen is the longest Origin header value looked at; a longer one is refused.
 const MaxOriginLen = 1024
@@ -62,9 +64,16 @@ var (
 
 // ParseOrigin parses an `Origin` header value. It refuses `null`, a scheme other than http or
 // https, anything after the authority (a path, even "/", a query or a fragment), user info,
-// an empty host, a host that is not a hostname or IP address, and a port that is not 1 to
-// 65535. It allocates only to lower-case a host or to convert a Unicode host to punycode.
+// an empty host, a host that is not a hostname or IP address, a host holding a byte ≥ 0x80
+// (never IDNA-mapped, SPEC §1), and a port that is not 1 to 65535. It allocates only to
+// lower-case a host.
 func ParseOrigin(s string) (Origin, error) {
+	return parseOrigin(s, hostname.ParseAuthority)
+}
+
+// parseOrigin reads `scheme://authority` with parse reading the authority: the request form
+// (ParseAuthority) for a header, the operator's (ParseConfigAuthority) for a pattern.
+func parseOrigin(s string, parse func(string) (string, uint16, error)) (Origin, error) {
 	if len(s) > MaxOriginLen {
 		return Origin{}, errOriginTooLong
 	}
@@ -84,7 +93,7 @@ func ParseOrigin(s string) (Origin, error) {
 	default:
 		return Origin{}, errOriginScheme
 	}
-	h, port, err := hostname.ParseAuthority(s[i+3:])
+	h, port, err := parse(s[i+3:])
 	if err != nil {
 		return Origin{}, err
 	}
@@ -156,7 +165,7 @@ func (m *OriginMatcher) Add(pattern string) error {
 		if strings.IndexByte(p, '*') >= 0 {
 			return fail(errPatternWildcard)
 		}
-		o, err := ParseOrigin(strings.TrimSuffix(p, "/"))
+		o, err := parseOrigin(strings.TrimSuffix(p, "/"), hostname.ParseConfigAuthority)
 		if err != nil {
 			return fail(err)
 		}

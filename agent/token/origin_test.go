@@ -19,10 +19,14 @@ func TestParseOrigin(t *testing.T) {
 		{name: "upper case", in: "HTTPS://App.EXAMPLE.com", want: Origin{"https", "app.example.com", 443}},
 		{name: "trailing dot", in: "https://app.example.com.", want: Origin{"https", "app.example.com", 443}},
 		{name: "trailing dot and port", in: "https://app.example.com.:8443", want: Origin{"https", "app.example.com", 8443}},
-		{name: "unicode host", in: "https://Bücher.example", want: Origin{"https", "xn--bcher-kva.example", 443}},
 		{name: "punycode host", in: "https://xn--bcher-kva.example", want: Origin{"https", "xn--bcher-kva.example", 443}},
-		{name: "japanese host", in: "https://例え.テスト", want: Origin{"https", "xn--r8jz45g.xn--zckzah", 443}},
-		{name: "fullwidth dot", in: "https://bücher．example", want: Origin{"https", "xn--bcher-kva.example", 443}},
+		// SPEC §1: an Origin is compared as ASCII bytes, never IDNA-mapped (browsers send the
+		// A-label form, so only a client that is not a browser sends these).
+		{name: "unicode host", in: "https://Bücher.example", bad: true},
+		{name: "japanese host", in: "https://例え.テスト", bad: true},
+		{name: "fullwidth dot", in: "https://docs．example.com", bad: true},
+		{name: "ideographic full stop", in: "https://docs.example.com。", bad: true},
+		{name: "fullwidth letters", in: "https://ｄｏｃｓ.example.com", bad: true},
 		{name: "ipv4", in: "http://127.0.0.1:3000", want: Origin{"http", "127.0.0.1", 3000}},
 		{name: "ipv6", in: "http://[::1]:3000", want: Origin{"http", "[::1]", 3000}},
 		{name: "ipv6 non canonical", in: "https://[0:0:0:0:0:0:0:1]", want: Origin{"https", "[::1]", 443}},
@@ -92,10 +96,10 @@ func TestParseOrigin(t *testing.T) {
 
 func TestOriginString(t *testing.T) {
 	for in, want := range map[string]string{
-		"https://A.example:443":  "https://a.example",
-		"http://a.example:80":    "http://a.example",
-		"http://a.example:443":   "http://a.example:443",
-		"https://Bücher.example": "https://xn--bcher-kva.example",
+		"https://A.example:443":             "https://a.example",
+		"http://a.example:80":               "http://a.example",
+		"http://a.example:443":              "http://a.example:443",
+		"https://xn--bcher-kva.example:443": "https://xn--bcher-kva.example",
 	} {
 		o, err := ParseOrigin(in)
 		if err != nil {
@@ -165,7 +169,11 @@ func TestOriginMatch(t *testing.T) {
 
 		// IDNA: compare in ASCII
 		{"idna unicode pattern punycode origin", []string{"bücher.example"}, "https://xn--bcher-kva.example", true},
-		{"idna punycode pattern unicode origin", []string{"xn--bcher-kva.example"}, "https://Bücher.example", true},
+		{"idna punycode pattern unicode origin", []string{"xn--bcher-kva.example"}, "https://Bücher.example", false},
+		{"unicode pattern unicode origin", []string{"bücher.example"}, "https://bücher.example", false},
+		{"ideographic full stop origin", []string{"docs.example.com"}, "https://docs.example.com。", false},
+		{"fullwidth dot origin", []string{"*.example.com"}, "https://docs．example.com", false},
+		{"fullwidth letters origin", []string{"https://docs.example.com"}, "https://ｄｏｃｓ.example.com", false},
 		{"idna wildcard", []string{"*.bücher.example"}, "https://shop.xn--bcher-kva.example", true},
 		{"idna wildcard not bare", []string{"*.bücher.example"}, "https://xn--bcher-kva.example", false},
 		{"idna exact", []string{"https://bücher.example"}, "https://xn--bcher-kva.example", true},
@@ -301,6 +309,7 @@ func FuzzOriginMatch(f *testing.F) {
 		"https://evil-example.com", "HTTPS://APP.EXAMPLE.COM.:443", "null", "https://Bücher.example",
 		"http://[::1]:8080", "https://user@example.com", "https://app.example.com/", "ws://x",
 		"http://127.0.0.1", "https://a..example.com", "https://xn--bcher-kva.example",
+		"https://app.example.com\u3002", "https://app\uff0eexample.com", "https://\uff41pp.example.com",
 	} {
 		f.Add(s)
 	}
@@ -311,6 +320,9 @@ func FuzzOriginMatch(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		o, err := ParseOrigin(s)
 		matched := m.MatchString(s)
+		if err == nil && strings.ContainsFunc(s, func(r rune) bool { return r >= 0x80 }) {
+			t.Fatalf("%q holds a non-ASCII character but parses: an Origin is never IDNA-mapped", s)
+		}
 		if err != nil {
 			if matched {
 				t.Fatalf("%q does not parse but matches", s)

@@ -45,11 +45,17 @@ func Binary() (string, error) {
 // `opa build -t wasm -e <entrypoint>...` on it; it returns the bundle's path, cached by content.
 func Build(tb testing.TB, files map[string]string, entrypoints ...string) string {
 	tb.Helper()
+	return BuildFlags(tb, files, nil, entrypoints...)
+}
+
+// BuildFlags is Build with more flags for `opa build` (for example --wasm-include-print).
+func BuildFlags(tb testing.TB, files map[string]string, flags []string, entrypoints ...string) string {
+	tb.Helper()
 	bin, err := Binary()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	key := hashOf(files, entrypoints)
+	key := hashOf(files, append(append([]string(nil), flags...), entrypoints...))
 	path, err := plugintest.CachedBuild(filepath.Join("opa", key+".tar.gz"), func(tmp string) error {
 		dir, err := os.MkdirTemp("", "opatest-")
 		if err != nil {
@@ -59,7 +65,7 @@ func Build(tb testing.TB, files map[string]string, entrypoints ...string) string
 		if err := write(dir, files); err != nil {
 			return err
 		}
-		args := []string{"build", "-t", "wasm", "-o", tmp}
+		args := append([]string{"build", "-t", "wasm", "-o", tmp}, flags...)
 		for _, e := range entrypoints {
 			args = append(args, "-e", e)
 		}

@@ -193,7 +193,7 @@ func (c *Cache) Remote(uri string) *Remote {
 		if u, err := url.Parse(uri); err == nil && u.Host != "" {
 			host = u.Host
 		}
-		r = &Remote{c: c, uri: uri, host: host}
+		r = &Remote{c: c, uri: uri, printable: vault.RedactURL(uri), host: host}
 		c.remotes[uri] = r
 	}
 	r.lastUsed.Store(c.opts.Now().UnixNano())
@@ -221,10 +221,10 @@ func (c *Cache) Warnings() []string {
 		switch {
 		case err == nil:
 		case fetched.IsZero():
-			out = append(out, fmt.Sprintf("jwks_uri %s: keys could never be fetched: %v", r.uri, err))
+			out = append(out, fmt.Sprintf("jwks_uri %s: keys could never be fetched: %v", r.printable, err))
 		default:
 			out = append(out, fmt.Sprintf("jwks_uri %s: last fetch failed (serving keys fetched %s): %v",
-				r.uri, fetched.UTC().Format(time.RFC3339), err))
+				r.printable, fetched.UTC().Format(time.RFC3339), err))
 		}
 	}
 	sort.Strings(out)
@@ -233,9 +233,10 @@ func (c *Cache) Warnings() []string {
 
 // Remote is the key set of one jwks_uri.
 type Remote struct {
-	c    *Cache
-	uri  string
-	host string
+	c         *Cache
+	uri       string
+	printable string // uri as it may be printed (vault.RedactURL): logs, warnings, errors
+	host      string
 
 	set        atomic.Pointer[Set]
 	fetchedAt  atomic.Int64 // unix nanos of the last successful fetch
@@ -248,14 +249,16 @@ type Remote struct {
 	lastErr     error
 }
 
-// URI is the remote set's address.
-func (r *Remote) URI() string { return r.uri }
+// URI is the remote set's address as it may be printed: its user info and query values
+// redacted (vault.RedactURL).
+func (r *Remote) URI() string { return r.printable }
 
 // Current returns the set last fetched, nil when none ever was. It never fetches.
 func (r *Remote) Current() *Set { return r.set.Load() }
 
 // UnavailableError reports a remote key set that could never be fetched.
 type UnavailableError struct {
+	// URI is the set's address as it may be printed (vault.RedactURL).
 	URI string
 	// RetryAfter is when the next fetch may be tried.
 	RetryAfter time.Duration
@@ -320,12 +323,12 @@ func (r *Remote) fetchLimited(ctx context.Context) (*Set, error) {
 		r.mu.Lock()
 		if err != nil {
 			if r.lastErr == nil {
-				r.c.log.Warn("jwks fetch failed; older keys keep serving", "jwks_uri", r.uri, "error", err.Error())
+				r.c.log.Warn("jwks fetch failed; older keys keep serving", "jwks_uri", r.printable, "error", err.Error())
 			}
 			r.lastErr = err
 		} else {
 			if r.lastErr != nil {
-				r.c.log.Info("jwks fetch recovered", "jwks_uri", r.uri)
+				r.c.log.Info("jwks fetch recovered", "jwks_uri", r.printable)
 			}
 			r.lastErr, r.fetched = nil, now
 			r.fetchedAt.Store(now.UnixNano())
@@ -351,7 +354,7 @@ func (r *Remote) fetchLimited(ctx context.Context) (*Set, error) {
 		err = errors.New("not fetched yet")
 	}
 	wait := r.lastAttempt.Add(r.c.opts.RefetchInterval).Sub(r.c.opts.Now())
-	return nil, &UnavailableError{URI: r.uri, RetryAfter: max(wait, time.Second), Err: err}
+	return nil, &UnavailableError{URI: r.printable, RetryAfter: max(wait, time.Second), Err: err}
 }
 
 // fetch reads and parses the set once. ctx is the first waiting caller's, for its span only:
@@ -374,12 +377,12 @@ func (r *Remote) get() (*Set, string, error) {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.uri, nil)
 	if err != nil {
-		return nil, "invalid", err
+		return nil, "invalid", vault.RedactURLError(err)
 	}
 	req.Header.Set("Accept", "application/jwk-set+json, application/json")
 	resp, err := r.c.client.Do(req)
 	if err != nil {
-		return nil, "error", err
+		return nil, "error", vault.RedactURLError(err) // Go's text masks a password, not the query
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -408,7 +411,7 @@ func (r *Remote) get() (*Set, string, error) {
 		return nil, "invalid", errors.New(msg)
 	}
 	for _, p := range set.Problems {
-		r.c.log.Debug("jwks key left out", "jwks_uri", r.uri, "problem", p)
+		r.c.log.Debug("jwks key left out", "jwks_uri", r.printable, "problem", p)
 	}
 	return set, "ok", nil
 }

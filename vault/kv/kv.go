@@ -213,7 +213,7 @@ func New(ctx context.Context, opts Options) (*Source, error) {
 		cfg.Address = opts.Address
 	}
 	if u, err := url.Parse(cfg.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix") || (u.Host == "" && u.Scheme != "unix") {
-		return nil, fmt.Errorf("keys.vault.address: %q is not an http(s) URL", cfg.Address)
+		return nil, fmt.Errorf("keys.vault.address: %q is not an http(s) URL", vault.RedactURL(cfg.Address))
 	}
 	cfg.Timeout = opts.Timeout
 	// Fail fast: the Store serves stale records and retries on its own schedule, so a long
@@ -225,7 +225,7 @@ func New(ctx context.Context, opts Options) (*Source, error) {
 	cfg.MaxRetryWait = 250 * time.Millisecond
 	client, err := api.NewClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("keys.vault.address: %w", err)
+		return nil, fmt.Errorf("keys.vault.address: %w", vault.RedactURLError(err))
 	}
 	client.ClearToken() // NewClient took VAULT_TOKEN; the token is set only by a login
 	ns := opts.Namespace
@@ -251,7 +251,7 @@ func New(ctx context.Context, opts Options) (*Source, error) {
 		prefix:  opts.Prefix,
 		method:  a.Method,
 		opts:    opts,
-		log:     opts.Logger.With("component", "vault", "address", opts.Address),
+		log:     opts.Logger.With("component", "vault", "address", vault.RedactURL(opts.Address)),
 		m:       m,
 		readyCh: make(chan struct{}),
 		recheck: make(chan struct{}, 1),
@@ -276,7 +276,7 @@ func (s *Source) Ready() error {
 	}
 	s.errMu.Lock()
 	defer s.errMu.Unlock()
-	return fmt.Errorf("vault at %s (auth method %s): %w", s.opts.Address, s.method, s.lastErr)
+	return fmt.Errorf("vault at %s (auth method %s): %w", vault.RedactURL(s.opts.Address), s.method, s.lastErr)
 }
 
 // WaitReady blocks until the first login succeeds or ctx is done; it returns Ready's error in
@@ -307,7 +307,7 @@ func (s *Source) Close() {
 
 func (s *Source) setErr(err error) {
 	s.errMu.Lock()
-	s.lastErr = err
+	s.lastErr = vault.RedactURLError(err)
 	s.errMu.Unlock()
 }
 

@@ -415,12 +415,15 @@ func (d *Daemon) Ready() Readiness {
 	if len(r.Problems) > 0 {
 		r.Ready = false
 	}
+	// The agent's warnings first: its first call reads every site's key records, and the
+	// invalid ones it finds must be in this answer's store warnings, not only the next one's.
+	agentWarnings := a.Warnings()
 	r.Warnings = append(r.Warnings, d.store.Warnings()...)
 	r.Warnings = append(r.Warnings, d.tls.warnings()...)
 	if d.replay != nil {
 		r.Warnings = append(r.Warnings, d.replay.Warnings()...)
 	}
-	r.Warnings = append(r.Warnings, a.Warnings()...)
+	r.Warnings = append(r.Warnings, agentWarnings...)
 	d.mu.RLock()
 	if d.lastReload != nil {
 		r.Warnings = append(r.Warnings, "last config reload refused: "+d.lastReload.Error())

@@ -7,11 +7,22 @@
 //
 // # Canonical form
 //
-// A hostname is lower-cased, loses one trailing dot, and has its Unicode labels turned into
-// punycode (IDNA, UTS #46 lookup rules); it is dot-separated labels of 1 to 63 letters,
-// digits, '-' or '_' (browsers allow '_'), at most 253 characters. An IPv6 literal keeps its
-// brackets and is written in its RFC 5952 form (`[::1]`); a zone is refused. An IPv4 address is
-// a hostname whose labels are digits.
+// A hostname is lower-cased, loses one trailing dot, and is dot-separated labels of 1 to 63
+// letters, digits, '-' or '_' (browsers allow '_'), at most 253 characters. An IPv6 literal
+// keeps its brackets and is written in its RFC 5952 form (`[::1]`); a zone is refused. An IPv4
+// address is a hostname whose labels are digits.
+//
+// # Requests and configuration are read differently
+//
+// What a client sends (a request's authority, an `Origin`) is compared as ASCII bytes and is
+// never IDNA-mapped: Envoy's routes and the upstream compare the bytes they got, so an
+// authority such as `docs.example.com。` (U+3002), which IDNA maps to `docs.example.com`, must
+// not name the site `docs` when the proxy routes it elsewhere (SPEC §1). ParseAuthority
+// refuses any byte ≥ 0x80 with ErrNotASCII.
+//
+// What an operator writes (config hostnames, origin patterns in key records) may be Unicode:
+// Canonical and ParseConfigAuthority turn Unicode labels into their A-label (`xn--`) form
+// (IDNA, UTS #46 lookup rules), once, at load.
 package hostname
 
 import (
@@ -32,14 +43,29 @@ var (
 	ErrPort = errors.New("the port is not a number from 1 to 65535 without leading zeros")
 	// ErrHost: the host is empty or not a valid hostname or IP literal.
 	ErrHost = errors.New("the host is not a valid hostname or IP address")
+	// ErrNotASCII: a request's authority or origin holds a byte ≥ 0x80. Requests are compared
+	// as ASCII bytes, never IDNA-mapped (see the package documentation).
+	ErrNotASCII = errors.New("the host holds a non-ASCII byte; a request's host is compared as ASCII and never IDNA-mapped")
 )
 
 // ParseAuthority splits a request authority (`:authority`, `Host`, or the authority of an
-// origin) into its canonical host and its port (0 when none is given). It refuses user info
+// `Origin`) into its canonical host and its port (0 when none is given). It refuses user info
 // (`a.example.com:1@b.example.com`), anything after the authority, spaces, control
-// characters, percent-escapes and backslashes, an empty port, and a port outside 1–65535. It
-// allocates only when the host needs lower-casing, punycode or a canonical IPv6 spelling.
+// characters, percent-escapes and backslashes, an empty port, a port outside 1–65535, and any
+// byte ≥ 0x80 (ErrNotASCII: a request's host is never IDNA-mapped). It allocates only when
+// the host needs lower-casing or a canonical IPv6 spelling.
 func ParseAuthority(a string) (host string, port uint16, err error) {
+	return parseAuthority(a, false)
+}
+
+// ParseConfigAuthority is ParseAuthority for an authority an operator wrote (an origin
+// pattern `scheme://host[:port]` in a key record): Unicode labels are allowed and turned into
+// their A-label form.
+func ParseConfigAuthority(a string) (host string, port uint16, err error) {
+	return parseAuthority(a, true)
+}
+
+func parseAuthority(a string, unicode bool) (host string, port uint16, err error) {
 	if a == "" {
 		return "", 0, ErrHost
 	}
@@ -49,6 +75,8 @@ func ParseAuthority(a string) (host string, port uint16, err error) {
 			return "", 0, ErrSyntax
 		case c == '/' || c == '?' || c == '#' || c == '@' || c == '\\' || c == '%':
 			return "", 0, ErrSyntax
+		case c >= utf8.RuneSelf && !unicode:
+			return "", 0, ErrNotASCII
 		}
 	}
 	h, rest := a, ""
@@ -96,9 +124,10 @@ func ParsePort(s string) (uint16, bool) {
 	return uint16(n), true
 }
 
-// Canonical returns h, a hostname or a bracketed IPv6 literal without a port, in canonical
-// form (see the package documentation). It returns h itself, without allocating, when h is
-// already canonical.
+// Canonical returns h, a hostname or a bracketed IPv6 literal without a port as an operator
+// wrote it, in canonical form (see the package documentation): Unicode labels become A-labels.
+// It returns h itself, without allocating, when h is already canonical. Never use it on what a
+// client sent: ParseAuthority reads that.
 func Canonical(h string) (string, error) {
 	if h == "" {
 		return "", ErrHost

@@ -19,7 +19,14 @@ func TestParseAuthority(t *testing.T) {
 		{"127.0.0.1:80", "127.0.0.1", 80, nil},
 		{"[::1]:9191", "[::1]", 9191, nil},
 		{"[0:0:0::1]", "[::1]", 0, nil},
-		{"bücher.example", "xn--bcher-kva.example", 0, nil},
+		{"bücher.example", "", 0, ErrNotASCII},
+		{"xn--bcher-kva.example", "xn--bcher-kva.example", 0, nil},
+		{"docs.example.com\u3002", "", 0, ErrNotASCII},               // ideographic full stop
+		{"docs\uff0eexample.com", "", 0, ErrNotASCII},                // fullwidth full stop
+		{"\uff44\uff4f\uff43\uff53.example.com", "", 0, ErrNotASCII}, // fullwidth letters
+		{"docs.example.com\u3002:443", "", 0, ErrNotASCII},
+		{"docs.exam\u00adple.com", "", 0, ErrNotASCII}, // soft hyphen, which IDNA drops
+		{"docs.example.com\xff", "", 0, ErrNotASCII},   // not UTF-8 either
 		{"under_score.example", "under_score.example", 0, nil},
 		{"docs.example.com:65535", "docs.example.com", 65535, nil},
 		{"", "", 0, ErrHost},
@@ -58,6 +65,30 @@ func TestParseAuthority(t *testing.T) {
 	}
 }
 
+// TestParseConfigAuthority: what an operator writes may be Unicode and becomes its A-label;
+// the rest of the syntax is the request form's.
+func TestParseConfigAuthority(t *testing.T) {
+	tests := []struct {
+		in   string
+		host string
+		port uint16
+		err  error
+	}{
+		{"bücher.example", "xn--bcher-kva.example", 0, nil},
+		{"Bücher.Example.:8443", "xn--bcher-kva.example", 8443, nil},
+		{"docs.example.com", "docs.example.com", 0, nil},
+		{"docs.example.com\xff", "", 0, ErrHost},
+		{"user@bücher.example", "", 0, ErrSyntax},
+		{"bücher.example:0", "", 0, ErrPort},
+	}
+	for _, tc := range tests {
+		host, port, err := ParseConfigAuthority(tc.in)
+		if !errors.Is(err, tc.err) || host != tc.host || port != tc.port {
+			t.Errorf("ParseConfigAuthority(%q) = %q, %d, %v; want %q, %d, %v", tc.in, host, port, err, tc.host, tc.port, tc.err)
+		}
+	}
+}
+
 func TestIsIP(t *testing.T) {
 	for h, want := range map[string]bool{"[::1]": true, "127.0.0.1": true, "a.b.1": true, "docs.example.com": false,
 		"1.example.com": false, "": false} {
@@ -73,7 +104,8 @@ func TestIsIP(t *testing.T) {
 // back the same.
 func FuzzParseAuthority(f *testing.F) {
 	for _, s := range []string{"docs.example.com", "DOCS.example.com.:8443", "[::1]:80", "a:1@b", "x:0", "x:",
-		"bücher.example", "[fe80::1%25eth0]", "a..b", "a/b", "127.0.0.1:65535"} {
+		"bücher.example", "[fe80::1%25eth0]", "a..b", "a/b", "127.0.0.1:65535",
+		"docs.example.com\u3002", "docs\uff0eexample.com", "\uff44\uff4f\uff43\uff53.example.com"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, a string) {
@@ -83,6 +115,11 @@ func FuzzParseAuthority(f *testing.F) {
 		}
 		if strings.ContainsAny(a, "@/?#\\% \t\r\n\x00") {
 			t.Fatalf("ParseAuthority(%q) accepted a character an authority cannot hold", a)
+		}
+		for i := 0; i < len(a); i++ {
+			if a[i] >= 0x80 {
+				t.Fatalf("ParseAuthority(%q) accepted a non-ASCII byte: a request's host is never IDNA-mapped", a)
+			}
 		}
 		if c, err := Canonical(host); err != nil || c != host {
 			t.Fatalf("host %q of %q is not canonical: %q, %v", host, a, c, err)
