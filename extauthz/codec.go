@@ -2,7 +2,6 @@ package extauthz
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -131,7 +130,7 @@ func (s *Server) checkWire(ctx context.Context, in *wireRequest) (*wireResponse,
 	r.Metadata = md[:0]
 	toWire(d, &r)
 	if err := r.Valid(); err != nil { // what proto.Marshal would refuse
-		slog.Error("check answer not encodable; failing closed", "error", err.Error())
+		s.logger().Error("check answer not encodable; failing closed", "error", err.Error())
 		return nil, status.Error(codes.Internal, "internal error")
 	}
 	b := s.responses.Get(0)

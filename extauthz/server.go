@@ -50,15 +50,33 @@ type Server struct {
 	checker   atomic.Pointer[checkerBox]
 	health    *health.Server
 	responses bytesPool // the wire answers' buffers
+	log       *slog.Logger
 }
 
 type checkerBox struct{ Checker }
 
+// Option tunes a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger of the server's own problems (a recovered panic, an answer that
+// cannot be encoded); the default discards them.
+func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
 // NewServer returns a Server deciding with c.
-func NewServer(c Checker) *Server {
+func NewServer(c Checker, opts ...Option) *Server {
 	s := &Server{health: health.NewServer()}
+	for _, o := range opts {
+		o(s)
+	}
 	s.SetChecker(c)
 	return s
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.log
 }
 
 // SetChecker swaps the checker (for example after a config reload).
@@ -99,7 +117,7 @@ func (s *Server) Check(ctx context.Context, in *authv3.CheckRequest) (*authv3.Ch
 func (s *Server) decide(ctx context.Context, req *agent.Request) (d *agent.Decision, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			slog.Error("check panicked; failing closed", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			s.logger().Error("check panicked; failing closed", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			d, err = nil, status.Error(codes.Internal, "internal error")
 		}
 	}()

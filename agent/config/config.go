@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,8 +21,15 @@ import (
 // Config is the agent's configuration file (SPEC §7). Load parses and validates it in full;
 // an agent is only ever built from a valid Config.
 type Config struct {
+	// GRPCAddr is the ext_authz listener: host:port, or unix:///absolute/path for a Unix
+	// socket (a per-node agent reached over a hostPath directory).
 	GRPCAddr string `yaml:"grpc_addr"`
-	HTTPAddr string `yaml:"http_addr"`
+	// GRPCSocketMode is the file mode of grpc_addr's Unix socket, in octal (default "0660").
+	GRPCSocketMode string `yaml:"grpc_socket_mode"`
+	// GRPCTransport is the HTTP/2 server of grpc_addr: "tokenagent" (default: the agent's own,
+	// one goroutine per connection) or "grpc-go" (gRPC-Go's server, kept for one release).
+	GRPCTransport string `yaml:"grpc_transport"`
+	HTTPAddr      string `yaml:"http_addr"`
 	// AuthzHTTPAddr is the listen address of the HTTP authorization front (Envoy's HTTP
 	// ext_authz, nginx auth_request, Traefik forwardAuth); empty (the default): off.
 	AuthzHTTPAddr string `yaml:"authz_http_addr"`
@@ -257,7 +265,7 @@ func (c *Config) validate() error {
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = DefaultHTTPAddr
 	}
-	if err := checkAddr("grpc_addr", c.GRPCAddr); err != nil {
+	if err := c.validateGRPCListener(); err != nil {
 		return err
 	}
 	if err := checkAddr("http_addr", c.HTTPAddr); err != nil {
@@ -310,6 +318,65 @@ func (c *Config) validate() error {
 		}
 	}
 	return nil
+}
+
+// The values of grpc_transport.
+const (
+	TransportTokenagent = "tokenagent"
+	TransportGRPCGo     = "grpc-go"
+)
+
+// DefaultGRPCSocketMode is grpc_socket_mode's default: the owner and its group may connect.
+const DefaultGRPCSocketMode = "0660"
+
+// unixScheme starts a grpc_addr that is a Unix socket.
+const unixScheme = "unix://"
+
+func (c *Config) validateGRPCListener() error {
+	switch c.GRPCTransport {
+	case "":
+		c.GRPCTransport = TransportTokenagent
+	case TransportTokenagent, TransportGRPCGo:
+	default:
+		return fmt.Errorf("grpc_transport: %q is not %s or %s", c.GRPCTransport, TransportTokenagent, TransportGRPCGo)
+	}
+	if c.GRPCSocketMode == "" {
+		c.GRPCSocketMode = DefaultGRPCSocketMode
+	}
+	if _, err := c.SocketMode(); err != nil {
+		return err
+	}
+	if path, ok := strings.CutPrefix(c.GRPCAddr, unixScheme); ok {
+		if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+			return fmt.Errorf("grpc_addr: %q: a Unix socket is unix:// and an absolute, clean path (unix:///run/tokenagent/ext_authz.sock)", c.GRPCAddr)
+		}
+		if len(path) > 107 { // sun_path holds 108 bytes with the NUL
+			return fmt.Errorf("grpc_addr: the socket path %q is over the 107 bytes a Unix socket path may have", path)
+		}
+		return nil
+	}
+	return checkAddr("grpc_addr", c.GRPCAddr)
+}
+
+// GRPCListen is the network ("tcp" or "unix") and address grpc_addr names.
+func (c *Config) GRPCListen() (network, address string) {
+	if path, ok := strings.CutPrefix(c.GRPCAddr, unixScheme); ok {
+		return "unix", path
+	}
+	return "tcp", c.GRPCAddr
+}
+
+// SocketMode is grpc_socket_mode as a file mode.
+func (c *Config) SocketMode() (os.FileMode, error) {
+	m := c.GRPCSocketMode
+	if m == "" {
+		m = DefaultGRPCSocketMode
+	}
+	v, err := strconv.ParseUint(m, 8, 32)
+	if err != nil || v > 0o777 || v&0o600 != 0o600 {
+		return 0, fmt.Errorf("grpc_socket_mode: %q is not an octal file mode that lets the agent's user read and write (such as \"0660\")", c.GRPCSocketMode)
+	}
+	return os.FileMode(v), nil
 }
 
 func checkAddr(field, addr string) error {

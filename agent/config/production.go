@@ -141,26 +141,49 @@ func (c *Config) validateProduction() error {
 	return c.Replay.validate(c.Dir)
 }
 
+// startOnly are the settings that take effect only at start-up (listeners, TLS, reflection,
+// tracing, the key source, the replay store): how to compare two configs' values and how to
+// keep the running one. The one owner of that rule: StartOnly reports with it and
+// KeepStartOnly applies it.
+var startOnly = []struct {
+	name string
+	same func(a, b *Config) bool
+	keep func(dst, src *Config)
+}{
+	{"grpc_addr", func(a, b *Config) bool { return a.GRPCAddr == b.GRPCAddr }, func(d, s *Config) { d.GRPCAddr = s.GRPCAddr }},
+	{"grpc_socket_mode", func(a, b *Config) bool { return a.GRPCSocketMode == b.GRPCSocketMode }, func(d, s *Config) { d.GRPCSocketMode = s.GRPCSocketMode }},
+	{"grpc_transport", func(a, b *Config) bool { return a.GRPCTransport == b.GRPCTransport }, func(d, s *Config) { d.GRPCTransport = s.GRPCTransport }},
+	{"http_addr", func(a, b *Config) bool { return a.HTTPAddr == b.HTTPAddr }, func(d, s *Config) { d.HTTPAddr = s.HTTPAddr }},
+	{"authz_http_addr", func(a, b *Config) bool { return a.AuthzHTTPAddr == b.AuthzHTTPAddr }, func(d, s *Config) { d.AuthzHTTPAddr = s.AuthzHTTPAddr }},
+	{"authz_http", func(a, b *Config) bool { return a.AuthzHTTP == b.AuthzHTTP }, func(d, s *Config) { d.AuthzHTTP = s.AuthzHTTP }},
+	{"grpc_tls", func(a, b *Config) bool { return eqPtr(a.GRPCTLS, b.GRPCTLS) }, func(d, s *Config) { d.GRPCTLS = s.GRPCTLS }},
+	{"http_tls", func(a, b *Config) bool { return eqPtr(a.HTTPTLS, b.HTTPTLS) }, func(d, s *Config) { d.HTTPTLS = s.HTTPTLS }},
+	{"grpc_reflection", func(a, b *Config) bool { return a.GRPCReflection == b.GRPCReflection }, func(d, s *Config) { d.GRPCReflection = s.GRPCReflection }},
+	{"tracing", func(a, b *Config) bool { return eqTracing(a.Tracing, b.Tracing) }, func(d, s *Config) { d.Tracing = s.Tracing }},
+	{"keys", func(a, b *Config) bool { return a.Keys == b.Keys }, func(d, s *Config) { d.Keys = s.Keys }},
+	{"replay", func(a, b *Config) bool { return a.Replay == b.Replay }, func(d, s *Config) { d.Replay = s.Replay }},
+}
+
 // StartOnly lists the settings that differ between c and o and take effect only at start-up
 // (listen addresses, TLS, reflection, tracing, the key source, the replay store).
 func (c *Config) StartOnly(o *Config) []string {
 	var out []string
-	diff := func(name string, same bool) {
-		if !same {
-			out = append(out, name)
+	for _, s := range startOnly {
+		if !s.same(c, o) {
+			out = append(out, s.name)
 		}
 	}
-	diff("grpc_addr", c.GRPCAddr == o.GRPCAddr)
-	diff("http_addr", c.HTTPAddr == o.HTTPAddr)
-	diff("authz_http_addr", c.AuthzHTTPAddr == o.AuthzHTTPAddr)
-	diff("authz_http", c.AuthzHTTP == o.AuthzHTTP)
-	diff("grpc_tls", eqPtr(c.GRPCTLS, o.GRPCTLS))
-	diff("http_tls", eqPtr(c.HTTPTLS, o.HTTPTLS))
-	diff("grpc_reflection", c.GRPCReflection == o.GRPCReflection)
-	diff("tracing", eqTracing(c.Tracing, o.Tracing))
-	diff("keys", c.Keys == o.Keys)
-	diff("replay", c.Replay == o.Replay)
 	return out
+}
+
+// KeepStartOnly makes c, a config loaded for a reload, keep running's start-up-only settings
+// (StartOnly's list), and returns the names of those that differed: they wait for a restart.
+func (c *Config) KeepStartOnly(running *Config) []string {
+	changed := c.StartOnly(running)
+	for _, s := range startOnly {
+		s.keep(c, running)
+	}
+	return changed
 }
 
 func eqPtr[T comparable](a, b *T) bool {

@@ -31,8 +31,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/reflection"
 
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/config"
@@ -97,9 +95,8 @@ type Daemon struct {
 	agent *agent.Agent
 
 	ext        *extauthz.Server
-	grpc       *grpc.Server
+	check      *checkListener // grpc_addr and its server (listener.go)
 	http       *http.Server
-	grpcLis    net.Listener
 	httpLis    net.Listener
 	reloads    prometheus.Counter
 	reloadErrs prometheus.Counter
@@ -187,12 +184,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error)
 		return nil, err
 	}
 	d.agent = a
-	d.ext = extauthz.NewServer(a)
-	d.grpc = grpc.NewServer(append(extauthz.ServerOptions(), d.tls.grpcCreds()...)...)
-	d.ext.Register(d.grpc)
-	if cfg.GRPCReflection {
-		reflection.Register(d.grpc) // grpcurl and ghz without proto files (SPEC §8)
-	}
+	d.ext = extauthz.NewServer(a, extauthz.WithLogger(opts.Logger))
+	d.check = newCheckListener(cfg, d.ext, d.tls, reg, opts.Logger)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -238,27 +231,28 @@ func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
 // Listen binds the gRPC and HTTP addresses of the config.
 func (d *Daemon) Listen() error {
 	d.mu.RLock()
-	grpcAddr, httpAddr, authzAddr := d.cfg.GRPCAddr, d.cfg.HTTPAddr, d.cfg.AuthzHTTPAddr
+	httpAddr, authzAddr := d.cfg.HTTPAddr, d.cfg.AuthzHTTPAddr
 	d.mu.RUnlock()
 	var err error
-	if d.grpcLis, err = net.Listen("tcp", grpcAddr); err != nil {
-		return fmt.Errorf("grpc_addr: %w", err)
+	if err = d.check.listen(); err != nil {
+		return err
 	}
 	if d.httpLis, err = net.Listen("tcp", httpAddr); err != nil {
-		d.grpcLis.Close()
+		d.check.lis.Close()
 		return fmt.Errorf("http_addr: %w", err)
 	}
 	d.httpLis = d.tls.wrapHTTP(d.httpLis)
 	if err = d.listenOps(authzAddr); err != nil {
-		d.grpcLis.Close()
+		d.check.lis.Close()
 		d.httpLis.Close()
 		return err
 	}
 	return nil
 }
 
-// GRPCAddr is the bound gRPC address (after Listen).
-func (d *Daemon) GRPCAddr() string { return d.grpcLis.Addr().String() }
+// GRPCAddr is the bound ext_authz address as a gRPC client dials it (after Listen):
+// host:port, or unix:///path for a Unix socket.
+func (d *Daemon) GRPCAddr() string { return d.check.addr() }
 
 // HTTPAddr is the bound HTTP address (after Listen).
 func (d *Daemon) HTTPAddr() string { return d.httpLis.Addr().String() }
@@ -267,14 +261,7 @@ func (d *Daemon) HTTPAddr() string { return d.httpLis.Addr().String() }
 func (d *Daemon) Serve() error {
 	errc := make(chan error, 3)
 	n := 2 + d.startOps(errc)
-	go func() {
-		// A Shutdown that came before Serve started is a clean stop, not a failure.
-		if err := d.grpc.Serve(d.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			errc <- err
-			return
-		}
-		errc <- nil
-	}()
+	go func() { errc <- d.check.serve() }() // a Shutdown before Serve is a clean stop
 	go func() {
 		if err := d.http.Serve(d.httpLis); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
@@ -285,7 +272,7 @@ func (d *Daemon) Serve() error {
 	d.mu.RLock()
 	sites := len(d.cfg.Sites)
 	d.mu.RUnlock()
-	d.log.Info("tokenagent serving", "grpc", d.GRPCAddr(), "http", d.HTTPAddr(),
+	d.log.Info("tokenagent serving", "grpc", d.GRPCAddr(), "transport", d.check.cfg.GRPCTransport, "http", d.HTTPAddr(),
 		"authz_http", d.AuthzHTTPAddr(), "key_source", d.source.Name(), "sites", sites)
 	err := <-errc
 	for i := 1; i < n; i++ {
@@ -302,18 +289,7 @@ func (d *Daemon) Shutdown(ctx context.Context) {
 	d.ext.Shutdown()
 	waitFront := d.stopOps(ctx)
 	defer waitFront()
-	done := make(chan struct{})
-	go func() { d.grpc.GracefulStop(); close(done) }()
-	t := time.NewTimer(d.opts.ShutdownGrace)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-		d.log.Warn("shutdown grace ended; stopping in-flight checks")
-		d.grpc.Stop()
-	case <-ctx.Done():
-		d.grpc.Stop()
-	}
+	d.check.shutdown(ctx, d.opts.ShutdownGrace)
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	_ = d.http.Shutdown(hctx)
@@ -374,14 +350,10 @@ func (d *Daemon) reload(path string) error {
 	d.mu.RLock()
 	old := d.cfg
 	d.mu.RUnlock()
-	if changed := cfg.StartOnly(old); len(changed) > 0 {
+	if changed := cfg.KeepStartOnly(old); len(changed) > 0 {
 		d.log.Warn("config reload: these settings take effect at the next restart; the running ones are kept",
 			"settings", changed)
 	}
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.Keys = old.GRPCAddr, old.HTTPAddr, old.Keys
-	cfg.AuthzHTTPAddr, cfg.AuthzHTTP = old.AuthzHTTPAddr, old.AuthzHTTP
-	cfg.GRPCTLS, cfg.HTTPTLS, cfg.GRPCReflection = old.GRPCTLS, old.HTTPTLS, old.GRPCReflection
-	cfg.Tracing, cfg.Replay = old.Tracing, old.Replay
 	a, err := agent.New(d.rt, cfg)
 	if err != nil {
 		return err

@@ -55,6 +55,14 @@ func (t listenerTLS) grpcCreds() []grpc.ServerOption {
 	return []grpc.ServerOption{grpc.Creds(credentials.NewTLS(t.grpc.ServerConfig([]string{"h2"})))}
 }
 
+// grpcConfig is the TLS config of the ext_authz listener (ALPN h2), nil without grpc_tls.
+func (t listenerTLS) grpcConfig() *tls.Config {
+	if t.grpc == nil {
+		return nil
+	}
+	return t.grpc.ServerConfig([]string{"h2"})
+}
+
 // wrapHTTP serves lis with TLS when http_tls is set (the HTTP address and the HTTP front).
 func (t listenerTLS) wrapHTTP(lis net.Listener) net.Listener {
 	if t.http == nil {
