@@ -1,10 +1,14 @@
 package extauthz
 
 import (
+	"context"
+
 	"net"
 	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/tokenagent/tokenagent/agent"
 
 	"google.golang.org/grpc"
 )
@@ -36,4 +40,10 @@ func TestH2SpecManual(t *testing.T) {
 
 func itoa(n int) string {
 	return string(rune('0'+n/10000%10)) + string(rune('0'+n/1000%10)) + string(rune('0'+n/100%10)) + string(rune('0'+n/10%10)) + string(rune('0'+n%10))
+}
+
+type okChecker struct{}
+
+func (okChecker) Check(context.Context, *agent.Request) *agent.Decision {
+	return &agent.Decision{Allowed: true, Site: "docs", Status: 200}
 }

@@ -74,9 +74,6 @@ type TransportLimits struct {
 	MaxHeaderListSize uint32
 	// WriteTimeout ends a connection whose peer stops reading [10 s].
 	WriteTimeout time.Duration
-	// InlineBudget is how long a check may run on its connection's goroutine before the
-	// connection is handed to a new one [1 ms; negative: never by time].
-	InlineBudget time.Duration
 }
 
 // NewTransport returns a transport answering with s. It starts nothing until Serve.
@@ -97,7 +94,6 @@ func (s *Server) NewTransport(opts TransportOptions) *Transport {
 			MaxRecvMsgSize:       opts.Limits.MaxRecvMsgSize,
 			MaxHeaderListSize:    opts.Limits.MaxHeaderListSize,
 			WriteTimeout:         opts.Limits.WriteTimeout,
-			InlineBudget:         opts.Limits.InlineBudget,
 		},
 	}
 	if opts.Fallback != nil {

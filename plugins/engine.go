@@ -49,6 +49,23 @@ type EngineOptions struct {
 	Logger *slog.Logger
 	// Now is the clock used for Input.Time when it is zero (default time.Now).
 	Now func() time.Time
+	// BeforeWait, when set, is called on the caller's goroutine, with the caller's context,
+	// just before a call waits (for a free instance, an engine slot, or a new instance to be
+	// made) or runs a module whose recent calls took longer than SlowCall. The agent hands a
+	// check's connection to another goroutine there (vault/blocking), so a slow policy does
+	// not hold the checks behind it.
+	BeforeWait func(ctx context.Context)
+}
+
+// SlowCall is how long a module's calls take, on a moving average, before EngineOptions.
+// BeforeWait is called ahead of each of its calls.
+const SlowCall = 250 * time.Microsecond
+
+// beforeWait calls EngineOptions.BeforeWait.
+func (e *Engine) beforeWait(ctx context.Context) {
+	if e.opts.BeforeWait != nil {
+		e.opts.BeforeWait(ctx)
+	}
 }
 
 // Engine runs WebAssembly policy modules: one wazero runtime for all of them, with a
@@ -199,6 +216,7 @@ func (e *Engine) acquireSlot(ctx context.Context, maxWait time.Duration) error {
 		return nil
 	default:
 	}
+	e.beforeWait(ctx)
 	t := time.NewTimer(maxWait)
 	defer t.Stop()
 	select {

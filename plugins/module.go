@@ -80,6 +80,8 @@ type Module struct {
 	errLimit   *limiter // the host's log lines about the module's failures
 
 	cur atomic.Pointer[version]
+	// avgCall is a moving average of the module's call durations (ns), for SlowCall.
+	avgCall atomic.Int64
 
 	reloadMu sync.Mutex // one reload at a time
 	statMu   sync.Mutex
@@ -425,7 +427,12 @@ func (m *Module) evaluate(ctx context.Context, in *Input) (Output, error) {
 	if now.IsZero() {
 		now = m.e.opts.Now()
 	}
+	if time.Duration(m.avgCall.Load()) > SlowCall {
+		m.e.beforeWait(ctx)
+	}
+	callStart := time.Now()
 	out, err := inst.call(ctx, in, size, now)
+	m.noteCall(time.Since(callStart))
 	m.e.releaseSlot()
 	if err != nil {
 		v.discard(inst)
@@ -437,6 +444,12 @@ func (m *Module) evaluate(ctx context.Context, in *Input) (Output, error) {
 	m.brk.success()
 	v.put(inst)
 	return out, nil
+}
+
+// noteCall folds one call's duration into the moving average (weight 1/8).
+func (m *Module) noteCall(d time.Duration) {
+	old := m.avgCall.Load()
+	m.avgCall.Store(old + (int64(d)-old)/8)
 }
 
 // failed records a failure that took the engine's time since start; counts is false when the

@@ -281,11 +281,13 @@ func (v *version) get(ctx context.Context) (inst *instance, reserved bool, err e
 		if v.live < m.opts.PoolSize {
 			v.live++
 			v.mu.Unlock()
+			m.e.beforeWait(ctx) // a new instance is made: milliseconds
 			return nil, true, nil
 		}
 		freed := v.freed
 		v.mu.Unlock()
 		if timer == nil {
+			m.e.beforeWait(ctx)
 			timer = time.NewTimer(m.opts.MaxWait)
 			defer timer.Stop()
 		}

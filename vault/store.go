@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
-	"github.com/tokenagent/tokenagent/vault/internal/spans"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/tokenagent/tokenagent/vault/blocking"
+	"github.com/tokenagent/tokenagent/vault/internal/spans"
 )
 
 // StoreOptions configure a Store. The zero value of each field takes the default of SPEC §6.
@@ -260,6 +262,7 @@ func (s *Store) get(ctx context.Context, r ref) (any, error) {
 		// is known to be down or this record's last read is still running after a lookup gave
 		// up on it; then serve stale without waiting.
 		if !s.sourceDown(now) && !e.slow.Load() {
+			blocking.Ahead(ctx) // a source read: the check's connection goes on without it
 			ne, err := s.loadWithin(ctx, h, e)
 			if err == nil {
 				s.m.Misses.Inc()
@@ -279,6 +282,7 @@ func (s *Store) get(ctx context.Context, r ref) (any, error) {
 		return nil, unavailable(fmt.Errorf("source %s is unavailable", s.src.Name()))
 	}
 	r.site, r.name = strings.Clone(r.site), strings.Clone(r.name)
+	blocking.Ahead(ctx)
 	ne, err := s.load(ctx, h, r)
 	if err != nil {
 		return nil, unavailable(err)

@@ -31,6 +31,7 @@ import (
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/blocking"
 	"github.com/tokenagent/tokenagent/vault/users"
 )
 
@@ -139,6 +140,7 @@ func (e *Endpoint) Exchange(ctx context.Context, site *token.Site, body []byte, 
 		return refuse(retryLater("the agent has no user directory", "30", nil))
 	}
 	var created bool
+	blocking.Ahead(ctx) // the user directory may be read and written (Vault): the connection goes on
 	id, err := e.Users.Provision(users.WithCreated(ctx, &created), site.ID, idt.Provider, idt.Subject,
 		users.Profile{GivenName: idt.GivenName, FamilyName: idt.FamilyName, Email: idt.Email})
 	switch {

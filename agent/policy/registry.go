@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenagent/tokenagent/plugins"
+	"github.com/tokenagent/tokenagent/vault/blocking"
 )
 
 // RetireGrace is how long a module no longer used by the current config is kept after a
@@ -143,7 +144,8 @@ func (r *Registry) engineLocked() (*plugins.Engine, error) {
 		return r.engine, nil
 	}
 	e, err := plugins.NewEngine(context.Background(), plugins.EngineOptions{
-		CacheDir: r.opts.CacheDir, Registerer: r.opts.Registerer, Logger: r.log})
+		CacheDir: r.opts.CacheDir, Registerer: r.opts.Registerer, Logger: r.log,
+		BeforeWait: blocking.Ahead}) // a check about to wait hands its connection on
 	if err != nil {
 		return nil, fmt.Errorf("policy engine: %w", err)
 	}

@@ -37,6 +37,7 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/vault/blocking"
 )
 
 // DefaultBudget is how long one call to Redis may take (SPEC §8: 50 ms).
@@ -187,6 +188,7 @@ func (r *Redis) FirstUse(ctx context.Context, site, key, sigHex string, expires 
 		return false, nil // the window is over: nothing to remember (the verifier refused it already)
 	}
 	ttl = max(ttl.Truncate(time.Millisecond), time.Millisecond)
+	blocking.Ahead(ctx) // a round trip to Redis: the check's connection goes on without it
 	ctx, cancel := context.WithTimeout(ctx, r.budget)
 	defer cancel()
 	start := time.Now()

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/blocking"
 	"github.com/tokenagent/tokenagent/vault/internal/spans"
 )
 
@@ -310,6 +311,7 @@ var errLimited = errors.New("fetched less than the refetch interval ago")
 // fetchLimited fetches the set unless the refetch limit forbids it, sharing one fetch among
 // concurrent callers, and returns the current set afterwards.
 func (r *Remote) fetchLimited(ctx context.Context) (*Set, error) {
+	blocking.Ahead(ctx) // a fetch, or a wait for one: the check's connection goes on without it
 	ch := r.c.flight.DoChan(r.uri, func() (any, error) {
 		now := r.c.opts.Now()
 		r.mu.Lock()

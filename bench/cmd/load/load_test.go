@@ -90,7 +90,7 @@ func startAgent(t *testing.T, dir string) string {
 
 func dialT(t *testing.T, name, addr string) *Target {
 	t.Helper()
-	tg, err := Dial(name, addr, 2, 0)
+	tg, err := Dial(name, addr, 2, 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -181,12 +181,14 @@ type loadFlags struct {
 	out           string
 	quiet         bool
 	cpuProfile    string
+	bdp           bool
 }
 
 func (l *loadFlags) register(fs *pflag.FlagSet, compare bool) {
 	fs.StringVar(&l.keysDir, "keys", "", "the directory 'load setup' wrote (required)")
 	fs.StringVar(&l.host, "host", "", "the requests' host (default: the site's host from the keys)")
-	fs.IntVar(&l.conns, "conns", 2, "gRPC connections per target (workers are spread over them)")
+	fs.IntVar(&l.conns, "conns", 2, "HTTP/2 connections per target, one per Envoy worker thread it stands for (requests are spread over them)")
+	fs.BoolVar(&l.bdp, "bdp", false, "use gRPC-Go's default client (dynamic windows with BDP pings, which Envoy does not send) instead of Envoy's static 64 MiB windows")
 	fs.IntVar(&l.concurrency, "concurrency", 64, "closed loop: concurrent workers; open loop: the most requests in flight")
 	fs.Float64Var(&l.rate, "rate", 0, "open loop: start this many requests per second on a fixed schedule (0: closed loop)")
 	if !compare {
@@ -360,7 +362,7 @@ Examples:
 	if *addr == "noop" {
 		t, send = &Target{Name: *name, Addr: *addr}, noopSender
 	} else {
-		if t, err = Dial(*name, *addr, l.conns, *pid); err != nil {
+		if t, err = Dial(*name, *addr, l.conns, *pid, l.bdp); err != nil {
 			return err
 		}
 		defer t.Close()
@@ -488,7 +490,7 @@ Example:
 		name, addr string
 		pid        int
 	}{{*nameA, *addrA, *pidA}, {*nameB, *addrB, *pidB}} {
-		t, err := Dial(spec.name, spec.addr, l.conns, spec.pid)
+		t, err := Dial(spec.name, spec.addr, l.conns, spec.pid, l.bdp)
 		if err != nil {
 			return err
 		}

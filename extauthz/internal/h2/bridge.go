@@ -169,6 +169,8 @@ func (r bridgeBody) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// Close ends the body: a Read blocked on it returns (gRPC-Go's handler waits for its body
+// reader to end before it returns).
 func (r bridgeBody) Close() error {
 	r.c.mu.Lock()
 	defer r.c.mu.Unlock()
@@ -176,6 +178,7 @@ func (r bridgeBody) Close() error {
 		r.b.err = errBodyClosed
 	}
 	r.b.body = nil
+	r.c.cond.Broadcast()
 	return nil
 }
 

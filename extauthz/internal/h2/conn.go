@@ -103,11 +103,8 @@ type conn struct {
 	abuse abuse
 
 	// inline is the stream whose call runs inline on the reader goroutine now (nil: none);
-	// handing the reader role on takes it (see stream.onBlock).
-	inline   atomic.Pointer[stream]
-	watch    *time.Timer // hands an inline call on after InlineBudget
-	watchSeq atomic.Uint64
-	seq      uint64 // reader's: numbers inline calls
+	// handing the reader role on takes it (see stream.handOff).
+	inline atomic.Pointer[stream]
 
 	mu              sync.Mutex
 	cond            *sync.Cond // window changes, stream ends, close: wakes bridge writers
@@ -142,10 +139,6 @@ func (c *conn) serve() {
 		c.close(err)
 		return
 	}
-	if c.lim.InlineBudget > 0 {
-		c.watch = time.AfterFunc(time.Hour, c.watchFired)
-		c.watch.Stop()
-	}
 	c.readLoop()
 }
 
@@ -163,6 +156,8 @@ func (c *conn) handshake() error {
 			return fmt.Errorf("tls: ALPN protocol %q is not h2", p)
 		}
 		c.nc, c.tls = tc, &st
+	} else {
+		c.nc = newRawIO(c.nc)
 	}
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
 	c.mu.Lock()
@@ -537,9 +532,6 @@ func (c *conn) closeLocked(err error) {
 		}
 	}
 	c.cond.Broadcast()
-	if c.watch != nil {
-		c.watch.Stop()
-	}
 	c.srv.connDone(c)
 }
 
@@ -559,28 +551,13 @@ func (c *conn) closedHow(id uint32) closeKind {
 	return 0
 }
 
-// watchFired hands on the inline call that has run past InlineBudget.
-func (c *conn) watchFired() {
-	s := c.inline.Load()
-	if s != nil && s.seq == c.watchSeq.Load() {
-		c.srv.opts.Metrics.handoff("budget")
-		s.handOff()
-	}
-}
-
-// blockingHook is the context hook of an inline call (blocking.Ahead).
-func (s *stream) blockingHook() {
-	if s.c.inline.Load() == s {
-		s.c.srv.opts.Metrics.handoff("blocking")
-	}
-	s.handOff()
-}
-
-// handOff gives the reader role to a new goroutine if s's call runs inline: the call keeps
-// its goroutine (which answers it and ends) and the connection goes on reading.
-func (s *stream) handOff() {
+// Ahead implements blocking.Hook for a call's context: the call is about to wait. If it runs
+// inline, the reader role goes to a new goroutine: the call keeps its goroutine (which answers
+// it and ends) and the connection goes on reading.
+func (s *stream) Ahead() {
 	c := s.c
 	if c.inline.CompareAndSwap(s, nil) {
+		c.srv.opts.Metrics.handoff()
 		c.srv.connWG.Add(1)
 		go func() {
 			defer c.srv.connWG.Done()

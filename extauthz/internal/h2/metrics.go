@@ -10,7 +10,7 @@ import (
 type Metrics struct {
 	conns    prometheus.Gauge
 	accepted prometheus.Counter
-	handoffs *prometheus.CounterVec
+	handoffs prometheus.Counter
 	abuse    *prometheus.CounterVec
 }
 
@@ -21,15 +21,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Open connections of the Check transport."}),
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "tokenagent_transport_connections_total",
 			Help: "Connections the Check transport accepted."}),
-		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_transport_handoffs_total",
-			Help: "Calls that left their connection's goroutine to wait (cause: blocking, a key read or another wait; budget, the call ran past the inline budget)."},
-			[]string{"cause"}),
+		handoffs: prometheus.NewCounter(prometheus.CounterOpts{Name: "tokenagent_transport_handoffs_total",
+			Help: "Checks that had to wait (a key-source read, a JWKS fetch, the replay store, the exchange, a slow policy) and handed their connection to a new goroutine."}),
 		abuse: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_transport_abuse_closes_total",
 			Help: "Connections ended with GOAWAY ENHANCE_YOUR_CALM, by what the peer overdid (ping, settings, reset, empty, priority, unknown, continuation, unread)."},
 			[]string{"kind"}),
-	}
-	for _, c := range []string{"blocking", "budget"} {
-		m.handoffs.WithLabelValues(c)
 	}
 	if reg != nil {
 		reg.MustRegister(m.conns, m.accepted, m.handoffs, m.abuse)
@@ -50,9 +46,9 @@ func (m *Metrics) connClosed() {
 	}
 }
 
-func (m *Metrics) handoff(cause string) {
+func (m *Metrics) handoff() {
 	if m != nil {
-		m.handoffs.WithLabelValues(cause).Inc()
+		m.handoffs.Inc()
 	}
 }
 

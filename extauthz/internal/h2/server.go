@@ -3,9 +3,10 @@
 // into a buffered writer that is flushed just before the next read that would block. Many
 // answers then go out in one write under load, and a call at a low rate costs one wake-up.
 //
-// A call that must wait (its code calls blocking.Ahead on the call's context, or it runs past
-// Limits.InlineBudget) keeps its goroutine and hands the connection to a new one, so one slow
-// call never stalls the others on its connection. Paths the server does not serve itself go to
+// A call that must wait (its code calls blocking.Ahead on the call's context before it waits)
+// keeps its goroutine and hands the connection to a new one, so one slow call never stalls
+// the others on its connection. There is no timer per call: arming one costs more than the
+// call at the rates a node sees (each leaves a wake-up behind in the runtime's timer heap). Paths the server does not serve itself go to
 // a fallback http.Handler (gRPC-Go's ServeHTTP: reflection, health Watch, any other service),
 // bridged stream by stream.
 //
@@ -93,9 +94,6 @@ type Limits struct {
 	// connection may send in a burst; the budget refills by AbuseRefill a second and by one
 	// for every answered call. Over it: GOAWAY ENHANCE_YOUR_CALM. Defaults 1000 and 100.
 	AbuseBudget, AbuseRefill int
-	// InlineBudget is how long a call may run inline before the connection is handed to a
-	// new goroutine anyway (default 1 ms; negative: never by time).
-	InlineBudget time.Duration
 }
 
 func (l Limits) withDefaults() Limits {
@@ -126,9 +124,6 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.HandshakeTimeout <= 0 {
 		l.HandshakeTimeout = 10 * time.Second
-	}
-	if l.InlineBudget == 0 {
-		l.InlineBudget = time.Millisecond
 	}
 	return l
 }

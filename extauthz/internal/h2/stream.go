@@ -40,7 +40,6 @@ type stream struct {
 	pendData   []byte // answer data waiting for a window
 	pendStatus Status // the trailers to send after pendData
 
-	seq  uint64  // the reader's number of its inline call (the budget timer's match)
 	cctx callCtx // the call's context
 }
 
@@ -123,9 +122,6 @@ func (x *callCtx) release() {
 		x.unhook()
 	}
 }
-
-// Ahead implements blocking.Hook: the call is about to wait.
-func (s *stream) Ahead() { s.blockingHook() }
 
 func (s *stream) respContentType() string {
 	if s.contentType != "" && s.contentType != "application/grpc" && grpcContentType(s.contentType) &&
@@ -414,23 +410,14 @@ func (c *conn) runUnary(s *stream) error {
 	out := s.out[:0]
 	inline := true
 	if st == nil {
-		c.seq++
-		s.seq = c.seq
 		s.cctx.s, s.cctx.parent, s.cctx.deadline = s, c.ctx, s.deadline
 		if cap(out) < 5 {
 			out = make([]byte, 5, 512)
 		}
 		c.inline.Store(s)
-		if c.watch != nil {
-			c.watchSeq.Store(s.seq)
-			c.watch.Reset(c.lim.InlineBudget)
-		}
 		var res Status
 		out, res = s.unary(&s.cctx, msg, out[:5])
 		st = &res
-		if c.watch != nil {
-			c.watch.Stop()
-		}
 		inline = c.inline.CompareAndSwap(s, nil)
 		s.cctx.release()
 	}
