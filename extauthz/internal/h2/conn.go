@@ -105,6 +105,8 @@ type conn struct {
 	// inline is the stream whose call runs inline on the reader goroutine now (nil: none);
 	// handing the reader role on takes it (see stream.handOff).
 	inline atomic.Pointer[stream]
+	// lingering: drained; the writing half is closed and the reader waits for the peer's close.
+	lingering atomic.Bool
 
 	mu              sync.Mutex
 	cond            *sync.Cond // window changes, stream ends, close: wakes bridge writers
@@ -120,6 +122,7 @@ type conn struct {
 	recvConnUnacked int64  // received and consumed, not yet given back by WINDOW_UPDATE
 	w               writer
 	drain           drainState
+	ready           bool // the handshake is done
 	closed          bool
 }
 
@@ -210,7 +213,11 @@ func (c *conn) handshake() error {
 		c.goAway(err)
 		return err
 	}
+	c.mu.Lock()
 	_ = c.nc.SetDeadline(time.Time{})
+	c.w.dw.deadline = time.Time{} // the writer's next write sets its own deadline again
+	c.ready = true
+	c.mu.Unlock()
 	return nil
 }
 
@@ -228,6 +235,9 @@ func (c *conn) readLoop() {
 			}
 		}
 		f, err := c.fr.ReadFrame()
+		if err == nil && c.lingering.Load() {
+			continue // drained: what the peer still sends is dropped until it closes
+		}
 		if err == nil {
 			err = c.process(f)
 		}
@@ -424,8 +434,8 @@ func (c *conn) peerGoAway() {
 func (c *conn) startDrain() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.drain != notDraining || c.fr == nil {
-		if c.fr == nil && !c.closed { // still in its handshake: nothing to drain
+	if c.closed || c.drain != notDraining || !c.ready {
+		if !c.ready && !c.closed { // still in its handshake: nothing to drain
 			c.closeLocked(errDrained)
 		}
 		return
@@ -449,13 +459,27 @@ func (c *conn) finishDrain() {
 	c.closeIfDrainedLocked()
 }
 
-// closeIfDrainedLocked ends a draining connection with no stream left.
+// closeIfDrainedLocked ends a draining connection with no stream left: the answers are
+// flushed, the writing half closed (FIN, or TLS close_notify), and the reader discards what the
+// peer still sends until it closes or lingerTimeout passes. Closing outright could make the
+// kernel reset the connection over frames the peer sent meanwhile, and a reset can destroy the
+// last answers before the peer reads them.
 func (c *conn) closeIfDrainedLocked() {
-	if c.drain == drainFinal && c.active == 0 && !c.closed {
-		_ = c.w.flush()
-		c.closeLocked(errDrained)
+	if c.drain == drainFinal && c.active == 0 && !c.closed && !c.lingering.Load() {
+		if err := c.w.flush(); err != nil {
+			c.closeLocked(err)
+			return
+		}
+		c.lingering.Store(true)
+		if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		_ = c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
 	}
 }
+
+// lingerTimeout bounds how long a drained connection waits for its peer to close.
+const lingerTimeout = time.Second
 
 // goAway sends GOAWAY for a connection error (best effort: the socket may be gone).
 func (c *conn) goAway(err error) {

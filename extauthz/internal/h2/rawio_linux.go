@@ -93,3 +93,11 @@ func (r *rawIO) Write(p []byte) (int, error) {
 	}
 	return written, nil
 }
+
+// CloseWrite closes the writing half of the socket (a FIN), as net.TCPConn does.
+func (r *rawIO) CloseWrite() error {
+	if cw, ok := r.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

@@ -178,8 +178,12 @@ func (c *conn) headersDone() error {
 	c.mu.Lock()
 	s := c.streams[id]
 	if s != nil {
-		defer c.mu.Unlock()
-		return c.trailersLocked(s)
+		run, err := c.trailersLocked(s)
+		c.mu.Unlock()
+		if run {
+			return c.runUnary(s)
+		}
+		return err
 	}
 	if id <= c.maxClientStream {
 		kind := c.closedHow(id)
@@ -261,16 +265,20 @@ func (c *conn) checkUnaryHeaders(s *stream, h *reqHeaders) (*Status, int) {
 	return nil, 0
 }
 
-// trailersLocked handles a second header block on a stream: the request's trailers.
-func (c *conn) trailersLocked(s *stream) error {
+// trailersLocked handles a second header block on a stream: the request's trailers. It
+// reports whether the stream's unary call is now complete and must run.
+func (c *conn) trailersLocked(s *stream) (run bool, err error) {
 	hb := &c.hb
 	if s.recvEnd {
-		return streamError{s.id, http2.ErrCodeStreamClosed} // half-closed (remote)
+		return false, streamError{s.id, http2.ErrCodeStreamClosed} // half-closed (remote)
 	}
 	if !hb.endStream || hb.truncated || !readTrailers(hb.fields) {
-		return streamError{s.id, http2.ErrCodeProtocol}
+		return false, streamError{s.id, http2.ErrCodeProtocol}
 	}
-	return c.requestEndedLocked(s)
+	if err := c.requestEndedLocked(s); err != nil {
+		return false, err
+	}
+	return s.unary != nil && !s.sentEnd, nil
 }
 
 // processData takes a DATA frame: flow control, then the body of its stream.
