@@ -4,6 +4,9 @@ import (
 	"runtime"
 
 	"google.golang.org/grpc"
+	// gzip-compressed CheckRequests are read by both transports, whatever else the binary
+	// links (gRPC-Go serves gzip only when this package is imported; the transport always).
+	_ "google.golang.org/grpc/encoding/gzip"
 )
 
 // ServerOptions are the gRPC server options the agent serves ext_authz with:

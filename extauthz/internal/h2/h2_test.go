@@ -1,10 +1,8 @@
 package h2
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -13,11 +11,10 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
+	"github.com/tokenagent/tokenagent/extauthz/internal/h2/h2test"
 	"github.com/tokenagent/tokenagent/vault/blocking"
 )
 
@@ -98,236 +95,20 @@ func (l testLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// peer is a raw HTTP/2 client connection.
-type peer struct {
-	t    testing.TB
-	nc   net.Conn
-	fr   *http2.Framer
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
-	hdec *hpack.Decoder
-	// fields collects the last decoded header block.
-	fields []hpack.HeaderField
-	// noWindowUpdates: the peer does not give back the windows of what it reads.
-	noWindowUpdates bool
-}
-
-// dial connects and exchanges the prefaces and SETTINGS (settings are the client's).
-func dial(t testing.TB, addr string, settings ...http2.Setting) *peer {
-	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	p := &peer{t: t, nc: nc}
-	p.fr = http2.NewFramer(nc, bufio.NewReader(nc))
-	p.fr.SetMaxReadFrameSize(1 << 20)
-	p.henc = hpack.NewEncoder(&p.hbuf)
-	p.hdec = hpack.NewDecoder(4096, func(f hpack.HeaderField) { p.fields = append(p.fields, f) })
-	if _, err := nc.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	p.must(p.fr.WriteSettings(settings...))
-	// The server's SETTINGS (and its WINDOW_UPDATE), then our settings' ACK.
-	f := p.read()
-	if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
-		t.Fatalf("the server's first frame is %v, not SETTINGS", f)
-	}
-	p.must(p.fr.WriteSettingsAck())
-	return p
-}
-
-func (p *peer) must(err error) {
-	p.t.Helper()
-	if err != nil {
-		p.t.Fatal(err)
-	}
-}
-
-// read returns the next frame, with a generous deadline (a liveness bound, not a timing).
-func (p *peer) read() http2.Frame {
-	p.t.Helper()
-	_ = p.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	f, err := p.fr.ReadFrame()
-	if err != nil {
-		p.t.Fatalf("read: %v", err)
-	}
-	return f
-}
-
-// tryRead is read that returns the error instead of failing.
-func (p *peer) tryRead() (http2.Frame, error) {
-	_ = p.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	return p.fr.ReadFrame()
-}
-
-// block encodes a header block.
-func (p *peer) block(fields ...string) []byte {
-	p.hbuf.Reset()
-	for i := 0; i+1 < len(fields); i += 2 {
-		p.must(p.henc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]}))
-	}
-	return append([]byte(nil), p.hbuf.Bytes()...)
-}
-
-// grpcHeaders are a unary call's request headers to path, with more fields appended.
-func grpcHeaders(path string, more ...string) []string {
-	return append([]string{":method", "POST", ":scheme", "http", ":path", path, ":authority", "ext-authz",
-		"content-type", "application/grpc", "te", "trailers"}, more...)
-}
-
-// frame is a message framed as gRPC frames it (flag 0).
-func frame(msg []byte) []byte {
-	b := make([]byte, 5, 5+len(msg))
-	binary.BigEndian.PutUint32(b[1:], uint32(len(msg)))
-	return append(b, msg...)
-}
-
-// call sends a whole unary call on stream id in one HEADERS and one DATA frame.
-func (p *peer) call(id uint32, path string, msg []byte) {
-	p.t.Helper()
-	p.must(p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.block(grpcHeaders(path)...), EndHeaders: true}))
-	p.must(p.fr.WriteData(id, true, frame(msg)))
-}
-
-// answer is what came back on one stream.
-type answer struct {
-	headers  map[string]string // the first header block
-	trailers map[string]string // the last (the same as headers for a trailers-only answer)
-	data     []byte
-	reset    http2.ErrCode
-	wasReset bool
-}
-
-// grpcStatus is the answer's grpc-status ("" when none).
-func (a *answer) grpcStatus() string { return a.trailers["grpc-status"] }
-
-// message is the answer's gRPC message.
-func (a *answer) message() []byte {
-	if len(a.data) < 5 {
-		return nil
-	}
-	return a.data[5:]
-}
-
-// answers reads frames until every stream in ids has ended (END_STREAM or RST_STREAM); other
-// frames are answered (PING, SETTINGS) or returned in other.
-func (p *peer) answers(ids ...uint32) (map[uint32]*answer, []http2.Frame) {
-	p.t.Helper()
-	out := map[uint32]*answer{}
-	open := map[uint32]bool{}
-	for _, id := range ids {
-		out[id], open[id] = &answer{}, true
-	}
-	var other []http2.Frame
-	for len(open) > 0 {
-		f := p.read()
-		a := out[f.Header().StreamID]
-		switch f := f.(type) {
-		case *http2.HeadersFrame:
-			fields := p.decode(f.HeaderBlockFragment(), f.HeadersEnded())
-			if a == nil {
-				p.t.Fatalf("HEADERS on unexpected stream %d", f.StreamID)
-			}
-			if a.headers == nil {
-				a.headers = fields
-			}
-			a.trailers = fields
-			if f.StreamEnded() {
-				delete(open, f.StreamID)
-			}
-		case *http2.DataFrame:
-			if a == nil {
-				p.t.Fatalf("DATA on unexpected stream %d", f.StreamID)
-			}
-			a.data = append(a.data, f.Data()...)
-			if f.StreamEnded() {
-				delete(open, f.StreamID)
-			}
-			if n := f.Length; n > 0 && !p.noWindowUpdates { // a well-behaved peer gives the window back
-				p.must(p.fr.WriteWindowUpdate(0, n))
-				if !f.StreamEnded() {
-					p.must(p.fr.WriteWindowUpdate(f.StreamID, n))
-				}
-			}
-		case *http2.RSTStreamFrame:
-			if a != nil {
-				a.wasReset, a.reset = true, f.ErrCode
-				delete(open, f.StreamID)
-			}
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				p.must(p.fr.WritePing(true, f.Data))
-			}
-		case *http2.WindowUpdateFrame, *http2.SettingsFrame:
-		default:
-			other = append(other, f)
-		}
-	}
-	return out, other
-}
-
-// decode decodes a header block that fits one frame.
-func (p *peer) decode(frag []byte, end bool) map[string]string {
-	p.t.Helper()
-	if !end {
-		p.t.Fatal("a header block in CONTINUATION frames: not expected from this server in these tests")
-	}
-	p.fields = p.fields[:0]
-	if _, err := p.hdec.Write(frag); err != nil {
-		p.t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, f := range p.fields {
-		out[f.Name] = f.Value
-	}
-	return out
-}
-
-// goAway reads until a GOAWAY (answering PINGs), returning it; the connection must then end.
-func (p *peer) goAway() *http2.GoAwayFrame {
-	p.t.Helper()
-	for {
-		f, err := p.tryRead()
-		if err != nil {
-			p.t.Fatalf("the connection ended without GOAWAY: %v", err)
-		}
-		switch f := f.(type) {
-		case *http2.GoAwayFrame:
-			return f
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				_ = p.fr.WritePing(true, f.Data)
-			}
-		}
-	}
-}
-
-// closed reports whether the server ends the connection (EOF, reset) after what was read.
-func (p *peer) closed() bool {
-	for {
-		if _, err := p.tryRead(); err != nil {
-			var ne net.Error
-			return !(errors.As(err, &ne) && ne.Timeout())
-		}
-	}
-}
-
 func TestUnaryRoundTrip(t *testing.T) {
 	ts := startServer(t, Limits{})
-	p := dial(t, ts.addr)
-	p.call(1, echoPath, []byte("hello"))
-	p.call(3, failPath, nil)
-	got, _ := p.answers(1, 3)
+	p := h2test.Dial(t, ts.addr)
+	p.Call(1, echoPath, []byte("hello"))
+	p.Call(3, failPath, nil)
+	got, _ := p.Answers(1, 3)
 	a := got[1]
-	if a.headers[":status"] != "200" || a.headers["content-type"] != "application/grpc" || a.grpcStatus() != "0" ||
-		string(a.message()) != "hello" || a.wasReset {
+	if a.Headers[":status"] != "200" || a.Headers["content-type"] != "application/grpc" || a.GRPCStatus() != "0" ||
+		string(a.Message()) != "hello" || a.WasReset {
 		t.Errorf("echo: %+v", a)
 	}
 	f := got[3]
-	if f.grpcStatus() != "3" || f.trailers["grpc-message"] != "bad request: 100%25 %C3%A9" || len(f.data) != 0 ||
-		f.headers[":status"] != "200" {
+	if f.GRPCStatus() != "3" || f.Trailers["grpc-message"] != "bad request: 100%25 %C3%A9" || len(f.Data) != 0 ||
+		f.Headers[":status"] != "200" {
 		t.Errorf("a status that is not OK, trailers-only and percent-encoded: %+v", f)
 	}
 }
@@ -336,20 +117,20 @@ func TestUnaryRoundTrip(t *testing.T) {
 // request's trailers read as one request.
 func TestFragmentedRequest(t *testing.T) {
 	ts := startServer(t, Limits{})
-	p := dial(t, ts.addr)
-	blk := p.block(grpcHeaders(echoPath, "x-custom", strings.Repeat("v", 100))...)
+	p := h2test.Dial(t, ts.addr)
+	blk := p.Block(h2test.GRPCHeaders(echoPath, "x-custom", strings.Repeat("v", 100))...)
 	step := len(blk)/30 + 1 // about 30 frames, under MaxHeaderFrames
-	p.must(p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: blk[:step], PadLength: 7}))
+	p.Must(p.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: blk[:step], PadLength: 7}))
 	for i := step; i < len(blk); i += step {
-		p.must(p.fr.WriteContinuation(1, i+step >= len(blk), blk[i:min(i+step, len(blk))]))
+		p.Must(p.Fr.WriteContinuation(1, i+step >= len(blk), blk[i:min(i+step, len(blk))]))
 	}
-	body := frame([]byte("a message in many frames"))
+	body := h2test.Frame([]byte("a message in many frames"))
 	for i := 0; i < len(body); i += 3 {
-		p.must(p.fr.WriteDataPadded(1, false, body[i:min(i+3, len(body))], make([]byte, i%5)))
+		p.Must(p.Fr.WriteDataPadded(1, false, body[i:min(i+3, len(body))], make([]byte, i%5)))
 	}
-	p.must(p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: p.block("x-trailer", "1"), EndStream: true, EndHeaders: true}))
-	got, _ := p.answers(1)
-	if a := got[1]; a.grpcStatus() != "0" || string(a.message()) != "a message in many frames" {
+	p.Must(p.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: p.Block("x-trailer", "1"), EndStream: true, EndHeaders: true}))
+	got, _ := p.Answers(1)
+	if a := got[1]; a.GRPCStatus() != "0" || string(a.Message()) != "a message in many frames" {
 		t.Fatalf("%+v", a)
 	}
 }
@@ -357,7 +138,7 @@ func TestFragmentedRequest(t *testing.T) {
 // The gRPC statuses of requests the server cannot serve, as gRPC-Go answers them.
 func TestUnaryRequestErrors(t *testing.T) {
 	ts := startServer(t, Limits{MaxRecvMsgSize: 1024})
-	p := dial(t, ts.addr)
+	p := h2test.Dial(t, ts.addr)
 	var gz bytes.Buffer
 	tests := []struct {
 		name    string
@@ -366,31 +147,31 @@ func TestUnaryRequestErrors(t *testing.T) {
 		status  string
 		code    string
 	}{
-		{"no message", grpcHeaders(echoPath), nil, "200", "13"},
-		{"two messages", grpcHeaders(echoPath), append(frame([]byte("a")), frame([]byte("b"))...), "200", "12"},
-		{"truncated frame", grpcHeaders(echoPath), []byte{0, 0, 0}, "200", "13"},
-		{"message over the limit", grpcHeaders(echoPath), frame(make([]byte, 2048)), "200", "8"},
-		{"compressed flag, identity", grpcHeaders(echoPath), append([]byte{1}, frame(nil)[1:]...), "200", "13"},
-		{"unknown flag", grpcHeaders(echoPath), append([]byte{2}, frame(nil)[1:]...), "200", "13"},
-		{"bad gzip", grpcHeaders(echoPath, "grpc-encoding", "gzip"), append([]byte{1}, frame([]byte("nope"))[1:]...), "200", "13"},
-		{"unknown grpc-encoding", grpcHeaders(echoPath, "grpc-encoding", "br"), frame(nil), "200", "12"},
-		{"malformed grpc-timeout", grpcHeaders(echoPath, "grpc-timeout", "1x"), frame(nil), "400", "13"},
-		{"zero grpc-timeout", grpcHeaders(echoPath, "grpc-timeout", "0S"), frame(nil), "200", "4"},
-		{"no authority", []string{":method", "POST", ":scheme", "http", ":path", echoPath, "content-type", "application/grpc"}, frame(nil), "400", "13"},
-		{"gzip", grpcHeaders(echoPath, "grpc-encoding", "gzip"), gzipFrame(t, &gz, "zipped"), "200", "0"},
+		{"no message", h2test.GRPCHeaders(echoPath), nil, "200", "13"},
+		{"two messages", h2test.GRPCHeaders(echoPath), append(h2test.Frame([]byte("a")), h2test.Frame([]byte("b"))...), "200", "12"},
+		{"truncated frame", h2test.GRPCHeaders(echoPath), []byte{0, 0, 0}, "200", "13"},
+		{"message over the limit", h2test.GRPCHeaders(echoPath), h2test.Frame(make([]byte, 2048)), "200", "8"},
+		{"compressed flag, identity", h2test.GRPCHeaders(echoPath), append([]byte{1}, h2test.Frame(nil)[1:]...), "200", "13"},
+		{"unknown flag", h2test.GRPCHeaders(echoPath), append([]byte{2}, h2test.Frame(nil)[1:]...), "200", "13"},
+		{"bad gzip", h2test.GRPCHeaders(echoPath, "grpc-encoding", "gzip"), append([]byte{1}, h2test.Frame([]byte("nope"))[1:]...), "200", "13"},
+		{"unknown grpc-encoding", h2test.GRPCHeaders(echoPath, "grpc-encoding", "br"), h2test.Frame(nil), "200", "12"},
+		{"malformed grpc-timeout", h2test.GRPCHeaders(echoPath, "grpc-timeout", "1x"), h2test.Frame(nil), "400", "13"},
+		{"zero grpc-timeout", h2test.GRPCHeaders(echoPath, "grpc-timeout", "0S"), h2test.Frame(nil), "200", "4"},
+		{"no authority", []string{":method", "POST", ":scheme", "http", ":path", echoPath, "content-type", "application/grpc"}, h2test.Frame(nil), "400", "13"},
+		{"gzip", h2test.GRPCHeaders(echoPath, "grpc-encoding", "gzip"), gzipFrame(t, &gz, "zipped"), "200", "0"},
 	}
 	for i, tc := range tests {
 		id := uint32(2*i + 1)
-		p.must(p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.block(tc.headers...), EndHeaders: true,
+		p.Must(p.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.Block(tc.headers...), EndHeaders: true,
 			EndStream: tc.body == nil}))
 		if tc.body != nil {
-			p.must(p.fr.WriteData(id, true, tc.body))
+			p.Must(p.Fr.WriteData(id, true, tc.body))
 		}
-		got, _ := p.answers(id)
+		got, _ := p.Answers(id)
 		a := got[id]
-		if a.headers[":status"] != tc.status || a.grpcStatus() != tc.code {
-			t.Errorf("%s: :status %s grpc-status %s (%s), want %s %s", tc.name, a.headers[":status"], a.grpcStatus(),
-				a.trailers["grpc-message"], tc.status, tc.code)
+		if a.Headers[":status"] != tc.status || a.GRPCStatus() != tc.code {
+			t.Errorf("%s: :status %s grpc-status %s (%s), want %s %s", tc.name, a.Headers[":status"], a.GRPCStatus(),
+				a.Trailers["grpc-message"], tc.status, tc.code)
 		}
 	}
 }
@@ -404,7 +185,7 @@ func gzipFrame(t *testing.T, buf *bytes.Buffer, msg string) []byte {
 	if err := zw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	b := frame(buf.Bytes())
+	b := h2test.Frame(buf.Bytes())
 	b[0] = 1
 	return b
 }
@@ -413,16 +194,16 @@ func gzipFrame(t *testing.T, buf *bytes.Buffer, msg string) []byte {
 // streams are not held up.
 func TestSendFlowControl(t *testing.T) {
 	ts := startServer(t, Limits{})
-	p := dial(t, ts.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
+	p := h2test.Dial(t, ts.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
 	msg := bytes.Repeat([]byte("x"), 100)
-	p.call(1, echoPath, msg)
+	p.Call(1, echoPath, msg)
 	var data []byte
 	for len(data) < 10 {
-		switch f := p.read().(type) {
+		switch f := p.Read().(type) {
 		case *http2.DataFrame:
 			data = append(data, f.Data()...)
 		case *http2.HeadersFrame:
-			_ = p.decode(f.HeaderBlockFragment(), f.HeadersEnded())
+			_ = p.Decode(f.HeaderBlockFragment(), f.HeadersEnded())
 			if f.StreamEnded() {
 				t.Fatal("the answer ended inside a 10-byte window")
 			}
@@ -431,14 +212,14 @@ func TestSendFlowControl(t *testing.T) {
 	if len(data) != 10 {
 		t.Fatalf("%d bytes sent in a 10-byte window", len(data))
 	}
-	p.call(3, failPath, nil) // a trailers-only answer needs no window
-	got, _ := p.answers(3)
-	if got[3].grpcStatus() != "3" {
+	p.Call(3, failPath, nil) // a trailers-only answer needs no window
+	got, _ := p.Answers(3)
+	if got[3].GRPCStatus() != "3" {
 		t.Fatalf("the other stream: %+v", got[3])
 	}
-	p.must(p.fr.WriteWindowUpdate(1, 1000))
-	got, _ = p.answers(1)
-	if all := append(data, got[1].data...); got[1].grpcStatus() != "0" || string(all[5:]) != string(msg) {
+	p.Must(p.Fr.WriteWindowUpdate(1, 1000))
+	got, _ = p.Answers(1)
+	if all := append(data, got[1].Data...); got[1].GRPCStatus() != "0" || string(all[5:]) != string(msg) {
 		t.Fatalf("after WINDOW_UPDATE: %+v", got[1])
 	}
 }
@@ -447,15 +228,15 @@ func TestSendFlowControl(t *testing.T) {
 // given back as the server reads, so a peer cannot run it out: h2spec checks the rest.)
 func TestReceiveFlowControl(t *testing.T) {
 	ts := startServer(t, Limits{StreamWindow: 1000})
-	p := dial(t, ts.addr)
-	p.must(p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: p.block(grpcHeaders(echoPath)...), EndHeaders: true}))
-	p.must(p.fr.WriteData(1, false, make([]byte, 1001)))
-	p.call(3, echoPath, []byte("next"))
-	got, _ := p.answers(1, 3)
-	if !got[1].wasReset || got[1].reset != http2.ErrCodeFlowControl {
+	p := h2test.Dial(t, ts.addr)
+	p.Must(p.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: p.Block(h2test.GRPCHeaders(echoPath)...), EndHeaders: true}))
+	p.Must(p.Fr.WriteData(1, false, make([]byte, 1001)))
+	p.Call(3, echoPath, []byte("next"))
+	got, _ := p.Answers(1, 3)
+	if !got[1].WasReset || got[1].Reset != http2.ErrCodeFlowControl {
 		t.Fatalf("over the stream window: %+v", got[1])
 	}
-	if string(got[3].message()) != "next" {
+	if string(got[3].Message()) != "next" {
 		t.Fatalf("the next call: %+v", got[3])
 	}
 }
@@ -463,17 +244,17 @@ func TestReceiveFlowControl(t *testing.T) {
 // A stream reset in the middle of its request is forgotten; the connection goes on.
 func TestResetMidRequest(t *testing.T) {
 	ts := startServer(t, Limits{})
-	p := dial(t, ts.addr)
-	p.must(p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: p.block(grpcHeaders(echoPath)...), EndHeaders: true}))
-	p.must(p.fr.WriteData(1, false, frame([]byte("half"))[:4]))
-	p.must(p.fr.WriteRSTStream(1, http2.ErrCodeCancel))
-	p.must(p.fr.WriteData(1, true, []byte("late"))) // after the peer's own reset: STREAM_CLOSED
-	p.call(3, echoPath, []byte("next"))
-	got, _ := p.answers(1, 3)
-	if !got[1].wasReset || got[1].reset != http2.ErrCodeStreamClosed {
+	p := h2test.Dial(t, ts.addr)
+	p.Must(p.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: p.Block(h2test.GRPCHeaders(echoPath)...), EndHeaders: true}))
+	p.Must(p.Fr.WriteData(1, false, h2test.Frame([]byte("half"))[:4]))
+	p.Must(p.Fr.WriteRSTStream(1, http2.ErrCodeCancel))
+	p.Must(p.Fr.WriteData(1, true, []byte("late"))) // after the peer's own reset: STREAM_CLOSED
+	p.Call(3, echoPath, []byte("next"))
+	got, _ := p.Answers(1, 3)
+	if !got[1].WasReset || got[1].Reset != http2.ErrCodeStreamClosed {
 		t.Errorf("DATA after the peer reset its stream: %+v", got[1])
 	}
-	if string(got[3].message()) != "next" {
+	if string(got[3].Message()) != "next" {
 		t.Errorf("the next call: %+v", got[3])
 	}
 }
@@ -482,19 +263,19 @@ func TestResetMidRequest(t *testing.T) {
 // are answered while it waits, and its own answer comes when it is done.
 func TestHandOff(t *testing.T) {
 	ts := startServer(t, Limits{})
-	p := dial(t, ts.addr)
-	p.call(1, blockPath, []byte("slow"))
+	p := h2test.Dial(t, ts.addr)
+	p.Call(1, blockPath, []byte("slow"))
 	<-ts.entered
 	for id := uint32(3); id <= 21; id += 2 {
-		p.call(id, echoPath, []byte("fast"))
-		got, _ := p.answers(id)
-		if string(got[id].message()) != "fast" {
+		p.Call(id, echoPath, []byte("fast"))
+		got, _ := p.Answers(id)
+		if string(got[id].Message()) != "fast" {
 			t.Fatalf("call %d behind a waiting one: %+v", id, got[id])
 		}
 	}
 	ts.release <- struct{}{}
-	got, _ := p.answers(1)
-	if string(got[1].message()) != "slow" {
+	got, _ := p.Answers(1)
+	if string(got[1].Message()) != "slow" {
 		t.Fatalf("the waiting call: %+v", got[1])
 	}
 }
@@ -502,15 +283,15 @@ func TestHandOff(t *testing.T) {
 // A peer's reset cancels a waiting call's context.
 func TestResetCancelsWaitingCall(t *testing.T) {
 	ts := startServer(t, Limits{})
-	p := dial(t, ts.addr)
-	p.call(1, blockPath, nil)
+	p := h2test.Dial(t, ts.addr)
+	p.Call(1, blockPath, nil)
 	<-ts.entered
-	p.must(p.fr.WriteRSTStream(1, http2.ErrCodeCancel))
-	p.call(3, blockPath, nil) // the connection still serves
+	p.Must(p.Fr.WriteRSTStream(1, http2.ErrCodeCancel))
+	p.Call(3, blockPath, nil) // the connection still serves
 	<-ts.entered
 	ts.release <- struct{}{}
-	got, _ := p.answers(3)
-	if got[3].grpcStatus() != "0" {
+	got, _ := p.Answers(3)
+	if got[3].GRPCStatus() != "0" {
 		t.Fatalf("%+v", got[3])
 	}
 }
@@ -518,11 +299,11 @@ func TestResetCancelsWaitingCall(t *testing.T) {
 // PINGs are answered with their payload.
 func TestPing(t *testing.T) {
 	ts := startServer(t, Limits{})
-	p := dial(t, ts.addr)
+	p := h2test.Dial(t, ts.addr)
 	data := [8]byte{1, 2, 3, 4, 5, 6, 7, 8}
-	p.must(p.fr.WritePing(false, data))
+	p.Must(p.Fr.WritePing(false, data))
 	for {
-		if f, ok := p.read().(*http2.PingFrame); ok {
+		if f, ok := p.Read().(*http2.PingFrame); ok {
 			if !f.IsAck() || f.Data != data {
 				t.Fatalf("PING answer %+v", f)
 			}
@@ -534,20 +315,20 @@ func TestPing(t *testing.T) {
 // More streams than MAX_CONCURRENT_STREAMS are refused; the open ones are served.
 func TestConcurrentStreamsCap(t *testing.T) {
 	ts := startServer(t, Limits{MaxConcurrentStreams: 2})
-	p := dial(t, ts.addr)
-	p.call(1, blockPath, nil)
+	p := h2test.Dial(t, ts.addr)
+	p.Call(1, blockPath, nil)
 	<-ts.entered
-	p.call(3, blockPath, nil)
+	p.Call(3, blockPath, nil)
 	<-ts.entered
-	p.call(5, echoPath, nil)
-	got, _ := p.answers(5)
-	if !got[5].wasReset || got[5].reset != http2.ErrCodeRefusedStream {
+	p.Call(5, echoPath, nil)
+	got, _ := p.Answers(5)
+	if !got[5].WasReset || got[5].Reset != http2.ErrCodeRefusedStream {
 		t.Fatalf("a third stream: %+v", got[5])
 	}
 	ts.release <- struct{}{}
 	ts.release <- struct{}{}
-	got, _ = p.answers(1, 3)
-	if got[1].grpcStatus() != "0" || got[3].grpcStatus() != "0" {
+	got, _ = p.Answers(1, 3)
+	if got[1].GRPCStatus() != "0" || got[3].GRPCStatus() != "0" {
 		t.Fatalf("%+v %+v", got[1], got[3])
 	}
 }
@@ -557,24 +338,24 @@ func TestConcurrentStreamsCap(t *testing.T) {
 // (COMPRESSION_ERROR, as x/net's server).
 func TestHeaderListLimit(t *testing.T) {
 	ts := startServer(t, Limits{MaxHeaderListSize: 1024})
-	p := dial(t, ts.addr)
+	p := h2test.Dial(t, ts.addr)
 	var many []string
 	for i := range 10 {
 		many = append(many, fmt.Sprintf("x-big-%d", i), strings.Repeat("b", 200))
 	}
-	p.must(p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true,
-		BlockFragment: p.block(grpcHeaders(echoPath, many...)...)}))
-	p.call(3, echoPath, []byte("ok"))
-	got, _ := p.answers(1, 3)
-	if !got[1].wasReset || got[1].reset != http2.ErrCodeFrameSize {
+	p.Must(p.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true,
+		BlockFragment: p.Block(h2test.GRPCHeaders(echoPath, many...)...)}))
+	p.Call(3, echoPath, []byte("ok"))
+	got, _ := p.Answers(1, 3)
+	if !got[1].WasReset || got[1].Reset != http2.ErrCodeFrameSize {
 		t.Errorf("an oversized header list: %+v", got[1])
 	}
-	if string(got[3].message()) != "ok" {
+	if string(got[3].Message()) != "ok" {
 		t.Errorf("the next call: %+v", got[3])
 	}
-	p.must(p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, EndHeaders: true, EndStream: true,
-		BlockFragment: p.block(grpcHeaders(echoPath, "x-huge", strings.Repeat("h", 2000))...)}))
-	if g := p.goAway(); g.ErrCode != http2.ErrCodeCompression {
+	p.Must(p.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, EndHeaders: true, EndStream: true,
+		BlockFragment: p.Block(h2test.GRPCHeaders(echoPath, "x-huge", strings.Repeat("h", 2000))...)}))
+	if g := p.GoAway(); g.ErrCode != http2.ErrCodeCompression {
 		t.Errorf("one field over the limit: GOAWAY %v", g.ErrCode)
 	}
 }
@@ -584,36 +365,36 @@ func TestHeaderListLimit(t *testing.T) {
 // connection ends.
 func TestShutdownDrains(t *testing.T) {
 	ts := startServer(t, Limits{})
-	p := dial(t, ts.addr)
-	p.noWindowUpdates = true // the server stops reading once drained
-	p.call(1, blockPath, []byte("in flight"))
+	p := h2test.Dial(t, ts.addr)
+	p.NoWindowUpdates = true // the server stops reading once drained
+	p.Call(1, blockPath, []byte("in flight"))
 	<-ts.entered
 	done := make(chan error, 1)
 	go func() { done <- ts.srv.Shutdown(context.Background()) }()
 	var first *http2.GoAwayFrame
 	for first == nil {
-		if g, ok := p.read().(*http2.GoAwayFrame); ok {
+		if g, ok := p.Read().(*http2.GoAwayFrame); ok {
 			first = g
 		}
 	}
 	if first.LastStreamID != maxWindow || first.ErrCode != http2.ErrCodeNo {
 		t.Fatalf("first GOAWAY: %v %d", first.ErrCode, first.LastStreamID)
 	}
-	final := p.goAway() // answers the PING
+	final := p.GoAway() // answers the PING
 	if final.LastStreamID != 1 || final.ErrCode != http2.ErrCodeNo {
 		t.Fatalf("final GOAWAY: %v %d, want NO_ERROR 1", final.ErrCode, final.LastStreamID)
 	}
-	p.call(3, echoPath, nil)
-	got, _ := p.answers(3)
-	if !got[3].wasReset || got[3].reset != http2.ErrCodeRefusedStream {
+	p.Call(3, echoPath, nil)
+	got, _ := p.Answers(3)
+	if !got[3].WasReset || got[3].Reset != http2.ErrCodeRefusedStream {
 		t.Errorf("a stream after the final GOAWAY: %+v", got[3])
 	}
 	ts.release <- struct{}{}
-	got, _ = p.answers(1)
-	if string(got[1].message()) != "in flight" {
+	got, _ = p.Answers(1)
+	if string(got[1].Message()) != "in flight" {
 		t.Errorf("the call in flight: %+v", got[1])
 	}
-	if !p.closed() {
+	if !p.Closed() {
 		t.Error("the connection stays open after the drain")
 	}
 	if err := <-done; err != nil {
@@ -626,20 +407,20 @@ func TestShutdownDrains(t *testing.T) {
 // over the stream's window goes through as the handler reads it); its trailers come back.
 func TestFallback(t *testing.T) {
 	ts := startServer(t, Limits{StreamWindow: 16 << 10})
-	p := dial(t, ts.addr)
+	p := h2test.Dial(t, ts.addr)
 	body := bytes.Repeat([]byte("0123456789"), 10_000)
-	p.must(p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true,
-		BlockFragment: p.block(":method", "PUT", ":scheme", "http", ":path", "/upload", ":authority", "x")}))
-	a := &answer{}
+	p.Must(p.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true,
+		BlockFragment: p.Block(":method", "PUT", ":scheme", "http", ":path", "/upload", ":authority", "x")}))
+	a := &h2test.Answer{}
 	window, sent := 16<<10, 0
 	for sent < len(body) { // send what the stream's window allows, then wait for WINDOW_UPDATE
 		n := min(window, 8000, len(body)-sent)
 		if n > 0 {
-			p.must(p.fr.WriteData(1, sent+n == len(body), body[sent:sent+n]))
+			p.Must(p.Fr.WriteData(1, sent+n == len(body), body[sent:sent+n]))
 			sent, window = sent+n, window-n
 			continue
 		}
-		switch f := p.read().(type) {
+		switch f := p.Read().(type) {
 		case *http2.WindowUpdateFrame:
 			if f.StreamID == 1 {
 				window += int(f.Increment)
@@ -648,25 +429,25 @@ func TestFallback(t *testing.T) {
 			t.Fatalf("the answer (%v) came before the body was read", f)
 		}
 	}
-	got, _ := p.answers(1)
+	got, _ := p.Answers(1)
 	a = got[1]
-	if a.headers[":status"] != "200" || !bytes.Equal(a.data, body) || a.trailers["x-length"] != fmt.Sprint(len(body)) {
-		t.Fatalf("fallback: status %s, %d bytes, trailers %v, reset %v", a.headers[":status"], len(a.data), a.trailers, a.reset)
+	if a.Headers[":status"] != "200" || !bytes.Equal(a.Data, body) || a.Trailers["x-length"] != fmt.Sprint(len(body)) {
+		t.Fatalf("fallback: status %s, %d bytes, trailers %v, reset %v", a.Headers[":status"], len(a.Data), a.Trailers, a.Reset)
 	}
 }
 
 // Without a fallback, a gRPC call to another method is UNIMPLEMENTED and anything else 404.
 func TestNoFallback(t *testing.T) {
 	ts := startServer(t, Limits{}, func(o *Options) { o.Fallback = nil })
-	p := dial(t, ts.addr)
-	p.call(1, "/other.Service/Call", nil)
-	p.must(p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, EndHeaders: true, EndStream: true,
-		BlockFragment: p.block(":method", "GET", ":scheme", "http", ":path", "/", ":authority", "x")}))
-	got, _ := p.answers(1, 3)
-	if got[1].grpcStatus() != "12" {
+	p := h2test.Dial(t, ts.addr)
+	p.Call(1, "/other.Service/Call", nil)
+	p.Must(p.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, EndHeaders: true, EndStream: true,
+		BlockFragment: p.Block(":method", "GET", ":scheme", "http", ":path", "/", ":authority", "x")}))
+	got, _ := p.Answers(1, 3)
+	if got[1].GRPCStatus() != "12" {
 		t.Errorf("unknown method: %+v", got[1])
 	}
-	if got[3].headers[":status"] != "404" {
+	if got[3].Headers[":status"] != "404" {
 		t.Errorf("GET /: %+v", got[3])
 	}
 }

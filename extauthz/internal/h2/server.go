@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -155,8 +156,32 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.TLS != nil {
+		opts.TLS = requireH2(opts.TLS)
+	}
 	return &Server{opts: opts, limits: opts.Limits.withDefaults(), log: opts.Logger,
 		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}}
+}
+
+// requireH2 refuses, in the handshake, a client that offers ALPN protocols none of which is h2
+// (Go's TLS server lets one that offers only http/1.1 through with no protocol). A client that
+// offers none is served: it speaks HTTP/2 with prior knowledge.
+func requireH2(cfg *tls.Config) *tls.Config {
+	cfg = cfg.Clone()
+	if !slices.Contains(cfg.NextProtos, "h2") {
+		cfg.NextProtos = append(cfg.NextProtos, "h2")
+	}
+	next := cfg.GetConfigForClient
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if len(hello.SupportedProtos) > 0 && !slices.Contains(hello.SupportedProtos, "h2") {
+			return nil, errors.New("h2: the client's ALPN protocols do not include h2")
+		}
+		if next != nil {
+			return next(hello)
+		}
+		return nil, nil
+	}
+	return cfg
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
