@@ -265,16 +265,8 @@ func (c *Config) validate() error {
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = DefaultHTTPAddr
 	}
-	if err := c.validateGRPCListener(); err != nil {
+	if err := c.CheckListeners(); err != nil {
 		return err
-	}
-	if err := checkAddr("http_addr", c.HTTPAddr); err != nil {
-		return err
-	}
-	if c.AuthzHTTPAddr != "" {
-		if err := checkAddr("authz_http_addr", c.AuthzHTTPAddr); err != nil {
-			return err
-		}
 	}
 	if err := c.AuthzHTTP.validate(); err != nil {
 		return err
@@ -316,6 +308,22 @@ func (c *Config) validate() error {
 			}
 			hosts[h] = s.ID
 		}
+	}
+	return nil
+}
+
+// CheckListeners checks the listen settings (grpc_addr, grpc_transport, grpc_socket_mode,
+// http_addr, authz_http_addr), filling in the defaults of the grpc_* ones; Load calls it, and so
+// must whoever changes them afterwards (the command line's overrides).
+func (c *Config) CheckListeners() error {
+	if err := c.validateGRPCListener(); err != nil {
+		return err
+	}
+	if err := checkAddr("http_addr", c.HTTPAddr); err != nil {
+		return err
+	}
+	if c.AuthzHTTPAddr != "" {
+		return checkAddr("authz_http_addr", c.AuthzHTTPAddr)
 	}
 	return nil
 }

@@ -109,6 +109,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{"kubernetes without role", "keys: {source: vault, vault: {auth: {method: kubernetes}}}\n" + site, "keys.vault.auth.role"},
 		{"unknown auth method", "keys: {source: vault, vault: {auth: {method: ldap}}}\n" + site, "keys.vault.auth.method"},
 		{"bad grpc_addr", base + site + "grpc_addr: nowhere\n", "grpc_addr"},
+		{"relative socket path", base + site + "grpc_addr: unix://run/ta.sock\n", "grpc_addr"},
+		{"unclean socket path", base + site + "grpc_addr: unix:///run/../ta.sock\n", "grpc_addr"},
+		{"socket path too long", base + site + "grpc_addr: unix:///" + strings.Repeat("s", 120) + "\n", "grpc_addr"},
+		{"unknown transport", base + site + "grpc_transport: netty\n", "grpc_transport"},
+		{"socket mode not octal", base + site + "grpc_socket_mode: \"rw-rw----\"\n", "grpc_socket_mode"},
+		{"socket mode the agent cannot use", base + site + "grpc_socket_mode: \"0060\"\n", "grpc_socket_mode"},
 		{"bad log level", base + site + "log: {level: loud}\n", "log.level"},
 		{"not YAML", "sites: [", "yaml"},
 		{"grpc_tls without a key", base + site + "grpc_tls: {cert_file: c.pem}\n", "grpc_tls.key_file"},
@@ -212,5 +218,35 @@ sites:
 	}
 	if got := cfg.StartOnly(cfg); len(got) != 0 {
 		t.Errorf("StartOnly of itself = %v", got)
+	}
+	// A reload keeps the running start-up settings and applies the rest.
+	reloaded, err := Parse([]byte("keys: {source: file, file: k.yaml}\ngrpc_addr: unix:///run/ta.sock\ngrpc_transport: grpc-go\n"+
+		"sites: [{id: a, hosts: [a.b]}, {id: z, hosts: [z.z]}]\n"), "/etc/tokenagent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := reloaded.KeepStartOnly(cfg)
+	if strings.Join(changed, ",") != "grpc_addr,grpc_transport,grpc_tls,http_tls,grpc_reflection,tracing,replay" {
+		t.Errorf("KeepStartOnly reports %v", changed)
+	}
+	if len(reloaded.StartOnly(cfg)) != 0 || len(reloaded.Sites) != 2 {
+		t.Errorf("after KeepStartOnly: start-only differences %v, %d sites (want the new file's 2)", reloaded.StartOnly(cfg), len(reloaded.Sites))
+	}
+}
+
+func TestParseListener(t *testing.T) {
+	cfg, err := Parse([]byte("keys: {source: file, file: k.yaml}\ngrpc_addr: unix:///run/tokenagent/ext_authz.sock\n"+
+		"grpc_socket_mode: \"0666\"\nsites: [{id: a, hosts: [a.b]}]\n"), "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	network, addr := cfg.GRPCListen()
+	mode, _ := cfg.SocketMode()
+	if network != "unix" || addr != "/run/tokenagent/ext_authz.sock" || mode != 0o666 || cfg.GRPCTransport != TransportTokenagent {
+		t.Errorf("listener: %s %s %v %s", network, addr, mode, cfg.GRPCTransport)
+	}
+	cfg.GRPCAddr = "unix://relative.sock" // the command line's override is checked as the file is
+	if err := cfg.CheckListeners(); err == nil || !strings.Contains(err.Error(), "grpc_addr") {
+		t.Errorf("CheckListeners: %v", err)
 	}
 }

@@ -16,13 +16,14 @@ import (
 
 var serveHelp = helpPage{
 	name: "tokenagent serve — run the authorization agent",
-	synopsis: `tokenagent serve --config FILE [--grpc-addr ADDR] [--http-addr ADDR] [--authz-http-addr ADDR]
-                 [--log-level LEVEL] [--config-poll DURATION] [--pprof]`,
+	synopsis: `tokenagent serve --config FILE [--grpc-addr ADDR] [--grpc-transport NAME] [--http-addr ADDR]
+                 [--authz-http-addr ADDR] [--log-level LEVEL] [--config-poll DURATION] [--pprof]`,
 	description: `Reads the config file (sites, route rules, key source, listen addresses), validates it in full,
 opens the key source, and only then listens:
 
   grpc_addr        Envoy's ext_authz v3 gRPC API (envoy.service.auth.v3.Authorization/Check)
-                   and the gRPC health service.
+                   and the gRPC health service: host:port, or unix:///path for a Unix socket
+                   (a stale socket is removed first; the socket goes when the agent exits).
   http_addr        /healthz, /readyz and /metrics (Prometheus); /debug/pprof/ with --pprof.
   authz_http_addr  the HTTP authorization front, when set: {envoy_path_prefix}/… for Envoy's
                    HTTP ext_authz, /nginx for nginx auth_request, /traefik for Traefik
@@ -59,7 +60,8 @@ Example 3 — reload by hand instead of by watching the file:
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := newFlags("serve", serveHelp, stderr)
 	configPath := fs.String("config", "", "the config file (YAML; required)")
-	grpcAddr := fs.String("grpc-addr", "", "listen address of the ext_authz gRPC server (overrides grpc_addr)")
+	grpcAddr := fs.String("grpc-addr", "", "listen address of the ext_authz gRPC server: host:port or unix:///path (overrides grpc_addr)")
+	grpcTransport := fs.String("grpc-transport", "", "the ext_authz server: tokenagent (default) or grpc-go (overrides grpc_transport)")
 	httpAddr := fs.String("http-addr", "", "listen address of /healthz, /readyz and /metrics (overrides http_addr)")
 	authzHTTPAddr := fs.String("authz-http-addr", "", "listen address of the HTTP authorization front for nginx, Traefik and Envoy's HTTP ext_authz (overrides authz_http_addr; off when both are empty)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides log.level)")
@@ -83,11 +85,17 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if *grpcAddr != "" {
 		cfg.GRPCAddr = *grpcAddr
 	}
+	if *grpcTransport != "" {
+		cfg.GRPCTransport = *grpcTransport
+	}
 	if *httpAddr != "" {
 		cfg.HTTPAddr = *httpAddr
 	}
 	if *authzHTTPAddr != "" {
 		cfg.AuthzHTTPAddr = *authzHTTPAddr
+	}
+	if err := cfg.CheckListeners(); err != nil { // the flags are checked as the file is
+		return fmt.Errorf("tokenagent serve: %w", err)
 	}
 	if *logLevel != "" {
 		cfg.Log.Level = *logLevel

@@ -89,9 +89,17 @@ func StartFile(t testing.TB, cfgPath string, opts Options) *Env {
 	return e
 }
 
+// TransportEnv names the environment variable that makes every daemon a test starts (in
+// process or as a child process) serve with that grpc_transport: CI runs the daemon's tests
+// once with the default transport and once with TOKENAGENT_TEST_GRPC_TRANSPORT=grpc-go.
+const TransportEnv = "TOKENAGENT_TEST_GRPC_TRANSPORT"
+
 // StartConfig runs the daemon on cfg until the test ends.
 func StartConfig(t testing.TB, cfg *config.Config, opts Options) *Env {
 	t.Helper()
+	if tr := os.Getenv(TransportEnv); tr != "" {
+		cfg.GRPCTransport = tr
+	}
 	if !opts.KeepAddrs {
 		cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 		if cfg.AuthzHTTPAddr != "" {

@@ -80,8 +80,11 @@ type Process struct {
 // load makes many). The process is killed when the test ends.
 func StartProcess(t testing.TB, cfgPath string, env []string, args ...string) *Process {
 	t.Helper()
-	cmd := exec.Command(Binary(t), append([]string{"serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0",
-		"--http-addr", "127.0.0.1:0"}, args...)...)
+	flags := []string{"serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}
+	if tr := os.Getenv(TransportEnv); tr != "" {
+		flags = append(flags, "--grpc-transport", tr)
+	}
+	cmd := exec.Command(Binary(t), append(flags, args...)...)
 	cmd.Env = append(append(os.Environ(), "VAULT_TOKEN="), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
