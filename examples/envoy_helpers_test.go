@@ -179,7 +179,7 @@ func edgeParts(t *testing.T, b *bootstrapv3.Bootstrap) envoyParts {
 
 // checkEdge asserts what every edge config of the examples must hold, and returns the
 // tokenagent cluster's one endpoint address.
-func checkEdge(t *testing.T, p envoyParts, exchangePath string) (agentAddr *corev3.SocketAddress) {
+func checkEdge(t *testing.T, p envoyParts, exchangePath string) (agentAddr *corev3.Address) {
 	t.Helper()
 	ea := p.extAuthz
 	if ea.GetTransportApiVersion() != corev3.ApiVersion_V3 {
@@ -226,7 +226,7 @@ func checkEdge(t *testing.T, p envoyParts, exchangePath string) (agentAddr *core
 	if len(eps) != 1 || len(eps[0].GetLbEndpoints()) != 1 {
 		t.Fatalf("cluster %s: want exactly one endpoint (the node-local agent)", c.GetName())
 	}
-	agentAddr = eps[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+	agentAddr = eps[0].GetLbEndpoints()[0].GetEndpoint().GetAddress()
 
 	// Routes: every cluster exists; the exchange route (POST only) buffers its body as
 	// SPEC §2/§3.5 ask; no other route buffers or turns the check off.

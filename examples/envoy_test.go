@@ -7,6 +7,7 @@ package examples_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,7 +28,7 @@ func TestEnvoyBootstrap(t *testing.T) {
 	}
 	b := mustLoadBootstrap(t, "envoy.yaml", src)
 	p := edgeParts(t, b)
-	addr := checkEdge(t, p, exchange.Path)
+	addr := checkEdge(t, p, exchange.Path).GetSocketAddress()
 
 	// Where the agent is: the default grpc_addr of its config (SPEC §7).
 	if got := addr.GetAddress() + ":" + strconv.FormatUint(uint64(addr.GetPortValue()), 10); got != config.DefaultGRPCAddr {
@@ -51,6 +52,44 @@ func TestEnvoyBootstrap(t *testing.T) {
 		t.Errorf("admin listens on %s; keep it on the loopback", a)
 	}
 }
+
+// TestEnvoyUnixSocket: envoy-socket.yaml is envoy.yaml with the agent's cluster on the node's
+// Unix socket (a pipe address, no TLS); an agent serving grpc_addr unix://… answers a check made
+// as that cluster says Envoy would.
+func TestEnvoyUnixSocket(t *testing.T) {
+	src, err := os.ReadFile("envoy-socket.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := edgeParts(t, mustLoadBootstrap(t, "envoy-socket.yaml", src))
+	pipe := checkEdge(t, p, exchange.Path).GetPipe()
+	if pipe.GetPath() != SocketPath {
+		t.Fatalf("the agent's cluster is at %v, want pipe %s", pipe, SocketPath)
+	}
+	if ts := p.clusters["tokenagent"].GetTransportSocket(); ts != nil {
+		t.Errorf("the socket cluster has a transport socket (%s): the socket file's mode is the access control", ts.GetName())
+	}
+	dev, err := config.Load("dev/tokenagent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "ta-envoy-") // a short path: a socket's is at most 107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	dev.GRPCAddr = "unix://" + filepath.Join(dir, filepath.Base(SocketPath))
+	dev.HTTPAddr = "127.0.0.1:0"
+	e := daemontest.StartConfig(t, dev, daemontest.Options{KeepAddrs: true})
+	resp, err := checkOver(t, e.D.GRPCAddr(), nil) // plaintext h2, as the cluster speaks
+	if err != nil || daemontest.Reason(resp) != "allowed" {
+		t.Fatalf("a check over the socket: %v %v", daemontest.Reason(resp), err)
+	}
+}
+
+// SocketPath is where the examples put the agent's Unix socket (envoy-socket.yaml, the Helm
+// chart's socket option).
+const SocketPath = "/run/tokenagent/ext_authz.sock"
 
 // TestEnvoyLoaderIsStrict proves the loader above catches the mistakes it is there for, so a
 // rotting envoy.yaml cannot pass by accident.

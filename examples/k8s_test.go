@@ -539,7 +539,7 @@ func checkGateway(t *testing.T, o *k8sObjects, gw *appsv1.Deployment, svc *corev
 	cm, key := mountedConfigMapFile(t, o, gw.Namespace, ps, c, c.Args[i+1])
 	b := mustLoadBootstrap(t, "ConfigMap "+cm.Name+" key "+key, []byte(cm.Data[key]))
 	p := edgeParts(t, b)
-	addr := checkEdge(t, p, exchange.Path)
+	addr := checkEdge(t, p, exchange.Path).GetSocketAddress()
 	if want := svc.Name + "." + svc.Namespace + ".svc.cluster.local"; addr.GetAddress() != want {
 		t.Errorf("the gateway asks %s, want the node-local Service %s", addr.GetAddress(), want)
 	}

@@ -3,6 +3,7 @@ package deploytest
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -56,6 +57,11 @@ dashboard: {enabled: true}
 	"plaintext": `
 tls: {enabled: false}
 networkPolicy: {enabled: false}
+`,
+	// The checks on a Unix socket in a hostPath directory of the node (no TLS on it).
+	"socket": `
+socket: {enabled: true, mode: "0666"}
+tls: {enabled: false}
 `,
 	// Client certificates for Envoy in another namespace, from the agent's issuer.
 	"clients": `
@@ -293,10 +299,14 @@ func TestChartRenders(t *testing.T) {
 				if local != (kind == "DaemonSet") {
 					t.Errorf("internalTrafficPolicy Local = %v for a %s", local, kind)
 				}
+				if name == "socket" {
+					continue // no gRPC port: checkSocket
+				}
 				if grpcAddr := cfg.GRPCAddr; !strings.HasSuffix(grpcAddr, ":9191") || containerPort(c, "grpc") != 9191 {
 					t.Errorf("grpc_addr %s and the container's grpc port %d disagree", grpcAddr, containerPort(c, "grpc"))
 				}
 			}
+			checkSocket(t, o, cfg, ps, c, name == "socket")
 			if _, ok := vals["networkPolicy"]; !ok {
 				if len(o.netpols) != 1 {
 					t.Fatalf("%d NetworkPolicies, want 1", len(o.netpols))
@@ -327,6 +337,95 @@ func TestChartRenders(t *testing.T) {
 			}
 			if name == "deployment" && (cfg.Sites[0].Mode != config.ModeShadow || cfg.Log.Level != "debug") {
 				t.Errorf("values not carried into the config: site mode %q, log level %q", cfg.Sites[0].Mode, cfg.Log.Level)
+			}
+		})
+	}
+}
+
+// checkSocket: with socket.enabled the agent serves on a Unix socket (the path
+// examples/envoy-socket.yaml's cluster names) in a hostPath directory the container mounts,
+// with the socket mode of the values, and nothing of gRPC is on TCP: no container port, no
+// Service port, no NetworkPolicy rule; a rollout stops a node's agent before it starts the next.
+func checkSocket(t *testing.T, o *objects, cfg *config.Config, ps *corev1.PodSpec, c corev1.Container, on bool) {
+	t.Helper()
+	network, path := cfg.GRPCListen()
+	if (network == "unix") != on {
+		t.Fatalf("grpc_addr %s with socket.enabled %v", cfg.GRPCAddr, on)
+	}
+	ds := firstDaemonSet(o)
+	if !on {
+		if ds != nil && ds.Spec.UpdateStrategy.RollingUpdate.MaxSurge.IntValue() != 1 {
+			t.Error("a TCP DaemonSet should surge: the new agent starts before the old one stops")
+		}
+		return
+	}
+	envoy, err := os.ReadFile("../envoy-socket.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(envoy), "pipe: {path: "+path+"}") {
+		t.Errorf("examples/envoy-socket.yaml does not name the chart's socket %s", path)
+	}
+	v := mountFor(ps, c, path)
+	if v == nil || v.HostPath == nil || v.HostPath.Type == nil || *v.HostPath.Type != corev1.HostPathDirectoryOrCreate {
+		t.Fatalf("the socket %s is not in a hostPath directory the container mounts: %+v", path, v)
+	}
+	if mode, _ := cfg.SocketMode(); mode != 0o666 {
+		t.Errorf("grpc_socket_mode = %v, want the values' 0666", mode)
+	}
+	if containerPort(c, "grpc") != 0 || cfg.GRPCTLS != nil {
+		t.Error("the socket variant still has a gRPC port or TLS")
+	}
+	for _, svc := range o.services {
+		for _, p := range svc.Spec.Ports {
+			if p.Name == "grpc" {
+				t.Error("the Service still has a gRPC port")
+			}
+		}
+	}
+	for _, np := range o.netpols {
+		for _, r := range np.Spec.Ingress {
+			for _, p := range r.Ports {
+				if p.Port != nil && p.Port.StrVal == "grpc" {
+					t.Error("the NetworkPolicy still opens the gRPC port")
+				}
+			}
+		}
+	}
+	ru := ds.Spec.UpdateStrategy.RollingUpdate
+	if ru.MaxSurge.IntValue() != 0 || ru.MaxUnavailable.IntValue() != 1 {
+		t.Errorf("the socket DaemonSet's rollout: maxSurge %v maxUnavailable %v, want 0 and 1 (one socket per node)", ru.MaxSurge, ru.MaxUnavailable)
+	}
+}
+
+func firstDaemonSet(o *objects) *appsv1.DaemonSet {
+	for _, ds := range o.daemonSets {
+		return ds
+	}
+	return nil
+}
+
+// TestChartRefuses: values that cannot work stop the render with a message naming them.
+func TestChartRefuses(t *testing.T) {
+	for name, vals := range map[string]string{
+		"socket with a Deployment": "kind: Deployment\nsocket: {enabled: true}\ntls: {enabled: false}\n",
+		"socket with gRPC TLS":     "socket: {enabled: true}\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			ch, err := loader.Load(chartDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := map[string]any{}
+			if err := sigsyaml.Unmarshal([]byte(vals), &v); err != nil {
+				t.Fatal(err)
+			}
+			rv, err := chartutil.ToRenderValues(ch, v, common.ReleaseOptions{Name: "edge-auth", Namespace: "tokenagent", IsInstall: true}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := engine.Render(ch, rv); err == nil || !strings.Contains(err.Error(), "socket.enabled") {
+				t.Fatalf("render: %v, want a refusal naming socket.enabled", err)
 			}
 		})
 	}

@@ -46,10 +46,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if not (has .Values.kind (list "DaemonSet" "Deployment")) -}}
 {{- fail (printf "kind: %q is not DaemonSet or Deployment" .Values.kind) -}}
 {{- end -}}
+{{- if and .Values.socket.enabled (ne .Values.kind "DaemonSet") -}}
+{{- fail "socket.enabled: a Unix socket on the node serves that node's Envoys: kind must be DaemonSet" -}}
+{{- end -}}
+{{- if and .Values.socket.enabled .Values.tls.enabled (not .Values.tls.http) -}}
+{{- fail "socket.enabled: the socket carries no TLS (its file mode is the access control); set tls.enabled: false, or tls.http: true to keep TLS on the HTTP listener only" -}}
+{{- end -}}
 {{- if and .Values.tls.enabled .Values.tls.mutual .Values.tls.http -}}
 {{- /* allowed: mutual TLS is on the gRPC listener only; the HTTP listener's TLS has no client CA, so the kubelet can probe it */ -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Unix socket the agent serves on with socket.enabled, inside the container. */}}
+{{- define "tokenagent.socketPath" -}}/run/tokenagent/ext_authz.sock{{- end -}}
 
 {{/* tokenagent.yaml (SPEC §7, §8), built from the values. */}}
 {{- define "tokenagent.config" -}}
@@ -62,6 +71,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
     "keys" (dict "source" "vault" "refresh" $v.keys.refresh "max_stale" $v.keys.maxStale "vault" $vault)
     "policies" (dict "cache_dir" "/var/cache/tokenagent")
     "sites" $v.sites -}}
+{{- if $v.socket.enabled -}}
+{{- $_ := set $c "grpc_addr" (printf "unix://%s" (include "tokenagent.socketPath" .)) -}}
+{{- $_ := set $c "grpc_socket_mode" $v.socket.mode -}}
+{{- end -}}
 {{- if $v.tls.enabled -}}
 {{- $tls := dict "cert_file" "/etc/tokenagent/tls/tls.crt" "key_file" "/etc/tokenagent/tls/tls.key" -}}
 {{- if $v.tls.http -}}
@@ -70,7 +83,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if $v.tls.mutual -}}
 {{- $_ := set $tls "client_ca_file" "/etc/tokenagent/tls/ca.crt" -}}
 {{- end -}}
+{{- if not $v.socket.enabled -}}
 {{- $_ := set $c "grpc_tls" $tls -}}
+{{- end -}}
 {{- end -}}
 {{- if $v.grpcReflection -}}
 {{- $_ := set $c "grpc_reflection" true -}}
