@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -50,6 +51,7 @@ type Server struct {
 	checker   atomic.Pointer[checkerBox]
 	health    *health.Server
 	responses bytesPool // the wire answers' buffers
+	calls     sync.Pool // *unaryCall: the transport's per-check values, reused
 	log       *slog.Logger
 }
 
@@ -147,8 +149,17 @@ func ToRequest(in *authv3.CheckRequest) (*agent.Request, error) {
 // decoded (ToRequest from the generated message, the server from the wire): the method, host
 // and path from the pseudo-headers when the fields are empty, the body cut by Envoy marked.
 func requestFrom(h *wire.HTTP) (*agent.Request, error) {
+	r := &agent.Request{}
+	if err := fillRequest(h, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// fillRequest is requestFrom into r (a pooled request of the transport).
+func fillRequest(h *wire.HTTP, r *agent.Request) error {
 	if !h.Present {
-		return nil, status.Error(codes.InvalidArgument, "check request has no attributes.request.http")
+		return status.Error(codes.InvalidArgument, "check request has no attributes.request.http")
 	}
 	headers := h.Headers
 	if len(headers) == 0 && len(h.HeaderMap) > 0 {
@@ -184,10 +195,11 @@ func requestFrom(h *wire.HTTP) (*agent.Request, error) {
 	// copy is replaced).
 	truncated := (h.Size > 0 && int64(len(body)) < h.Size && len(body) > 0) ||
 		headers["x-envoy-auth-partial-body"] == "true"
-	return &agent.Request{
+	*r = agent.Request{
 		Method: method, Scheme: h.Scheme, Host: host, Path: path,
 		Headers: headers, Body: body, BodyTruncated: truncated,
-	}, nil
+	}
+	return nil
 }
 
 // flattenHeaderMap turns Envoy's header_map (sent instead of headers when the filter encodes

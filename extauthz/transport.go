@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/extauthz/internal/h2"
 	"github.com/tokenagent/tokenagent/extauthz/internal/wire"
 )
@@ -122,30 +123,46 @@ var ErrTransportClosed = h2.ErrServerClosed
 // healthMethod is the gRPC health check's full name.
 const healthMethod = "/grpc.health.v1.Health/Check"
 
+// unaryCall is what one check on the transport needs besides the agent's own work: the
+// decoded attributes (their headers map reused), the agent's request and the answer's fields.
+// The Server pools them: once Check returns nothing keeps a reference to them (the agent
+// reads the request's headers during Check only).
+type unaryCall struct {
+	http wire.HTTP
+	req  agent.Request
+	resp wire.Response
+	md   [8]wire.Header
+}
+
 // checkUnary is the Check RPC for the transport: the request read from the wire, the answer
 // written to it, as checkWire does for gRPC-Go.
 func (s *Server) checkUnary(ctx context.Context, msg []byte, dst []byte) ([]byte, h2.Status) {
-	var in wireRequest
-	if err := wire.DecodeCheckRequest(msg, &in.http); err != nil {
+	call, _ := s.calls.Get().(*unaryCall)
+	if call == nil {
+		call = &unaryCall{}
+	}
+	defer s.calls.Put(call)
+	if err := wire.DecodeCheckRequest(msg, &call.http); err != nil {
 		return dst, h2.Status{Code: uint32(codes.Internal), Message: "grpc: failed to unmarshal the CheckRequest: " + err.Error()}
 	}
-	req, err := requestFrom(&in.http)
+	if err := fillRequest(&call.http, &call.req); err != nil {
+		return dst, statusOf(err)
+	}
+	d, err := s.decide(ctx, &call.req)
 	if err != nil {
 		return dst, statusOf(err)
 	}
-	d, err := s.decide(ctx, req)
-	if err != nil {
-		return dst, statusOf(err)
-	}
-	var r wire.Response
-	var md [8]wire.Header
-	r.Metadata = md[:0]
-	toWire(d, &r)
+	r := &call.resp
+	r.Metadata = call.md[:0]
+	toWire(d, r)
 	if err := r.Valid(); err != nil { // what proto.Marshal would refuse
 		s.logger().Error("check answer not encodable; failing closed", "error", err.Error())
 		return dst, h2.Status{Code: uint32(codes.Internal), Message: "internal error"}
 	}
-	return wire.AppendCheckResponse(dst, &r), h2.Status{}
+	out := wire.AppendCheckResponse(dst, r)
+	*r = wire.Response{} // no reference to the decision is kept
+	call.req = agent.Request{}
+	return out, h2.Status{}
 }
 
 // healthUnary is grpc.health.v1.Health/Check, answered by the same health server gRPC-Go

@@ -64,9 +64,13 @@ const (
 // errMalformed is malformed wire data.
 var errMalformed = errors.New("wire: malformed protobuf")
 
-// DecodeCheckRequest reads b, a serialized CheckRequest, into h.
+// DecodeCheckRequest reads b, a serialized CheckRequest, into h. The Headers map and the
+// HeaderMap slice h already holds are cleared and reused (a caller may pool its HTTP values).
 func DecodeCheckRequest(b []byte, h *HTTP) error {
-	*h = HTTP{}
+	headers, headerMap := h.Headers, h.HeaderMap[:0]
+	clear(headers)
+	clear(h.HeaderMap)
+	*h = HTTP{Headers: headers, HeaderMap: headerMap}
 	s := string(b) // every string field below is a slice of this one copy
 	return fields(s, func(num protowire.Number, typ protowire.Type, v string, _ uint64) error {
 		if num == checkRequestAttributes && typ == protowire.BytesType {
