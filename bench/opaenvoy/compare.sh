@@ -1,6 +1,9 @@
 #!/bin/bash
 # tokenagent and OPA-Envoy side by side: the same ghz client, byte-identical CheckRequests,
-# equivalent policies, alternating runs, each server's CPU and peak RSS from /proc.
+# equivalent policies, alternating runs, each server's CPU and peak RSS from /proc. tokenagent
+# runs on its own transport over TCP (tokenagent, and with GOMAXPROCS=1: tokenagent-p1) and over
+# a Unix socket (tokenagent-uds), and on gRPC-Go's server (tokenagent-grpcgo, grpc_transport:
+# grpc-go) for the before and after.
 #
 #   bench/opaenvoy/compare.sh                 # about 20 minutes; DUR=10s REPS=2 by default
 #   OUT=/tmp/cmp DUR=5s REPS=1 bench/opaenvoy/compare.sh
@@ -8,9 +11,11 @@
 # Builds OPA-Envoy v1.14.1-envoy and ghz v0.120.0 (build.sh), tokenagent and the load tool;
 # writes keys, requests and Rego policies (load setup, load ghz: one token per kind, the policies
 # hold the setup's secret and public key), then for each row starts the servers fresh (OPA-Envoy
-# and tokenagent, each with Go's default GOMAXPROCS and with GOMAXPROCS=1: "-p1"), warms them
-# up, and runs ghz against each in turn, REPS times, each time also the load tool's own generator
-# against tokenagent. Prints the table (load ghz-report) and writes latency.svg.
+# and tokenagent, each with Go's default GOMAXPROCS and with GOMAXPROCS=1: "-p1"; tokenagent also
+# over a Unix socket and on gRPC-Go's server), warms them up, and runs ghz against each in turn,
+# REPS times, each time also the load tool's own generator (Envoy's client: static windows, no
+# BDP pings, two connections) against tokenagent over TCP, over the socket and on gRPC-Go's
+# server. Prints the table (load ghz-report) and writes latency.svg.
 # Not run by CI (it builds OPA-Envoy); bench/cmd/load's TestGHZRequestsAllowedByBoth checks
 # that both servers allow every request it sends, with the policies as written.
 set -euo pipefail
@@ -25,6 +30,7 @@ opaenvoy=${TOKENAGENT_OPA_ENVOY_BIN:-$cache/opa-envoy-1.14.1}
 ghz=${TOKENAGENT_GHZ_BIN:-$cache/ghz-0.120.0}
 TA_ADDR=127.0.0.1:9291
 TA1_ADDR=127.0.0.1:9293
+TAGO_ADDR=127.0.0.1:9295
 OPA_ADDR=127.0.0.1:9391
 OPA1_ADDR=127.0.0.1:9393
 call=envoy.service.auth.v3.Authorization/Check
@@ -95,6 +101,10 @@ ghz_run() {
 # (suffix -p1), on their own ports; all of a row's servers run at once, idle but for the one
 # under load.
 sed -e "s/$TA_ADDR/$TA1_ADDR/" -e "s/127.0.0.1:9292/127.0.0.1:9294/" "$out/keys/tokenagent.yaml" >"$out/keys/tokenagent-p1.yaml"
+sock=$(mktemp -d /tmp/ta-cmp-XXXXXX)/ext_authz.sock # a short path: a socket's is at most 107 bytes
+TAUDS_ADDR=unix://$sock
+sed -e "s|$TA_ADDR|$TAUDS_ADDR|" -e "s/127.0.0.1:9292/127.0.0.1:9296/" "$out/keys/tokenagent.yaml" >"$out/keys/tokenagent-uds.yaml"
+{ sed -e "s/$TA_ADDR/$TAGO_ADDR/" -e "s/127.0.0.1:9292/127.0.0.1:9298/" "$out/keys/tokenagent.yaml"; echo "grpc_transport: grpc-go"; } >"$out/keys/tokenagent-grpcgo.yaml"
 sed -e "s/$OPA_ADDR/$OPA1_ADDR/" "$out/ghz/opa-config.yaml" >"$out/ghz/opa-config-p1.yaml"
 
 start_opa() { # SUFFIX PORT ENV...: OPA-Envoy with the row's policy; its diagnostics on PORT+1
@@ -116,13 +126,17 @@ for row in "${rows[@]}"; do
 		pids+=($!)
 		servers+=("opa-envoy-p1 $! $OPA1_ADDR")
 	fi
-	"$out/bin/tokenagent" serve --config "$out/keys/tokenagent.yaml" 2>>"$out/tokenagent.log" &
-	ta=$!
-	pids+=($ta)
-	servers+=("tokenagent $ta $TA_ADDR")
-	GOMAXPROCS=1 "$out/bin/tokenagent" serve --config "$out/keys/tokenagent-p1.yaml" 2>>"$out/tokenagent.log" &
-	pids+=($!)
-	servers+=("tokenagent-p1 $! $TA1_ADDR")
+	loads=() # name pid addr: the servers the load tool measures too
+	for ta in "tokenagent tokenagent.yaml $TA_ADDR" "tokenagent-p1 tokenagent-p1.yaml $TA1_ADDR" \
+		"tokenagent-uds tokenagent-uds.yaml $TAUDS_ADDR" "tokenagent-grpcgo tokenagent-grpcgo.yaml $TAGO_ADDR"; do
+		read -r name file addr <<<"$ta"
+		procs=$(nproc)
+		[ "$name" = tokenagent-p1 ] && procs=1
+		GOMAXPROCS=$procs "$out/bin/tokenagent" serve --config "$out/keys/$file" 2>>"$out/tokenagent.log" &
+		pids+=($!)
+		servers+=("$name $! $addr")
+		[ "$name" = tokenagent-p1 ] || loads+=("$name $! $addr")
+	done
 	for s in "${servers[@]}"; do
 		read -r name pid addr <<<"$s"
 		wait_ready "$addr"
@@ -134,11 +148,14 @@ for row in "${rows[@]}"; do
 			read -r name pid addr <<<"$s"
 			ghz_run "$id" "$name" "$n" "$pid" "$addr" "$kind" "$ghzflags"
 		done
-		# shellcheck disable=SC2086
-		"$load" run --keys "$out/keys" --addr $TA_ADDR --pid "$ta" --duration "$DUR" --warmup 1s --quiet \
-			--mix "$kind=1" --invalid 0 --tokens 1 $loadflags --out "$out/runs/tmp" >/dev/null
-		mv "$out/runs/tmp/result.json" "$out/runs/$id.tokenagent+load.$n.result.json"
-		rm -rf "$out/runs/tmp"
+		for l in "${loads[@]}"; do
+			read -r name pid addr <<<"$l"
+			# shellcheck disable=SC2086
+			"$load" run --keys "$out/keys" --addr "$addr" --pid "$pid" --duration "$DUR" --warmup 1s --quiet \
+				--mix "$kind=1" --invalid 0 --tokens 1 $loadflags --out "$out/runs/tmp" >/dev/null
+			mv "$out/runs/tmp/result.json" "$out/runs/$id.$name+load.$n.result.json"
+			rm -rf "$out/runs/tmp"
+		done
 	done
 	cleanup
 	wait 2>/dev/null || true
@@ -146,6 +163,6 @@ done
 trap - EXIT
 
 "$load" ghz-report --dir "$out" --svg "$out/latency.svg" --plot anon-c16,rs256-c16,anon-o2k \
-	--plot-servers "opa-envoy,tokenagent (ghz),tokenagent (load)" \
+	--plot-servers "opa-envoy,tokenagent-grpcgo (ghz),tokenagent (ghz),tokenagent (load),tokenagent-uds (load)" \
 	--title "ext_authz Check latency by percentile, tokenagent and OPA-Envoy, $(nproc) shared cores" | tee "$out/table.md"
 echo "compare.sh: wrote $out/{env.txt,table.md,latency.svg,runs/}"
