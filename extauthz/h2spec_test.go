@@ -25,7 +25,7 @@ const H2SpecVersion = "v2.2.1+incompatible"
 
 // TestH2Spec runs h2spec against gRPC-Go's server and against the transport, in plaintext and
 // over TLS: the transport must pass every case gRPC-Go's server passes, and every case at all
-// but those in knownH2SpecFailures (each with why it is harmless; the README lists them).
+// but those in knownH2SpecFailures (each with why it is harmless; extauthz/README.md lists them).
 func TestH2Spec(t *testing.T) {
 	bin := h2specBinary(t)
 	s := NewServer(okChecker{})

@@ -84,7 +84,7 @@ type HTTPOptions struct {
 //	h := extauthz.NewHTTPHandler(a, extauthz.HTTPOptions{})
 //	http.ListenAndServe("127.0.0.1:9193", h)
 //
-// It serves four endpoints, each with its own trusted headers (see the README's "HTTP front"
+// It serves four endpoints, each with its own trusted headers (see extauthz/README.md, "HTTP front"
 // section for the proxy configurations):
 //
 //   - {EnvoyPathPrefix}/<original path> — Envoy's HTTP ext_authz service: the original method,

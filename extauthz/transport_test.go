@@ -134,7 +134,7 @@ type script struct {
 	settings []http2.Setting
 	run      func(p *h2test.Peer, msg []byte) (ids []uint32, partial []byte)
 	// differs, when set, is how gRPC-Go answers differently, and why that is right here (the
-	// README's "Transport" section lists it).
+	// extauthz/README.md lists it).
 	differs string
 }
 

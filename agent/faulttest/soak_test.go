@@ -49,7 +49,7 @@ type soakSample struct {
 //	TOKENAGENT_SOAK=1 go test ./agent/faulttest -run TestSoak -v -timeout 30m
 func TestSoak(t *testing.T) {
 	if os.Getenv(EnvSoak) != "1" {
-		t.Skip("soak test: runs for minutes, so only with " + EnvSoak + "=1 (go test ./agent/faulttest -run TestSoak -v); see the README's Reliability section")
+		t.Skip("soak test: runs for minutes, so only with " + EnvSoak + "=1 (go test ./agent/faulttest -run TestSoak -v); see agent/faulttest/README.md")
 	}
 	duration := 3 * time.Minute
 	if v := os.Getenv(EnvSoakDuration); v != "" {

@@ -15,7 +15,7 @@ import (
 // body's "error" field.
 type Reason string
 
-// The reasons of SPEC §4. The list is closed: a new reason is added here, in the README's
+// The reasons of SPEC §4. The list is closed: a new reason is added here, in agent/README.md's
 // reasons table and in statusOf.
 const (
 	UnknownSite            Reason = "unknown_site"

@@ -9,10 +9,10 @@ import (
 	"testing"
 )
 
-// TestReasonsAreDocumented ties the closed list to the README: every reason has a status of
-// SPEC §4, a text, and a row in the README's reasons table.
+// TestReasonsAreDocumented ties the closed list to agent/README.md: every reason has a status of
+// SPEC §4, a text, and a row in agent/README.md's reasons table.
 func TestReasonsAreDocumented(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../README.md") // agent/README.md: the reasons table
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func TestReasonsAreDocumented(t *testing.T) {
 			t.Errorf("%s has no status and text of its own", r)
 		}
 		if !strings.Contains(string(readme), "| `"+string(r)+"` |") {
-			t.Errorf("%s is missing from the README's reasons table", r)
+			t.Errorf("%s is missing from agent/README.md's reasons table", r)
 		}
 	}
 	if len(table) != len(All()) {

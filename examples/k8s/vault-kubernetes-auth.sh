@@ -27,7 +27,7 @@
 #   VAULT_BIN           the vault CLI (default: vault on PATH, else the binary
 #                       vault/devserver/build.sh builds)
 #
-# Seed the keys with `vault kv put` (layout: README, "Keys from Vault"), or see
+# Seed the keys with `vault kv put` (layout: vault/README.md), or see
 # examples/vault/setup.sh for a demo site. No secret is printed.
 set -eu
 

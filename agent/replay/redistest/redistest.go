@@ -100,7 +100,7 @@ func (s *Server) start() error {
 		args = append(args, "--port", strconv.Itoa(s.port))
 	}
 	if s.opts.User != "" {
-		// What tokenagent needs, and nothing else (the README's ACL).
+		// What tokenagent needs, and nothing else (agent/token/README.md, Server API Token: the ACL).
 		args = append(args, "--user", "default", "off", "--user", s.opts.User, "on", ">"+s.opts.Password,
 			"~tokenagent:*", "-@all", "+set", "+ping")
 	}

@@ -1,4 +1,4 @@
-// Command scale checks the README's scale model against real agents: it starts a Vault dev
+// Command scale checks the scale model of agent/cmd/daemon/README.md against real agents: it starts a Vault dev
 // server, writes Server API Token keys for some sites, runs several tokenagent processes on it
 // (keys.source: vault), sends them checks spread over every key (and a few unknown keys, which
 // the agents cache as absent), and compares each agent's Vault requests per second with what
