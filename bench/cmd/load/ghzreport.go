@@ -272,15 +272,15 @@ func medianCurve(runs []sideRun) []CurvePoint {
 }
 
 // SideMarkdown writes the table: one line per row and server, with the ratio of a server's CPU
-// per check to the first server's on its row (OPA-Envoy in compare.sh) with the same client and
-// setting (see baseline).
-func SideMarkdown(w io.Writer, res []SideResult) {
-	fmt.Fprintln(w, "| request | load | server (client) | runs | checks | failed | checks/s | p50 | p90 | p99 | CPU/check | vs OPA-Envoy | peak RSS |")
+// per check to base's (OPA-Envoy in compare.sh) on the same row, with the same client and
+// setting (see baseline); "—" where the row has no base server.
+func SideMarkdown(w io.Writer, res []SideResult, base string) {
+	fmt.Fprintf(w, "| request | load | server (client) | runs | checks | failed | checks/s | p50 | p90 | p99 | CPU/check | vs %s | peak RSS |\n", base)
 	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for i := range res {
 		r := &res[i]
 		ratio := "—"
-		if b := baseline(res, r); b != nil && b.CPUPerUs > 0 {
+		if b := baseline(res, r, base); b != nil && b.CPUPerUs > 0 {
 			ratio = fmt.Sprintf("%.2f×", r.CPUPerUs/b.CPUPerUs)
 		}
 		fmt.Fprintf(w, "| %s | %s | %s (%s) | %d | %d | %d | %.0f | %s | %s | %s | %.1f µs | %s | %.0f MiB |\n",
@@ -290,27 +290,16 @@ func SideMarkdown(w io.Writer, res []SideResult) {
 }
 
 // baseline is what r's CPU per check is compared with: on the same row and by the same client,
-// the first server's result with r's setting suffix (opa-envoy-p1 for tokenagent-p1: "-pN" is
-// GOMAXPROCS=N in compare.sh); nil for the first server itself and when there is none.
-func baseline(res []SideResult, r *SideResult) *SideResult {
-	var first *SideResult
-	for i := range res {
-		if res[i].Row.ID == r.Row.ID {
-			first = &res[i]
-			break
-		}
-	}
-	if first == nil {
-		return nil
-	}
-	firstName, _ := settingSuffix(first.Server)
+// base's result with r's setting suffix (opa-envoy-p1 for tokenagent-p1: "-pN" is GOMAXPROCS=N
+// in compare.sh); nil for base itself and when the row has no such result.
+func baseline(res []SideResult, r *SideResult, base string) *SideResult {
 	name, suffix := settingSuffix(r.Server)
-	if name == firstName {
+	if name == base {
 		return nil
 	}
 	for i := range res {
 		b := &res[i]
-		if b.Row.ID == r.Row.ID && b.Client == r.Client && b.Server == firstName+suffix {
+		if b.Row.ID == r.Row.ID && b.Client == r.Client && b.Server == base+suffix {
 			return b
 		}
 	}
@@ -356,8 +345,9 @@ func cmdGHZReport(args []string, stdout, stderr io.Writer) error {
 
 Reads DIR/rows.tsv and DIR/runs (see bench/opaenvoy/compare.sh), prints the Markdown table, and
 writes the latency-by-percentile plot of the --plot rows to --svg.`, stderr)
-	var dir, svg, plot, servers, title string
+	var dir, svg, plot, servers, title, base string
 	fs.StringVar(&dir, "dir", "", "compare.sh's output directory (required)")
+	fs.StringVar(&base, "baseline", "opa-envoy", "the server every other is compared with, on its row")
 	fs.StringVar(&svg, "svg", "", "write the plot here")
 	fs.StringVar(&plot, "plot", "", "the row ids to plot, comma-separated")
 	fs.StringVar(&servers, "plot-servers", "", `the servers to plot ("tokenagent" or "tokenagent (load)"), comma-separated; all when empty`)
@@ -373,7 +363,7 @@ writes the latency-by-percentile plot of the --plot rows to --svg.`, stderr)
 	if err != nil {
 		return err
 	}
-	SideMarkdown(stdout, res)
+	SideMarkdown(stdout, res, base)
 	if svg == "" {
 		return nil
 	}

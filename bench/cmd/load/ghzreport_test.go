@@ -47,7 +47,7 @@ func TestSideBySideReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := writeSide(t, "# comment\nrs256-c16\tRS256 JWT\tconcurrency 16\n", map[string]string{
+	dir := writeSide(t, "# comment\nrs256-c16\tRS256 JWT\tconcurrency 16\nauth-c16\tAuth Token\tconcurrency 16\n", map[string]string{
 		"rs256-c16.opa-envoy.1.json":              ghzJSON(10000, 10000, 2000),
 		"rs256-c16.opa-envoy.1.proc":              "2.000 102400",
 		"rs256-c16.opa-envoy.2.json":              ghzJSON(10000, 9990, 3000),
@@ -60,6 +60,11 @@ func TestSideBySideReport(t *testing.T) {
 		"rs256-c16.tokenagent-p1.1.json":          ghzJSON(10000, 10000, 2000),
 		"rs256-c16.tokenagent-p1.1.proc":          "0.050 102400",
 		"rs256-c16.tokenagent.1.unrelated.txt":    "ignored",
+		// A row OPA-Envoy does not run: no ratio for any server on it.
+		"auth-c16.tokenagent.1.json":        ghzJSON(10000, 10000, 900),
+		"auth-c16.tokenagent.1.proc":        "0.200 40960",
+		"auth-c16.tokenagent-grpcgo.1.json": ghzJSON(10000, 10000, 900),
+		"auth-c16.tokenagent-grpcgo.1.proc": "0.500 40960",
 	})
 	res, err := ReadSideBySide(dir)
 	if err != nil {
@@ -69,7 +74,7 @@ func TestSideBySideReport(t *testing.T) {
 	for _, r := range res {
 		servers = append(servers, r.Server+"/"+r.Client)
 	}
-	if got, want := strings.Join(servers, " "), "opa-envoy/ghz opa-envoy-p1/ghz tokenagent/ghz tokenagent-p1/ghz tokenagent/load"; got != want {
+	if got, want := strings.Join(servers, " "), "opa-envoy/ghz opa-envoy-p1/ghz tokenagent/ghz tokenagent-p1/ghz tokenagent/load tokenagent/ghz tokenagent-grpcgo/ghz"; got != want {
 		t.Fatalf("servers %q, want %q", got, want)
 	}
 	opa, ta, own := res[0], res[2], res[4]
@@ -99,10 +104,13 @@ func TestSideBySideReport(t *testing.T) {
 		}
 	}
 	var md strings.Builder
-	SideMarkdown(&md, res)
+	SideMarkdown(&md, res, "opa-envoy")
 	if !strings.Contains(md.String(), "| RS256 JWT | concurrency 16 | tokenagent (ghz) | 1 | 20000 | 0 |") ||
 		!strings.Contains(md.String(), "| 20.0 µs | 0.10× |") || !strings.Contains(md.String(), "| 5.0 µs | 0.05× |") ||
-		!strings.Contains(md.String(), "| 20.0 µs | — |") {
+		!strings.Contains(md.String(), "| 20.0 µs | — |") ||
+		!strings.Contains(md.String(), "| Auth Token | concurrency 16 | tokenagent (ghz) | 1 | 10000 | 0 | 1000 | 900µs | 800µs | 2.00ms | 20.0 µs | — |") ||
+		!strings.Contains(md.String(), "| Auth Token | concurrency 16 | tokenagent-grpcgo (ghz) | 1 | 10000 | 0 | 1000 | 900µs | 800µs | 2.00ms | 50.0 µs | — |") ||
+		!strings.Contains(md.String(), "| vs opa-envoy |") {
 		t.Errorf("table:\n%s", md.String())
 	}
 	var svg strings.Builder
