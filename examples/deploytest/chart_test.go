@@ -30,7 +30,7 @@ import (
 
 const chartDir = "../helm/tokenagent"
 
-// variants are the values the chart is rendered and linted with: its defaults and two others.
+// variants are the values the chart is rendered and linted with: its defaults and others.
 var variants = map[string]string{
 	"default": ``,
 	// A Deployment with a Secret the operator manages, TLS on the HTTP listener too, tracing,
@@ -73,8 +73,25 @@ tls:
 `,
 }
 
+// variantFiles are variants whose values are an example's file: the mesh examples.
+var variantFiles = map[string]string{
+	"istio":     "../istio/values.yaml",
+	"istio-tls": "../istio/values-tls.yaml",
+	"gateway":   "../gateway/values.yaml",
+}
+
+// variantNames lists every variant, inline or from a file.
+func variantNames() []string {
+	names := append(keysOf(variants), keysOf(variantFiles)...)
+	sort.Strings(names)
+	return names
+}
+
 func values(t *testing.T, name string) map[string]any {
 	t.Helper()
+	if f, ok := variantFiles[name]; ok {
+		return valuesFromFile(t, f)
+	}
 	v := map[string]any{}
 	if err := sigsyaml.Unmarshal([]byte(variants[name]), &v); err != nil {
 		t.Fatalf("variant %s: %v", name, err)
@@ -86,18 +103,24 @@ func values(t *testing.T, name string) map[string]any {
 // "edge-auth" in namespace "tokenagent", and returns the documents of every template.
 func render(t *testing.T, variant string) map[string][]byte {
 	t.Helper()
+	return renderAs(t, values(t, variant), "edge-auth", "tokenagent")
+}
+
+// renderAs renders the chart with the values for the release and namespace.
+func renderAs(t *testing.T, values map[string]any, release, namespace string) map[string][]byte {
+	t.Helper()
 	ch, err := loader.Load(chartDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	vals, err := chartutil.ToRenderValues(ch, values(t, variant),
-		common.ReleaseOptions{Name: "edge-auth", Namespace: "tokenagent", IsInstall: true}, nil)
+	vals, err := chartutil.ToRenderValues(ch, values,
+		common.ReleaseOptions{Name: release, Namespace: namespace, IsInstall: true}, nil)
 	if err != nil {
 		t.Fatalf("values: %v", err)
 	}
 	out, err := engine.Render(ch, vals)
 	if err != nil {
-		t.Fatalf("render %s: %v", variant, err)
+		t.Fatalf("render %s: %v", release, err)
 	}
 	docs := map[string][]byte{}
 	for name, body := range out {
@@ -226,7 +249,7 @@ func parse(t *testing.T, docs map[string][]byte) *objects {
 // TestChartLint runs Helm's linter on the chart with every variant's values: no warning, no
 // error.
 func TestChartLint(t *testing.T) {
-	for name := range variants {
+	for _, name := range variantNames() {
 		t.Run(name, func(t *testing.T) {
 			l := action.NewLint()
 			l.Namespace = "tokenagent"
@@ -262,7 +285,7 @@ func workload(t *testing.T, o *objects) (string, *corev1.PodTemplateSpec, *metav
 // Secret the Certificate writes, and the Prometheus Operator objects point at real ports and
 // carry the shipped alerts.
 func TestChartRenders(t *testing.T) {
-	for name := range variants {
+	for _, name := range variantNames() {
 		t.Run(name, func(t *testing.T) {
 			o := parse(t, render(t, name))
 			vals := values(t, name)
@@ -307,7 +330,7 @@ func TestChartRenders(t *testing.T) {
 				}
 			}
 			checkSocket(t, o, cfg, ps, c, name == "socket")
-			if _, ok := vals["networkPolicy"]; !ok {
+			if np, _ := vals["networkPolicy"].(map[string]any); np == nil || np["enabled"] != false {
 				if len(o.netpols) != 1 {
 					t.Fatalf("%d NetworkPolicies, want 1", len(o.netpols))
 				}
