@@ -23,7 +23,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,9 +30,7 @@ import (
 	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/exchange"
 	"github.com/tokenagent/tokenagent/agent/policy"
-	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // Agent decides Requests for one config. Build it with New.
@@ -105,117 +102,6 @@ func (a *Agent) Sites() []*Site { return a.list }
 // Config returns the config the agent was built from.
 func (a *Agent) Config() *config.Config { return a.cfg }
 
-// Check decides req. It never returns nil and never panics on client input.
-func (a *Agent) Check(ctx context.Context, req *Request) *Decision {
-	start := time.Now()
-	var span trace.Span
-	if a.rt.tracer != nil && a.rt.traced(req.Headers) {
-		ctx, span = a.rt.startCheck(ctx, req)
-	}
-	d, kind := a.decide(ctx, req)
-	if d.Reason != "" && !d.own {
-		if s := a.sites.byID[d.Site]; s != nil && s.Shadow {
-			d = a.shadow(s, req, d)
-		}
-	}
-	d.ID = NewDecisionID()
-	took := time.Since(start)
-	a.rt.metrics.observe(d, kind, took)
-	a.logDecision(req, d, kind, took)
-	if span != nil {
-		endCheck(span, d, kind)
-	}
-	return d
-}
-
-func (a *Agent) decide(ctx context.Context, req *Request) (*Decision, token.Kind) {
-	site := a.sites.lookup(req.Host)
-	if site == nil {
-		return a.deny(nil, reason.New(reason.UnknownSite)), token.KindAnonymous
-	}
-	// The request itself (SPEC §2a), before any credential: every later step reads the
-	// upper-case method and the normalised path.
-	tg, terr := readTarget(req.Method, req.Path)
-	if terr != nil {
-		return a.deny(site, terr), token.KindAnonymous
-	}
-	if tg.method == "POST" && tg.path == exchange.Path {
-		return a.doExchange(ctx, site, req), token.KindAuthToken
-	}
-	creds, derr := findCredentials(req.Headers, tg.query)
-	kind := creds.kind()
-	if derr != nil {
-		return a.deny(site, derr), kind
-	}
-	if tg.method == "OPTIONS" && kind == token.KindAnonymous &&
-		req.Headers[headerOrigin] != "" && req.Headers[headerRequestMethod] != "" {
-		return a.preflight(ctx, site, req), token.KindBrowser
-	}
-
-	// corsHeaders are set once a Browser API Token and its Origin have passed: from then on
-	// every answer, denials included, carries them, so the page's script can read a 401.
-	id, corsHeaders, err := a.verify(ctx, site, req, &creds)
-	if err != nil {
-		return withHeaders(a.deny(site, reason.From(err)), corsHeaders), kind
-	}
-	if rule := matchRoute(site.Routes, tg.method, tg.path); rule != nil {
-		if e := checkRule(rule, &id); e != nil {
-			return withHeaders(a.deny(site, e), corsHeaders), kind
-		}
-	}
-	if site.Policy == "" {
-		return a.allow(site, req, id, corsHeaders, nil), kind
-	}
-	pr, e := a.evaluatePolicy(ctx, site, req, &tg, &id)
-	if e != nil {
-		return withHeaders(a.deny(site, e), corsHeaders), kind
-	}
-	return a.allow(site, req, id, append(corsHeaders, pr.response...), pr.upstream), kind
-}
-
-// withHeaders adds headers to a denial's answer.
-func withHeaders(d *Decision, h []Header) *Decision {
-	d.Headers = append(d.Headers, h...)
-	return d
-}
-
-// checkRule applies a route rule's requirement and scopes to a verified identity.
-func checkRule(r *Route, id *token.Identity) *reason.Error {
-	switch r.Require {
-	case config.RequireAuthenticated:
-		if !id.Authenticated() {
-			return reason.New(reason.AuthenticationRequired)
-		}
-	case config.RequireUser:
-		switch {
-		case id.HasUser():
-		case id.Application || id.Kind == token.KindAPIKey:
-			return reason.New(reason.UserTokenRequired)
-		default:
-			return reason.New(reason.AuthenticationRequired)
-		}
-	}
-	if len(r.Scopes) > 0 && id.Kind == token.KindOAuth {
-		for _, need := range r.Scopes {
-			if !hasScope(id.Scopes, need) {
-				return &reason.Error{Reason: reason.InsufficientScope,
-					Detail:  "the token lacks a scope this route needs: " + strings.Join(r.Scopes, " "),
-					Headers: map[string]string{"WWW-Authenticate": r.scopeChallenge}}
-			}
-		}
-	}
-	return nil
-}
-
-func hasScope(have []string, need string) bool {
-	for _, s := range have {
-		if s == need {
-			return true
-		}
-	}
-	return false
-}
-
 // Problems lists what stops the agent from deciding as configured (a policy module that never
 // loaded); /readyz is not ready while there are any.
 func (a *Agent) Problems() []string { return a.policyProblems() }
@@ -228,4 +114,42 @@ func (a *Agent) Problems() []string { return a.policyProblems() }
 func (a *Agent) Warnings() []string {
 	a.prefetch()
 	return append(a.oauth.Warnings(), a.policyWarnings()...)
+}
+
+// prefetchTimeout bounds the first Warnings call's reads and fetches.
+const prefetchTimeout = 2 * time.Second
+
+// prefetch reads every site's site-wide key records (Auth Token keys, own and external OAuth
+// issuers, identity providers, browser keys, and the legacy record where a legacy switch is on)
+// and fetches their remote key sets, once, on the first Warnings (the first /readyz) after the
+// key source is ready, waiting up to prefetchTimeout. So the first /readyz already lists an
+// invalid record and a jwks_uri that cannot be fetched, before any token needs them, and the
+// first tokens find their keys cached. It runs in the caller's goroutine, not at New, so no
+// goroutine of the Agent reads the key store behind the caller's back, and only once the
+// source is ready, so it never marks a source that is still logging in as down. Records read
+// here are cached as any other and refreshed only while checks use them.
+func (a *Agent) prefetch() {
+	if !a.prefetchMu.TryLock() {
+		return // another /readyz is doing it
+	}
+	defer a.prefetchMu.Unlock()
+	if a.prefetched || a.rt.keys.Ready() != nil {
+		return
+	}
+	a.prefetched = true
+	ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
+	defer cancel()
+	keys := a.rt.keys
+	ids := make([]string, len(a.list))
+	for i, s := range a.list {
+		ids[i] = s.ID
+		// Errors are the store's to report (its warnings); only the reads matter here.
+		_, _ = keys.AuthTokenKeys(ctx, s.ID, s.AuthTokenRotationGrace)
+		_, _ = keys.BrowserKeys(ctx, s.ID)
+		if s.LegacyAPIKey || s.LegacyImpersonation {
+			_, _ = keys.Legacy(ctx, s.ID)
+		}
+	}
+	a.oauth.Prefetch(ctx, ids...)
+	a.idTokens.Prefetch(ctx, ids...)
 }

@@ -70,7 +70,7 @@ func BenchmarkSiteLookup(b *testing.B) {
 		b.Run(c.name+"/sites=50", func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				idx.lookup(c.host)
+				idx.find(c.host)
 			}
 		})
 	}

@@ -116,7 +116,7 @@ func (f *blFixture) check(method, host, path string, h map[string]string) *Decis
 	return f.a.Check(context.Background(), &Request{Method: method, Scheme: "https", Host: host, Path: path, Headers: h})
 }
 
-func blHeader(hs []Header, name string) (string, bool) {
+func blHeader(hs []token.Header, name string) (string, bool) {
 	for _, h := range hs {
 		if h.Name == name {
 			return h.Value, true

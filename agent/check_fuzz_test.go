@@ -126,7 +126,7 @@ func FuzzCheck(f *testing.F) {
 		if d == nil {
 			t.Fatal("nil decision")
 		}
-		for _, hs := range [][]Header{d.UpstreamHeaders, d.ResponseHeaders, d.Headers} {
+		for _, hs := range [][]token.Header{d.UpstreamHeaders, d.ResponseHeaders, d.Headers} {
 			for _, x := range hs {
 				if strings.ContainsAny(x.Name, "\r\n\x00 :") || x.Name == "" || strings.ContainsAny(x.Value, "\r\n\x00") {
 					t.Fatalf("header %q: %q could inject a header", x.Name, x.Value)
@@ -210,8 +210,8 @@ func FuzzSiteLookup(f *testing.F) {
 	}
 	idx, _ := buildSites(cfg.Sites)
 	f.Fuzz(func(t *testing.T, authority string) {
-		s := idx.lookup(authority)
-		if up := idx.lookup(strings.ToUpper(authority)); up != s && strings.EqualFold(strings.ToUpper(authority), authority) {
+		_, s := idx.find(authority)
+		if _, up := idx.find(strings.ToUpper(authority)); up != s && strings.EqualFold(strings.ToUpper(authority), authority) {
 			t.Fatalf("lookup(%q) = %v but lookup of its upper case = %v", authority, siteID(s), siteID(up))
 		}
 		if s == nil {

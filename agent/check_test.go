@@ -118,7 +118,7 @@ func TestCheckUpstreamHeaders(t *testing.T) {
 	if !d.Allowed {
 		t.Fatalf("denied: %s", d.Body)
 	}
-	want := []Header{{HeaderSite, "docs"}, {HeaderKind, "server"}, {HeaderUser, "=john_doe%40x"}}
+	want := []token.Header{{Name: HeaderSite, Value: "docs"}, {Name: HeaderKind, Value: "server"}, {Name: HeaderUser, Value: "=john_doe%40x"}}
 	if !slices.Equal(d.UpstreamHeaders, want) {
 		t.Errorf("upstream headers = %v, want %v", d.UpstreamHeaders, want)
 	}

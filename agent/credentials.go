@@ -18,7 +18,13 @@ const (
 	queryAuthtoken      = "authtoken"
 	queryAPIKey         = "apikey"
 	queryImpersonate    = "impersonateuserid"
-	impersonationPrefix = "imp_"
+)
+
+// Request headers of the browser flow (lower case, as Request.Headers holds them).
+const (
+	headerOrigin         = "origin"
+	headerRequestMethod  = "access-control-request-method"
+	headerRequestHeaders = "access-control-request-headers"
 )
 
 // credential is one credential found on a request.
@@ -52,7 +58,7 @@ func (c *credentials) kind() token.Kind {
 	case c.bearer.present:
 		return token.KindOAuth
 	case c.auth.present:
-		if strings.HasPrefix(c.auth.value, impersonationPrefix) {
+		if strings.HasPrefix(c.auth.value, token.ImpersonationPrefix) {
 			return token.KindImpersonation
 		}
 		return token.KindAuthToken

@@ -73,7 +73,8 @@ const maxLogValue = 256
 // id, site, credential kind, request method, host and path (never the query, which may hold a
 // credential), status and reason, the identity of an allowed request, and the credential's
 // fingerprint (token.CredentialFingerprint) — never a token or secret.
-func (a *Agent) logDecision(req *Request, d *Decision, kind token.Kind, took time.Duration) {
+func (a *Agent) logDecision(c *call, d *Decision, took time.Duration) {
+	req, kind := c.req, c.kind
 	msg := LogDenied
 	if d.Shadow != "" {
 		msg = LogShadowDenied
@@ -91,7 +92,7 @@ func (a *Agent) logDecision(req *Request, d *Decision, kind token.Kind, took tim
 	if !a.log.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
-	path, query := splitPath(req.Path)
+	path, _ := splitPath(req.Path)
 	attrs := make([]slog.Attr, 0, 14)
 	attrs = append(attrs,
 		slog.String("decision_id", d.ID.String()),
@@ -116,9 +117,8 @@ func (a *Agent) logDecision(req *Request, d *Decision, kind token.Kind, took tim
 		attrs = append(attrs, slog.String("origin", clip(o)))
 	}
 	if kind != token.KindAnonymous {
-		creds, _ := findCredentials(req.Headers, query)
-		if c := creds.primary(); c != "" {
-			attrs = append(attrs, slog.String("credential_sha256", token.CredentialFingerprint(c)))
+		if cred := c.creds.primary(); cred != "" {
+			attrs = append(attrs, slog.String("credential_sha256", token.CredentialFingerprint(cred)))
 		}
 	}
 	if d.Cause != nil {

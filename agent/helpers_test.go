@@ -86,7 +86,7 @@ func check(t testing.TB, a *Agent, method, host, path string, headers map[string
 	return a.Check(context.Background(), &Request{Method: method, Scheme: "https", Host: host, Path: path, Headers: headers})
 }
 
-func header(hs []Header, name string) (string, bool) {
+func header(hs []token.Header, name string) (string, bool) {
 	for _, h := range hs {
 		if h.Name == name {
 			return h.Value, true

@@ -25,11 +25,6 @@ type Request struct {
 	BodyTruncated bool
 }
 
-// Header is one header name and value.
-type Header struct {
-	Name, Value string
-}
-
 // Decision is the agent's answer to a Request.
 type Decision struct {
 	// Allowed requests go upstream with UpstreamHeaders set, RemoveHeaders removed,
@@ -45,10 +40,10 @@ type Decision struct {
 	// Identity is who the request was found to be (Kind anonymous when no credential).
 	Identity token.Identity
 
-	UpstreamHeaders []Header
+	UpstreamHeaders []token.Header
 	RemoveHeaders   []string
 	RemoveQuery     []string
-	ResponseHeaders []Header
+	ResponseHeaders []token.Header
 
 	// Status, Reason and Body describe the answer when the request does not go upstream:
 	// a denial (Reason set), or the agent's own answer (Answered: a CORS preflight's 204, the
@@ -64,7 +59,7 @@ type Decision struct {
 	// which shadow mode leaves as they are.
 	own bool
 	// Headers are the headers of a denial or of the agent's own answer.
-	Headers []Header
+	Headers []token.Header
 	// Cause is the internal error behind a denial, for logs only.
 	Cause error
 }

@@ -4,6 +4,8 @@ import (
 	"strings"
 
 	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/reason"
+	"github.com/tokenagent/tokenagent/agent/token"
 )
 
 // Route is a compiled route rule (SPEC §5).
@@ -190,4 +192,46 @@ func upperHex(c byte) byte {
 		return c - 'a' + 'A'
 	}
 	return c
+}
+
+// checkRoutes applies the first rule that matches the request's method and path, if any, to a
+// verified identity: its requirement and its scopes (SPEC §5).
+func checkRoutes(routes []Route, tg *target, id *token.Identity) *reason.Error {
+	r := matchRoute(routes, tg.method, tg.path)
+	if r == nil {
+		return nil
+	}
+	switch r.Require {
+	case config.RequireAuthenticated:
+		if !id.Authenticated() {
+			return reason.New(reason.AuthenticationRequired)
+		}
+	case config.RequireUser:
+		switch {
+		case id.HasUser():
+		case id.Application || id.Kind == token.KindAPIKey:
+			return reason.New(reason.UserTokenRequired)
+		default:
+			return reason.New(reason.AuthenticationRequired)
+		}
+	}
+	if len(r.Scopes) > 0 && id.Kind == token.KindOAuth {
+		for _, need := range r.Scopes {
+			if !hasScope(id.Scopes, need) {
+				return &reason.Error{Reason: reason.InsufficientScope,
+					Detail:  "the token lacks a scope this route needs: " + strings.Join(r.Scopes, " "),
+					Headers: map[string]string{"WWW-Authenticate": r.scopeChallenge}}
+			}
+		}
+	}
+	return nil
+}
+
+func hasScope(have []string, need string) bool {
+	for _, s := range have {
+		if s == need {
+			return true
+		}
+	}
+	return false
 }

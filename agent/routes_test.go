@@ -139,7 +139,7 @@ func TestSiteLookup(t *testing.T) {
 	}
 	for _, tc := range tests {
 		got := ""
-		if s := idx.lookup(tc.host); s != nil {
+		if _, s := idx.find(tc.host); s != nil {
 			got = s.ID
 		}
 		if got != tc.want {

@@ -70,7 +70,7 @@ func TestShadowMode(t *testing.T) {
 			if d.Identity.Kind != token.KindAnonymous || d.Identity.User != "" {
 				t.Errorf("identity %+v, want anonymous", d.Identity)
 			}
-			want := []Header{{HeaderSite, "docs"}, {HeaderKind, "anonymous"}}
+			want := []token.Header{{Name: HeaderSite, Value: "docs"}, {Name: HeaderKind, Value: "anonymous"}}
 			if !slices.Equal(d.UpstreamHeaders, want) {
 				t.Errorf("upstream headers %v, want %v", d.UpstreamHeaders, want)
 			}

@@ -70,14 +70,20 @@ func buildSites(cfgs []config.Site) (*siteIndex, []*Site) {
 	return idx, sites
 }
 
-// lookup returns the site serving authority (the request's :authority or Host), or nil when
-// none does. An authority that is not a plain host[:port] (user info, a path, spaces, a bad
-// port; see hostname.ParseAuthority) names no site (SPEC §1).
-func (x *siteIndex) lookup(authority string) *Site {
+// find reads a request's authority (its :authority or Host) once and returns its canonical host
+// (lower case, no port, no trailing dot: what every later step compares) and the site serving
+// it, or a nil site. An authority that is not a plain host[:port] (user info, a path, spaces, a
+// bad port, a byte ≥ 0x80; see hostname.ParseAuthority) names no site and no host (SPEC §1).
+func (x *siteIndex) find(authority string) (string, *Site) {
 	h, _, err := hostname.ParseAuthority(authority)
 	if err != nil {
-		return nil
+		return "", nil
 	}
+	return h, x.lookup(h)
+}
+
+// lookup returns the site serving h, a canonical host, or nil when none does.
+func (x *siteIndex) lookup(h string) *Site {
 	if s, ok := x.exact[h]; ok {
 		return s
 	}
@@ -97,14 +103,4 @@ func (x *siteIndex) lookup(authority string) *Site {
 		}
 	}
 	return nil
-}
-
-// requestHost returns the canonical host of an authority (lower case, no port, no trailing
-// dot), or "" when it does not parse.
-func requestHost(authority string) string {
-	h, _, err := hostname.ParseAuthority(authority)
-	if err != nil {
-		return ""
-	}
-	return h
 }

@@ -2,176 +2,83 @@ package agent
 
 import (
 	"context"
-	"net/http"
 	"strings"
-	"time"
 
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 )
 
-// Request headers of the browser flow (lower case, as Request.Headers holds them).
-const (
-	headerOrigin         = "origin"
-	headerRequestMethod  = "access-control-request-method"
-	headerRequestHeaders = "access-control-request-headers"
-)
-
-// verify runs the verifier of the request's credential kind. It returns the CORS headers to
-// add to every answer once a Browser API Token and its Origin have passed.
-func (a *Agent) verify(ctx context.Context, s *Site, req *Request, c *credentials) (token.Identity, []Header, error) {
+// verify runs the verifier of the request's credential (SPEC §3): a server token by its tkn_
+// prefix (or, where the site allows it, an unprefixed one), a Browser API Token with the
+// request's Origin (and the Auth Token that may come with it; c.cors is set once it passes), an
+// OAuth JWT, an Auth Token or Impersonation Auth Token by its imp_ prefix, or the Site API Key.
+// No credential: anonymous.
+func (a *Agent) verify(ctx context.Context, c *call) (token.Identity, error) {
+	s, cr := &c.site.Site, &c.creds
 	switch {
-	case c.deki.present:
-		v := c.deki.value
+	case cr.deki.present:
+		v := cr.deki.value
 		switch {
 		case strings.HasPrefix(v, token.ServerTokenPrefix):
-			id, err := a.servers.Verify(ctx, &s.Site, v)
-			return id, nil, err
+			return a.servers.Verify(ctx, s, v)
 		case strings.IndexByte(v, '_') >= 0:
 			if !s.LegacyUnprefixedServerToken {
-				return token.Identity{}, nil, reason.Newf(reason.MalformedToken,
+				return token.Identity{}, reason.Newf(reason.MalformedToken,
 					"the X-Deki-Token is neither a browser key nor a tkn_ server token")
 			}
-			id, err := a.servers.VerifyUnprefixed(ctx, &s.Site, v)
-			return id, nil, err
+			return a.servers.VerifyUnprefixed(ctx, s, v)
 		}
-		id, cors, err := a.verifyBrowser(ctx, s, req, v)
-		if err != nil || !c.auth.present {
-			return id, cors, err
+		return a.verifyBrowser(ctx, c, v)
+	case cr.bearer.present:
+		return a.oauth.Verify(ctx, s, cr.bearer.value)
+	case cr.auth.present:
+		return a.verifyAuthToken(ctx, s, cr.auth.value)
+	case cr.apikey.present:
+		if !s.LegacyAPIKey {
+			return token.Identity{}, reason.New(reason.LegacyTokenDisabled)
 		}
-		// A Browser API Token with an Auth Token: the user is the Auth Token's.
-		user, err := a.verifyAuth(ctx, s, c.auth.value)
-		if err != nil {
-			return token.Identity{}, cors, err
+		// A present but empty `impersonateuserid=` is not a decimal id.
+		if cr.impersonate.present && cr.impersonate.value == "" {
+			return token.Identity{}, reason.Newf(reason.MalformedToken, "impersonateuserid is empty")
 		}
-		id.User = user.User
-		if id.Expires.IsZero() || (!user.Expires.IsZero() && user.Expires.Before(id.Expires)) {
-			id.Expires = user.Expires
-		}
-		return id, cors, nil
-	case c.bearer.present:
-		id, err := a.oauth.Verify(ctx, &s.Site, c.bearer.value)
-		return id, nil, err
-	case c.auth.present:
-		id, err := a.verifyAuth(ctx, s, c.auth.value)
-		return id, nil, err
-	case c.apikey.present:
-		id, err := a.verifyAPIKey(ctx, s, c.apikey.value, c.impersonate)
-		return id, nil, err
+		return a.apikey.Verify(ctx, s, cr.apikey.value, cr.impersonate.value)
 	}
-	return token.Identity{Kind: token.KindAnonymous}, nil, nil
+	return token.Identity{Kind: token.KindAnonymous}, nil
 }
 
-// verifyAuth verifies an Auth Token or, by its prefix, an Impersonation Auth Token.
-func (a *Agent) verifyAuth(ctx context.Context, s *Site, v string) (token.Identity, error) {
-	if strings.HasPrefix(v, impersonationPrefix) {
-		return a.impersonation.Verify(ctx, &s.Site, v)
+// verifyAuthToken verifies an Auth Token or, by its prefix, an Impersonation Auth Token.
+func (a *Agent) verifyAuthToken(ctx context.Context, s *token.Site, v string) (token.Identity, error) {
+	if strings.HasPrefix(v, token.ImpersonationPrefix) {
+		return a.impersonation.Verify(ctx, s, v)
 	}
-	return a.authTokens.Verify(ctx, &s.Site, v)
+	return a.authTokens.Verify(ctx, s, v)
 }
 
-// verifyAPIKey verifies the legacy Site API Key, acting as the `impersonateuserid` parameter
-// when it is there. A present but empty `impersonateuserid=` is not a decimal id:
-// malformed_token.
-func (a *Agent) verifyAPIKey(ctx context.Context, s *Site, key string, impersonate credential) (token.Identity, error) {
-	if !s.LegacyAPIKey {
-		return token.Identity{}, reason.New(reason.LegacyTokenDisabled)
-	}
-	if impersonate.present && impersonate.value == "" {
-		return token.Identity{}, reason.Newf(reason.MalformedToken, "impersonateuserid is empty")
-	}
-	return a.apikey.Verify(ctx, &s.Site, key, impersonate.value)
-}
-
-// verifyBrowser verifies a Browser API Token key against the request's Origin and returns the
-// CORS headers to add to the response of an allowed cross-origin request. The identity names
-// no user; the pipeline sets the user of an Auth Token that comes along. An Origin header that
-// is present but empty is refused like any malformed origin.
-func (a *Agent) verifyBrowser(ctx context.Context, s *Site, req *Request, key string) (token.Identity, []Header, error) {
-	origin, hasOrigin := req.Headers[headerOrigin]
+// verifyBrowser verifies a Browser API Token key against the request's Origin; once it passes,
+// c.cors holds the CORS headers every answer carries from then on (so the page's script can
+// read a 401), and the user is the one of the Auth Token that comes along, if any. An Origin
+// header that is present but empty is refused like any malformed origin.
+func (a *Agent) verifyBrowser(ctx context.Context, c *call, key string) (token.Identity, error) {
+	origin, hasOrigin := c.req.Headers[headerOrigin]
 	if hasOrigin && origin == "" {
-		return token.Identity{}, nil, reason.Newf(reason.OriginNotAllowed, "the Origin header is empty")
+		return token.Identity{}, reason.Newf(reason.OriginNotAllowed, "the Origin header is empty")
 	}
-	id, err := a.browser.Verify(ctx, &s.Site, key, origin)
+	s := &c.site.Site
+	id, err := a.browser.Verify(ctx, s, key, origin)
 	if err != nil {
-		return token.Identity{}, nil, err
+		return token.Identity{}, err
 	}
-	return id, toHeaders(token.CORSHeaders(origin, req.Host)), nil
-}
-
-// preflight answers a CORS preflight request itself: 204 with the CORS headers when the site
-// has a browser key and the origin is one of the site's hostnames or a trusted origin of any
-// of its browser keys, 403 origin_not_allowed otherwise.
-func (a *Agent) preflight(ctx context.Context, s *Site, req *Request) *Decision {
-	h, err := a.browser.Preflight(ctx, &s.Site, req.Headers[headerOrigin],
-		req.Headers[headerRequestMethod], req.Headers[headerRequestHeaders])
+	c.cors = token.CORSHeaders(origin, c.host)
+	if !c.creds.auth.present {
+		return id, nil
+	}
+	user, err := a.verifyAuthToken(ctx, s, c.creds.auth.value)
 	if err != nil {
-		d := a.deny(s, reason.From(err))
-		d.own = true
-		return d
+		return token.Identity{}, err
 	}
-	return answer(s, http.StatusNoContent, toHeaders(h), nil)
-}
-
-// doExchange answers `POST /@app/auth/token/exchange` itself (package exchange).
-func (a *Agent) doExchange(ctx context.Context, s *Site, req *Request) *Decision {
-	ans, rerr := a.exchange.Exchange(ctx, &s.Site, req.Body, req.BodyTruncated)
-	if rerr != nil {
-		d := a.deny(s, rerr)
-		d.own = true
-		return d
+	id.User = user.User
+	if id.Expires.IsZero() || (!user.Expires.IsZero() && user.Expires.Before(id.Expires)) {
+		id.Expires = user.Expires
 	}
-	d := answer(s, ans.Status, toHeaders(ans.Headers), ans.Body)
-	d.Identity = ans.Identity
-	return d
-}
-
-// toHeaders converts the verifiers' headers to the Decision's.
-func toHeaders(h []token.HTTPHeader) []Header {
-	if len(h) == 0 {
-		return nil
-	}
-	out := make([]Header, len(h))
-	for i, x := range h {
-		out[i] = Header{Name: x.Name, Value: x.Value}
-	}
-	return out
-}
-
-// prefetchTimeout bounds the first Warnings call's reads and fetches.
-const prefetchTimeout = 2 * time.Second
-
-// prefetch reads every site's site-wide key records (Auth Token keys, own and external OAuth
-// issuers, identity providers, browser keys, and the legacy record where a legacy switch is on)
-// and fetches their remote key sets, once, on the first Warnings (the first /readyz) after the
-// key source is ready, waiting up to prefetchTimeout. So the first /readyz already lists an
-// invalid record and a jwks_uri that cannot be fetched, before any token needs them, and the
-// first tokens find their keys cached. It runs in the caller's goroutine, not at New, so no
-// goroutine of the Agent reads the key store behind the caller's back, and only once the
-// source is ready, so it never marks a source that is still logging in as down. Records read
-// here are cached as any other and refreshed only while checks use them.
-func (a *Agent) prefetch() {
-	if !a.prefetchMu.TryLock() {
-		return // another /readyz is doing it
-	}
-	defer a.prefetchMu.Unlock()
-	if a.prefetched || a.rt.keys.Ready() != nil {
-		return
-	}
-	a.prefetched = true
-	ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
-	defer cancel()
-	keys := a.rt.keys
-	ids := make([]string, len(a.list))
-	for i, s := range a.list {
-		ids[i] = s.ID
-		// Errors are the store's to report (its warnings); only the reads matter here.
-		_, _ = keys.AuthTokenKeys(ctx, s.ID, s.AuthTokenRotationGrace)
-		_, _ = keys.BrowserKeys(ctx, s.ID)
-		if s.LegacyAPIKey || s.LegacyImpersonation {
-			_, _ = keys.Legacy(ctx, s.ID)
-		}
-	}
-	a.oauth.Prefetch(ctx, ids...)
-	a.idTokens.Prefetch(ctx, ids...)
+	return id, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/token"
 )
 
 // The HTTP front's fixed endpoints; Envoy's is HTTPOptions.EnvoyPathPrefix (default
@@ -317,7 +318,7 @@ func readAsAllow(ep Endpoint, status int) bool {
 // writeAnswer sends a denial or an own answer as it is. With nginxStatus, nginx is told 401
 // or 403 only, the real status going in x-auth-status; without, the front's own errors reach
 // nginx as they are (it answers them 500 and logs the status: a configuration problem).
-func (h *HTTPHandler) writeAnswer(w http.ResponseWriter, ep Endpoint, nginxStatus bool, status int, headers []agent.Header, body []byte) {
+func (h *HTTPHandler) writeAnswer(w http.ResponseWriter, ep Endpoint, nginxStatus bool, status int, headers []token.Header, body []byte) {
 	hdr := w.Header()
 	for _, x := range headers {
 		hdr.Add(x.Name, x.Value)
@@ -338,7 +339,7 @@ func (h *HTTPHandler) writeError(w http.ResponseWriter, ep Endpoint, nginxStatus
 		Error       string `json:"error"`
 		Description string `json:"error_description"`
 	}{code, text})
-	h.writeAnswer(w, ep, nginxStatus, status, []agent.Header{{Name: "content-type", Value: "application/json"}}, body)
+	h.writeAnswer(w, ep, nginxStatus, status, []token.Header{{Name: "content-type", Value: "application/json"}}, body)
 }
 
 func (h *HTTPHandler) status(w http.ResponseWriter, ep Endpoint, status int) {

@@ -427,9 +427,9 @@ func (s *stubChecker) last() *agent.Request {
 // pass upstream.
 func TestHTTPFrontOwnAnswers(t *testing.T) {
 	exchange := agent.Decision{Answered: true, Status: 200, Site: "docs", Body: []byte(`{"@id":"5"}`),
-		Headers: []agent.Header{{Name: "content-type", Value: "application/json"}, {Name: "set-cookie", Value: "authtoken=x; Path=/"}}}
+		Headers: []token.Header{{Name: "content-type", Value: "application/json"}, {Name: "set-cookie", Value: "authtoken=x; Path=/"}}}
 	preflight := agent.Decision{Answered: true, Status: 204, Site: "docs",
-		Headers: []agent.Header{{Name: "access-control-allow-origin", Value: "https://app.example.org"}}}
+		Headers: []token.Header{{Name: "access-control-allow-origin", Value: "https://app.example.org"}}}
 	nginxH := map[string]string{"X-Original-URI": "/x", "X-Original-Method": "POST", "X-Original-Host": "docs.example.com"}
 	traefikH := map[string]string{"X-Forwarded-Uri": "/x", "X-Forwarded-Method": "POST", "X-Forwarded-Host": "docs.example.com"}
 	tests := []struct {

@@ -37,6 +37,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/extauthz/internal/wire"
 )
 
@@ -285,7 +286,7 @@ func GRPCCode(httpStatus int, answered bool) codes.Code {
 
 // headerOptions sets each header, overwriting anything the client sent, and says so both ways
 // Envoy understands (the deprecated append: false and append_action).
-func headerOptions(hs []agent.Header) []*corev3.HeaderValueOption {
+func headerOptions(hs []token.Header) []*corev3.HeaderValueOption {
 	if len(hs) == 0 {
 		return nil
 	}

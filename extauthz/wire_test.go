@@ -101,18 +101,18 @@ func FuzzDecodeCheckRequest(f *testing.F) {
 func decisions() []*agent.Decision {
 	return []*agent.Decision{
 		{Allowed: true, ID: 0x3f9c2a7be01d4c55, Site: "docs", Identity: token.Identity{Kind: token.KindOAuth, User: "sub-1", ClientID: "app", Scopes: []string{"read", "write"}},
-			UpstreamHeaders: []agent.Header{{Name: "x-auth-site", Value: "docs"}, {Name: "x-auth-user", Value: "=J%C3%BCrgen"}, {Name: "x-auth-kind", Value: "oauth"}},
+			UpstreamHeaders: []token.Header{{Name: "x-auth-site", Value: "docs"}, {Name: "x-auth-user", Value: "=J%C3%BCrgen"}, {Name: "x-auth-kind", Value: "oauth"}},
 			RemoveHeaders:   []string{"x-auth-admin", "x_auth_user"}, RemoveQuery: []string{"authtoken"},
-			ResponseHeaders: []agent.Header{{Name: "access-control-allow-origin", Value: "https://a.example.com"}, {Name: "vary", Value: "Origin"}}},
+			ResponseHeaders: []token.Header{{Name: "access-control-allow-origin", Value: "https://a.example.com"}, {Name: "vary", Value: "Origin"}}},
 		{Allowed: true, ID: 1, Site: "trial", Identity: token.Identity{Kind: token.KindAnonymous}, Shadow: reason.BadSignature,
-			UpstreamHeaders: []agent.Header{{Name: "x-auth-site", Value: "trial"}, {Name: "x-auth-kind", Value: "anonymous"}}},
+			UpstreamHeaders: []token.Header{{Name: "x-auth-site", Value: "trial"}, {Name: "x-auth-kind", Value: "anonymous"}}},
 		{Allowed: true},
 		{ID: 7, Site: "docs", Status: 401, Reason: reason.BadSignature, Body: []byte(`{"error":"bad_signature","error_description":"ü"}`),
-			Headers: []agent.Header{{Name: "content-type", Value: "application/json"}, {Name: "www-authenticate", Value: `Bearer error="invalid_token"`}, {Name: "x-auth-reason", Value: "bad_signature"}}},
+			Headers: []token.Header{{Name: "content-type", Value: "application/json"}, {Name: "www-authenticate", Value: `Bearer error="invalid_token"`}, {Name: "x-auth-reason", Value: "bad_signature"}}},
 		{ID: 8, Status: 404, Reason: reason.UnknownSite},
-		{ID: 9, Site: "docs", Status: 204, Answered: true, Headers: []agent.Header{{Name: "access-control-allow-methods", Value: "GET, POST"}}},
-		{ID: 10, Site: "docs", Status: 503, Reason: reason.KeysUnavailable, Headers: []agent.Header{{Name: "retry-after", Value: "5"}, {Name: "x-empty", Value: ""}}},
-		{ID: 11, Site: "docs", Status: 200, Answered: true, Body: []byte(`{"ok":true}`), Headers: []agent.Header{{Name: "set-cookie", Value: "authtoken=abc; Path=/; HttpOnly"}}},
+		{ID: 9, Site: "docs", Status: 204, Answered: true, Headers: []token.Header{{Name: "access-control-allow-methods", Value: "GET, POST"}}},
+		{ID: 10, Site: "docs", Status: 503, Reason: reason.KeysUnavailable, Headers: []token.Header{{Name: "retry-after", Value: "5"}, {Name: "x-empty", Value: ""}}},
+		{ID: 11, Site: "docs", Status: 200, Answered: true, Body: []byte(`{"ok":true}`), Headers: []token.Header{{Name: "set-cookie", Value: "authtoken=abc; Path=/; HttpOnly"}}},
 	}
 }
 
@@ -150,8 +150,8 @@ func FuzzAppendCheckResponse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, allowed bool, status int, name, value, site, body, scopes string) {
 		d := &agent.Decision{Allowed: allowed, Site: site, Status: status % 600, Body: []byte(body), ID: 42,
 			Identity: token.Identity{Kind: token.KindServer, User: value, Scopes: strings.Fields(scopes)},
-			Headers:  []agent.Header{{Name: name, Value: value}}, UpstreamHeaders: []agent.Header{{Name: name, Value: value}},
-			RemoveHeaders: []string{name}, RemoveQuery: []string{value}, ResponseHeaders: []agent.Header{{Name: value, Value: name}}}
+			Headers:  []token.Header{{Name: name, Value: value}}, UpstreamHeaders: []token.Header{{Name: name, Value: value}},
+			RemoveHeaders: []string{name}, RemoveQuery: []string{value}, ResponseHeaders: []token.Header{{Name: value, Value: name}}}
 		if !allowed {
 			d.Reason = reason.Reason(name)
 		}

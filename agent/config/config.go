@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokenagent/tokenagent/agent/internal/hostname"
 	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/vault/kv"
 )
 
 // Config is the agent's configuration file (SPEC §7). Load parses and validates it in full;
@@ -71,8 +72,9 @@ type Keys struct {
 	Vault Vault `yaml:"vault"`
 }
 
-// Vault is the Vault KV v2 key source's configuration. Address, token and namespace
-// also come from VAULT_ADDR, VAULT_TOKEN and VAULT_NAMESPACE.
+// Vault is the Vault KV v2 key source's configuration (package vault/kv, whose
+// Options.Validate holds its rules and defaults). Address, token and namespace also come from
+// VAULT_ADDR, VAULT_TOKEN and VAULT_NAMESPACE.
 type Vault struct {
 	Address   string    `yaml:"address"`
 	Namespace string    `yaml:"namespace"`
@@ -80,6 +82,15 @@ type Vault struct {
 	Prefix    string    `yaml:"prefix"`
 	Timeout   Duration  `yaml:"timeout"`
 	Auth      VaultAuth `yaml:"auth"`
+}
+
+// KV returns the settings as the Vault source's options (without its logger and metrics).
+func (v *Vault) KV() kv.Options {
+	return kv.Options{Address: v.Address, Namespace: v.Namespace, Mount: v.Mount, Prefix: v.Prefix,
+		Timeout: v.Timeout.D(),
+		Auth: kv.Auth{Method: v.Auth.Method, RoleID: v.Auth.RoleID, RoleIDFile: v.Auth.RoleIDFile,
+			SecretIDFile: v.Auth.SecretIDFile, Role: v.Auth.Role, TokenFile: v.Auth.TokenFile,
+			MountPath: v.Auth.MountPath}}
 }
 
 // VaultAuth is how the agent logs in to Vault.
@@ -427,33 +438,14 @@ func (k *Keys) validate(dir string) error {
 			return fmt.Errorf("keys.users_file: only with keys.source file (with vault the user directory lives in Vault, under each site's users/)")
 		}
 		v := &k.Vault
-		if v.Mount == "" {
-			v.Mount = "secret"
+		// The rules of these settings are the Vault source's (kv.Options.Validate); the
+		// defaults it fills are written back, so the config says what the source will use.
+		o := v.KV()
+		if err := o.Validate(); err != nil {
+			return err
 		}
-		if v.Prefix == "" {
-			v.Prefix = "tokenagent"
-		}
-		v.Mount, v.Prefix = strings.Trim(v.Mount, "/"), strings.Trim(v.Prefix, "/")
-		if v.Timeout < 0 {
-			return fmt.Errorf("keys.vault.timeout: must be positive")
-		}
-		switch v.Auth.Method {
-		case "", "token":
-			v.Auth.Method = "token"
-		case "approle":
-			if v.Auth.RoleID == "" && v.Auth.RoleIDFile == "" {
-				return fmt.Errorf("keys.vault.auth.role_id: required for method approle (or role_id_file)")
-			}
-			if v.Auth.SecretIDFile == "" {
-				return fmt.Errorf("keys.vault.auth.secret_id_file: required for method approle")
-			}
-		case "kubernetes":
-			if v.Auth.Role == "" {
-				return fmt.Errorf("keys.vault.auth.role: required for method kubernetes")
-			}
-		default:
-			return fmt.Errorf("keys.vault.auth.method: %q is not one of token, approle, kubernetes", v.Auth.Method)
-		}
+		v.Mount, v.Prefix, v.Timeout = o.Mount, o.Prefix, Duration(o.Timeout)
+		v.Auth.Method, v.Auth.TokenFile, v.Auth.MountPath = o.Auth.Method, o.Auth.TokenFile, o.Auth.MountPath
 		if v.Auth.SecretIDFile != "" {
 			v.Auth.SecretIDFile = resolve(dir, v.Auth.SecretIDFile)
 		}

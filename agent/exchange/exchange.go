@@ -62,7 +62,7 @@ type Answer struct {
 	// Status is 200.
 	Status int
 	// Headers are content-type, cache-control and the session's set-cookie.
-	Headers []token.HTTPHeader
+	Headers []token.Header
 	// Body is the user as JSON.
 	Body []byte
 	// Identity is the user the new session names.
@@ -174,7 +174,7 @@ func (e *Endpoint) Exchange(ctx context.Context, site *token.Site, body []byte, 
 	maxAge := strconv.FormatInt(int64(site.AuthTokenTTL.Seconds()), 10)
 	return &Answer{
 		Status: http.StatusOK,
-		Headers: []token.HTTPHeader{
+		Headers: []token.Header{
 			{Name: "content-type", Value: "application/json"},
 			{Name: "cache-control", Value: "no-store"},
 			{Name: "set-cookie", Value: "authtoken=" + session + "; Path=/; Max-Age=" + maxAge + "; HttpOnly; Secure; SameSite=Lax"},

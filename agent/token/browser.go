@@ -13,9 +13,11 @@ import (
 	"github.com/tokenagent/tokenagent/vault"
 )
 
-// HTTPHeader is one HTTP header of an answer the agent gives or adds (CORS). Names are in
-// lower case, the form HTTP/2 and Envoy use.
-type HTTPHeader struct {
+// Header is one HTTP header name and value: of an answer the agent gives, of a request it
+// lets through (the x-auth-* headers) or of a response it adds to (CORS). Names are in lower
+// case, the form HTTP/2 and Envoy use. It is the one header type of the pipeline: package
+// agent's Decision and package extauthz's answers carry it as it is.
+type Header struct {
 	Name, Value string
 }
 
@@ -62,7 +64,7 @@ var preflightBaseHeaders = map[string]bool{
 //	v := &token.BrowserVerifier{Keys: store}
 //	id, err := v.Verify(ctx, site, key, req.Headers["origin"])
 //	if err == nil {
-//		resp = append(resp, token.CORSHeaders(origin, req.Host)...)
+//		resp = append(resp, token.CORSHeaders(origin, host)...) // host: the request's canonical host
 //	}
 //
 // # Notes
@@ -173,7 +175,7 @@ func (v *BrowserVerifier) OriginAllowed(ctx context.Context, site *Site, origin 
 // Content-Language, Cache-Control, Pragma, If-Match, If-None-Match, If-Modified-Since,
 // If-Unmodified-Since, Range, X-Requested-With), a max age of PreflightMaxAge seconds and
 // `Vary: Origin`.
-func (v *BrowserVerifier) Preflight(ctx context.Context, site *Site, origin, method, requestHeaders string) ([]HTTPHeader, error) {
+func (v *BrowserVerifier) Preflight(ctx context.Context, site *Site, origin, method, requestHeaders string) ([]Header, error) {
 	ok, err := v.OriginAllowed(ctx, site, origin)
 	if err != nil {
 		return nil, err
@@ -181,7 +183,7 @@ func (v *BrowserVerifier) Preflight(ctx context.Context, site *Site, origin, met
 	if !ok {
 		return nil, reason.New(reason.OriginNotAllowed)
 	}
-	return []HTTPHeader{
+	return []Header{
 		{"access-control-allow-origin", origin},
 		{"access-control-allow-credentials", "true"},
 		{"access-control-allow-methods", preflightMethods(method)},
@@ -191,19 +193,20 @@ func (v *BrowserVerifier) Preflight(ctx context.Context, site *Site, origin, met
 	}, nil
 }
 
-// CORSHeaders returns the response headers of an allowed request whose Origin is cross-origin
-// (see CrossOrigin) to the request's authority: `Access-Control-Allow-Origin: <origin>` (as
+// CORSHeaders returns the response headers of an allowed request whose Origin is cross-origin to
+// requestHost, the request's canonical host (hostname.ParseAuthority of its authority): whose
+// host differs from it (SPEC §3.3; schemes and ports are not compared): `Access-Control-Allow-Origin: <origin>` (as
 // sent), `Access-Control-Allow-Credentials: true` and `Vary: Origin`. It returns nil for a
 // same-origin request, no origin, or an origin that does not parse (which Verify refuses).
-func CORSHeaders(origin, requestAuthority string) []HTTPHeader {
+func CORSHeaders(origin, requestHost string) []Header {
 	if origin == "" {
 		return nil
 	}
 	o, err := ParseOrigin(origin)
-	if err != nil || o.Host == originRequestHost(requestAuthority) {
+	if err != nil || o.Host == requestHost {
 		return nil
 	}
-	return []HTTPHeader{
+	return []Header{
 		{"access-control-allow-origin", origin},
 		{"access-control-allow-credentials", "true"},
 		{"vary", "Origin"},

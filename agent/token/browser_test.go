@@ -349,14 +349,14 @@ func TestCORSHeaders(t *testing.T) {
 	if h := CORSHeaders("", "docs.example.com"); h != nil {
 		t.Errorf("no origin: %v", h)
 	}
-	if h := CORSHeaders("https://docs.example.com", "docs.example.com:443"); h != nil {
+	if h := CORSHeaders("https://docs.example.com", "docs.example.com"); h != nil {
 		t.Errorf("same origin: %v", h)
 	}
 	if h := CORSHeaders("null", "docs.example.com"); h != nil {
 		t.Errorf("null origin: %v", h)
 	}
 	h := CORSHeaders("https://App.example.com", "docs.example.com")
-	want := []HTTPHeader{
+	want := []Header{
 		{"access-control-allow-origin", "https://App.example.com"},
 		{"access-control-allow-credentials", "true"},
 		{"vary", "Origin"},

@@ -270,31 +270,6 @@ func (m *OriginMatcher) Len() int {
 	return len(m.exact) + len(m.hosts) + len(m.suffixes)
 }
 
-// originRequestHost returns the canonical host of a request's authority (`:authority` or
-// Host). An authority that does not parse gives "", which no origin's host equals.
-func originRequestHost(authority string) string {
-	h, _, err := hostname.ParseAuthority(authority)
-	if err != nil {
-		return ""
-	}
-	return h
-}
-
-// CrossOrigin reports whether a request carrying Origin origin to the authority originRequestHost
-// is cross-origin in the sense of SPEC §3.3: the origin's host differs from the request's own
-// host (schemes and ports are not compared). An empty origin is never cross-origin; an origin
-// that does not parse always is.
-func CrossOrigin(origin, requestAuthority string) bool {
-	if origin == "" {
-		return false
-	}
-	o, err := ParseOrigin(origin)
-	if err != nil {
-		return true
-	}
-	return o.Host != originRequestHost(requestAuthority)
-}
-
 func originSchemeIs(s, lower string) bool {
 	if len(s) != len(lower) {
 		return false

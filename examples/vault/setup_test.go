@@ -62,13 +62,13 @@ func TestSetupScript(t *testing.T) {
 		t.Fatalf("secret-id file: %v %v", st, err)
 	}
 
-	src, err := kv.New(context.Background(), kv.Options{
-		Address: srv.Addr, Mount: v.Mount, Prefix: v.Prefix, Timeout: v.Timeout.D(),
-		Auth: kv.Auth{Method: v.Auth.Method, RoleID: v.Auth.RoleID, SecretIDFile: filepath.Join(secrets, "secret-id")},
-	})
+	opts := v.KV() // the config's settings, with the files where this test wrote them
+	opts.Address, opts.Auth.SecretIDFile = srv.Addr, filepath.Join(secrets, "secret-id")
+	src, err := kv.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	src.Start(context.Background())
 	defer src.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -159,12 +159,13 @@ func TestLoginFailureIsReportedWithoutSecrets(t *testing.T) {
 	f := newFixture(t, srv)
 	const wrong = "00000000-not-the-secret-id-0000"
 	secretFile := writeFile(t, "secret-id", wrong)
-	src, err := New(context.Background(), Options{Address: srv.Addr, Prefix: f.prefix, Metrics: f.metrics, Logger: quietLogger(),
+	src, err := New(Options{Address: srv.Addr, Prefix: f.prefix, Metrics: f.metrics, Logger: quietLogger(),
 		Auth:       Auth{Method: AuthAppRole, RoleID: roleID, SecretIDFile: secretFile},
 		minBackoff: 10 * time.Millisecond, maxBackoff: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
+	src.Start(context.Background())
 	t.Cleanup(src.Close)
 	eventually(t, "two failed logins", func() error {
 		if n := f.counter("tokenagent_vault_login_failures_total", map[string]string{"method": "approle"}); n < 2 {

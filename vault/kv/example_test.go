@@ -12,7 +12,7 @@ import (
 // A Vault source logging in with AppRole, behind the caching Store that verifiers read.
 func ExampleNew() {
 	ctx := context.Background()
-	src, err := kv.New(ctx, kv.Options{
+	src, err := kv.New(kv.Options{
 		Address: "https://vault.example.com:8200", // or VAULT_ADDR
 		Mount:   "secret",
 		Prefix:  "tokenagent",
@@ -25,6 +25,7 @@ func ExampleNew() {
 	if err != nil {
 		log.Fatal(err) // a bad option; an unreachable Vault is retried in the background
 	}
+	src.Start(ctx) // the login, retried in the background until Vault answers
 	defer src.Close()
 
 	store, err := vault.NewStore(src, vault.StoreOptions{Refresh: 30 * time.Second, MaxStale: time.Hour})

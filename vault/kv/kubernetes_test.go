@@ -101,12 +101,13 @@ func TestKubernetesAuth(t *testing.T) {
 	}
 
 	// A wrong service account token: the login fails and Ready says why.
-	bad, err := New(ctx, Options{Address: srv.Addr, Prefix: f.prefix, Logger: quietLogger(),
+	bad, err := New(Options{Address: srv.Addr, Prefix: f.prefix, Logger: quietLogger(),
 		Auth:       Auth{Method: AuthKubernetes, Role: "agent", MountPath: mount, TokenFile: writeFile(t, "bad-token", saJWT[:len(saJWT)-4]+"AAAA")},
 		minBackoff: 10 * time.Millisecond, maxBackoff: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
+	bad.Start(ctx)
 	defer bad.Close()
 	eventually(t, "a failed kubernetes login reported by Ready", func() error {
 		err := bad.Ready()

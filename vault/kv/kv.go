@@ -2,18 +2,21 @@
 // through github.com/hashicorp/vault/api, laid out as SPEC §6 says
 // (`<mount>/<prefix>/sites/<site>/…`, default `secret` and `tokenagent`).
 //
-//	src, err := kv.New(ctx, kv.Options{
+//	src, err := kv.New(kv.Options{
 //		Address: "https://vault.example.com:8200",
 //		Auth:    kv.Auth{Method: kv.AuthAppRole, RoleID: "tokenagent", SecretIDFile: "/etc/tokenagent/secret-id"},
 //	})
 //	if err != nil { ... }         // a bad option, never an unreachable Vault
+//	src.Start(ctx)                // the login, in the background
 //	defer src.Close()
 //	store, err := vault.NewStore(src, vault.StoreOptions{})
 //
 // # Notes
 //
-//   - New does not wait for Vault: the login runs in the background and is retried with
-//     exponential backoff until it succeeds. Ready is nil from the first successful login on;
+//   - New only checks the options and builds the client; Start begins the login, in a goroutine
+//     Close stops, and does not wait for Vault: the login is retried with exponential backoff
+//     until it succeeds. Options.Validate holds the rules of the options (the config's
+//     keys.vault section is checked with it). Ready is nil from the first successful login on;
 //     before that it names the auth method and the cause of the last failure (never a secret).
 //   - The agent's token is renewed with the client's LifetimeWatcher; when renewal ends (the
 //     token reached its max TTL, or cannot be renewed) the source logs in again. A read refused
@@ -133,9 +136,10 @@ type Source struct {
 	recheck   chan struct{}
 	lastCheck atomic.Int64 // unix nanos of the last token check asked for by a 403
 
-	ownToken atomic.Bool // the token came from a login (approle, kubernetes): revoke on Close
-	cancel   context.CancelFunc
-	done     chan struct{}
+	ownToken atomic.Bool        // the token came from a login (approle, kubernetes): revoke on Close
+	started  sync.Once          // Start's, and Close's when it comes first
+	cancel   context.CancelFunc // set by Start
+	done     chan struct{}      // closed when run returns
 	closed   sync.Once
 }
 
@@ -144,10 +148,12 @@ var (
 	_ vault.Writer = (*Source)(nil)
 )
 
-// New checks opts and returns a Source whose login runs in the background (it does not wait
-// for Vault). The error names the option at fault. Cancelling ctx, like Close, stops the
-// background work.
-func New(ctx context.Context, opts Options) (*Source, error) {
+// Validate fills opts' defaults and checks them, with no I/O: the mount and prefix, the
+// timeout, and the auth method with what it needs (AppRole: a role id and a secret id file;
+// Kubernetes: a role, and the service account token file and mount path by default). Its
+// errors name the config field at fault (keys.vault.…). New calls it; a config is checked with
+// it before any Source exists.
+func (opts *Options) Validate() error {
 	if opts.Mount == "" {
 		opts.Mount = DefaultMount
 	}
@@ -157,13 +163,55 @@ func New(ctx context.Context, opts Options) (*Source, error) {
 	opts.Mount = strings.Trim(opts.Mount, "/")
 	opts.Prefix = strings.Trim(opts.Prefix, "/")
 	if opts.Mount == "" || checkPath(opts.Mount) != nil {
-		return nil, fmt.Errorf("keys.vault.mount: %q is not a mount path", opts.Mount)
+		return fmt.Errorf("keys.vault.mount: %q is not a mount path", opts.Mount)
 	}
 	if checkPath(opts.Prefix) != nil {
-		return nil, fmt.Errorf("keys.vault.prefix: %q is not a path", opts.Prefix)
+		return fmt.Errorf("keys.vault.prefix: %q is not a path", opts.Prefix)
 	}
-	if opts.Timeout <= 0 {
+	if opts.Timeout < 0 {
+		return fmt.Errorf("keys.vault.timeout: %v is negative", opts.Timeout)
+	}
+	if opts.Timeout == 0 {
 		opts.Timeout = DefaultTimeout
+	}
+	a := &opts.Auth
+	if a.Method == "" {
+		a.Method = AuthToken
+	}
+	switch a.Method {
+	case AuthToken:
+	case AuthAppRole:
+		if a.RoleID == "" && a.RoleIDFile == "" {
+			return errors.New("keys.vault.auth.role_id: approle auth needs role_id or role_id_file")
+		}
+		if a.SecretIDFile == "" {
+			return errors.New("keys.vault.auth.secret_id_file: approle auth needs secret_id_file")
+		}
+		if a.MountPath == "" {
+			a.MountPath = "approle"
+		}
+	case AuthKubernetes:
+		if a.Role == "" {
+			return errors.New("keys.vault.auth.role: kubernetes auth needs role")
+		}
+		if a.TokenFile == "" {
+			a.TokenFile = DefaultServiceAccountTokenFile
+		}
+		if a.MountPath == "" {
+			a.MountPath = "kubernetes"
+		}
+	default:
+		return fmt.Errorf("keys.vault.auth.method: %q is not token, approle or kubernetes", a.Method)
+	}
+	a.MountPath = strings.Trim(a.MountPath, "/")
+	return nil
+}
+
+// New checks opts (Validate, and the address) and returns a Source that is not logged in:
+// Start begins the login. The error names the option at fault; New never talks to Vault.
+func New(opts Options) (*Source, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -175,35 +223,6 @@ func New(ctx context.Context, opts Options) (*Source, error) {
 		opts.maxBackoff = 30 * time.Second
 	}
 	a := &opts.Auth
-	if a.Method == "" {
-		a.Method = AuthToken
-	}
-	switch a.Method {
-	case AuthToken:
-	case AuthAppRole:
-		if a.RoleID == "" && a.RoleIDFile == "" {
-			return nil, errors.New("keys.vault.auth.role_id: approle auth needs role_id or role_id_file")
-		}
-		if a.SecretIDFile == "" {
-			return nil, errors.New("keys.vault.auth.secret_id_file: approle auth needs secret_id_file")
-		}
-		if a.MountPath == "" {
-			a.MountPath = "approle"
-		}
-	case AuthKubernetes:
-		if a.Role == "" {
-			return nil, errors.New("keys.vault.auth.role: kubernetes auth needs role")
-		}
-		if a.TokenFile == "" {
-			a.TokenFile = DefaultServiceAccountTokenFile
-		}
-		if a.MountPath == "" {
-			a.MountPath = "kubernetes"
-		}
-	default:
-		return nil, fmt.Errorf("keys.vault.auth.method: %q is not token, approle or kubernetes", a.Method)
-	}
-	a.MountPath = strings.Trim(a.MountPath, "/")
 
 	cfg := api.DefaultConfig() // reads VAULT_ADDR, VAULT_CACERT, … from the environment
 	if cfg.Error != nil {
@@ -244,7 +263,6 @@ func New(ctx context.Context, opts Options) (*Source, error) {
 	if m == nil {
 		m, _ = NewMetrics(nil) // nil registry: cannot fail
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	s := &Source{
 		client:  client,
 		mount:   opts.Mount,
@@ -255,14 +273,22 @@ func New(ctx context.Context, opts Options) (*Source, error) {
 		m:       m,
 		readyCh: make(chan struct{}),
 		recheck: make(chan struct{}, 1),
-		cancel:  cancel,
 		done:    make(chan struct{}),
 	}
-	s.setErr(errors.New("not logged in yet"))
+	s.setErr(errors.New("not logged in yet (Start not called)"))
 	m.setState(stateLoggingIn)
 	m.loginFailures.WithLabelValues(s.method) // exported as 0 until a login fails, for alerts
-	go s.run(ctx)
 	return s, nil
+}
+
+// Start begins the login, and from then on the token's renewal, in a goroutine that runs until
+// ctx is done or Close is called. Only the first call starts it; it returns at once.
+func (s *Source) Start(ctx context.Context) {
+	s.started.Do(func() {
+		ctx, s.cancel = context.WithCancel(ctx)
+		s.setErr(errors.New("not logged in yet"))
+		go s.run(ctx)
+	})
 }
 
 // Name implements vault.Source.
@@ -294,8 +320,12 @@ func (s *Source) WaitReady(ctx context.Context) error {
 // (approle, kubernetes), revokes it (best effort). It is safe to call more than once.
 func (s *Source) Close() {
 	s.closed.Do(func() {
-		s.cancel()
-		<-s.done
+		started := true
+		s.started.Do(func() { started = false }) // never started: nothing runs, and Start does nothing from now on
+		if started {
+			s.cancel()
+			<-s.done
+		}
 		if s.ownToken.Load() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()

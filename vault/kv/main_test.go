@@ -111,10 +111,11 @@ func (f *fixture) newSource(opts Options) *Source {
 	}
 	opts.Logger = quietLogger()
 	opts.minBackoff, opts.maxBackoff = 20*time.Millisecond, 200*time.Millisecond
-	src, err := New(context.Background(), opts)
+	src, err := New(opts)
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	src.Start(context.Background())
 	f.t.Cleanup(src.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

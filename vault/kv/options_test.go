@@ -31,7 +31,7 @@ func TestOptionsErrorsNameTheField(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			src, err := New(context.Background(), c.opts)
+			src, err := New(c.opts)
 			if err == nil {
 				src.Close()
 				t.Fatalf("New accepted %+v", c.opts)
@@ -53,12 +53,13 @@ func TestNotReadyWhileVaultIsDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := New(context.Background(), Options{Address: "http://127.0.0.1:1", Metrics: m, Logger: quietLogger(),
+	src, err := New(Options{Address: "http://127.0.0.1:1", Metrics: m, Logger: quietLogger(),
 		Auth:       Auth{Method: AuthToken, TokenFile: writeFile(t, "token", secretToken)},
 		minBackoff: 10 * time.Millisecond, maxBackoff: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
+	src.Start(context.Background())
 	defer src.Close()
 	f := &fixture{t: t, reg: reg}
 	eventually(t, "a failed login", func() error {
@@ -99,10 +100,11 @@ func TestEnvironmentFallbacks(t *testing.T) {
 	t.Setenv("VAULT_NAMESPACE", "")
 	f := &fixture{t: t, srv: srv, prefix: testPrefix(t), reg: prometheus.NewRegistry()}
 	f.put(vault.SitePath("docs", "legacy"), map[string]any{"apikey": "k"})
-	src, err := New(context.Background(), Options{Prefix: f.prefix, Logger: quietLogger()})
+	src, err := New(Options{Prefix: f.prefix, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
+	src.Start(context.Background())
 	defer src.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -165,5 +167,26 @@ func TestPaths(t *testing.T) {
 		if err != nil || strings.Join(names, ",") != c.want {
 			t.Errorf("List(%q) = %q, %v; want %q", c.dir, names, err, c.want)
 		}
+	}
+}
+
+// TestNewStartsNothing: New only checks and builds; the login waits for Start. A source never
+// started is not ready however long Vault is up, and Close returns at once; Start after Close
+// starts nothing.
+func TestNewStartsNothing(t *testing.T) {
+	src, err := New(Options{Address: srv.Addr, Prefix: testPrefix(t), Logger: quietLogger(),
+		Auth: Auth{Method: AuthToken, TokenFile: writeFile(t, "token", srv.Token)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := src.WaitReady(ctx); err == nil || !strings.Contains(err.Error(), "Start") {
+		t.Fatalf("a source never started: WaitReady = %v, want not ready (Start not called)", err)
+	}
+	src.Close()
+	src.Start(context.Background())
+	if err := src.Ready(); err == nil {
+		t.Fatal("Start after Close logged in")
 	}
 }

@@ -27,11 +27,12 @@ func vaultSource(t *testing.T, srv *vaulttest.Server, prefix string) *kv.Source 
 	if err := os.WriteFile(tokenFile, []byte(srv.Token), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	src, err := kv.New(context.Background(), kv.Options{Address: srv.Addr, Prefix: prefix,
+	src, err := kv.New(kv.Options{Address: srv.Addr, Prefix: prefix,
 		Auth: kv.Auth{Method: kv.AuthToken, TokenFile: tokenFile}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
+	src.Start(context.Background())
 	t.Cleanup(src.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

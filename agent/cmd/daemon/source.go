@@ -31,16 +31,13 @@ func openSource(ctx context.Context, cfg *config.Config, reg prometheus.Register
 		if err != nil {
 			return nil, nil, err
 		}
-		src, err := kv.New(ctx, kv.Options{
-			Address: v.Address, Namespace: v.Namespace, Mount: v.Mount, Prefix: v.Prefix,
-			Timeout: v.Timeout.D(), Logger: log, Metrics: m,
-			Auth: kv.Auth{Method: v.Auth.Method, RoleID: v.Auth.RoleID, RoleIDFile: v.Auth.RoleIDFile,
-				SecretIDFile: v.Auth.SecretIDFile, Role: v.Auth.Role, TokenFile: v.Auth.TokenFile,
-				MountPath: v.Auth.MountPath},
-		})
+		opts := v.KV()
+		opts.Logger, opts.Metrics = log, m
+		src, err := kv.New(opts)
 		if err != nil {
 			return nil, nil, fmt.Errorf("keys.vault: %w", err)
 		}
+		src.Start(ctx)
 		return src, src.Close, nil
 	}
 	return nil, nil, fmt.Errorf("keys.source: %q is not file or vault", cfg.Keys.Source)

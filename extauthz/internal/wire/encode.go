@@ -7,7 +7,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 
-	"github.com/tokenagent/tokenagent/agent"
+	"github.com/tokenagent/tokenagent/agent/token"
 )
 
 // Response is a CheckResponse as the agent answers: an OK response with headers to set,
@@ -31,7 +31,7 @@ type Response struct {
 }
 
 // Header is a header (or a metadata field): a name and a value.
-type Header = agent.Header
+type Header = token.Header
 
 // Field numbers of the messages the writer writes.
 const (
