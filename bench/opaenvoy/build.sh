@@ -12,11 +12,7 @@ opaenvoy=${TOKENAGENT_OPA_ENVOY_BIN:-$cache/opa-envoy-1.14.1}
 ghz=${TOKENAGENT_GHZ_BIN:-$cache/ghz-0.120.0}
 mkdir -p "$cache"
 
-if [ ! -x "$opaenvoy" ]; then
-	echo "build.sh: building OPA-Envoy v1.14.1-envoy into $opaenvoy"
-	(cd "$here" && GOWORK=off GOFLAGS=-mod=readonly go build -trimpath -ldflags='-s -w' -o "$opaenvoy.tmp.$$" .)
-	mv -f "$opaenvoy.tmp.$$" "$opaenvoy"
-fi
+"$here/../../.ci/cached-go-build.sh" "OPA-Envoy v1.14.1-envoy" "$here" "$opaenvoy"
 if [ ! -x "$ghz" ]; then
 	echo "build.sh: building ghz v0.120.0 into $ghz"
 	tmp=$(mktemp -d)

@@ -32,11 +32,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/tokenagent/tokenagent/vault/proctest"
 )
 
 // Version is the Vault version the binary is built from (vault/devserver).
@@ -88,8 +89,7 @@ type Server struct {
 	logPath string
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
+	proc *proctest.Process
 }
 
 // Start starts a dev server for the test and stops it in t.Cleanup. It fails the test when the
@@ -171,23 +171,29 @@ func (s *Server) start() error {
 	)
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the test
-	if err := cmd.Start(); err != nil {
+	p, err := proctest.Start(cmd, func() { logf.Close() })
+	if err != nil {
 		logf.Close()
-		return fmt.Errorf("vaulttest: starting %s: %w", s.bin, err)
+		return fmt.Errorf("vaulttest: %w", err)
 	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		logf.Close()
-		close(done)
-	}()
 	s.mu.Lock()
-	s.cmd, s.done = cmd, done
+	s.proc = p
 	s.mu.Unlock()
-	if err := s.waitHealthy(done); err != nil {
+	hc := &http.Client{Timeout: 2 * time.Second}
+	err = p.WaitReady(startTimeout, func() error {
+		resp, err := hc.Get(s.Addr + "/v1/sys/health")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/v1/sys/health: %s", resp.Status)
+		}
+		return nil
+	})
+	if err != nil {
 		s.stop()
-		return fmt.Errorf("%w\n%s", err, s.Logs())
+		return fmt.Errorf("vaulttest: vault server on %s: %w\n%s", s.listen, err, s.Logs())
 	}
 	return nil
 }
@@ -204,45 +210,17 @@ func cleanEnv() []string {
 	return env
 }
 
-func (s *Server) waitHealthy(done <-chan struct{}) error {
-	hc := &http.Client{Timeout: 2 * time.Second}
-	deadline := time.Now().Add(startTimeout)
-	for time.Now().Before(deadline) {
-		select {
-		case <-done:
-			return fmt.Errorf("vaulttest: vault server on %s exited before becoming healthy", s.listen)
-		default:
-		}
-		resp, err := hc.Get(s.Addr + "/v1/sys/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("vaulttest: vault server on %s not healthy after %s", s.listen, startTimeout)
-}
-
 // Stop stops the server (an outage). Its data is lost; Restart brings back an empty server on
 // the same address.
 func (s *Server) Stop() { s.stop() }
 
 func (s *Server) stop() {
 	s.mu.Lock()
-	cmd, done := s.cmd, s.done
-	s.cmd = nil
+	p := s.proc
+	s.proc = nil
 	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
+	if p != nil {
+		p.Stop(10 * time.Second)
 	}
 }
 

@@ -13,11 +13,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenagent/tokenagent/vault/proctest"
 )
 
 // Options configure the server.
@@ -39,8 +40,7 @@ type Server struct {
 	port int
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc *proctest.Process
 }
 
 // Binary is the path of redis-server, or an error that says how to install it.
@@ -106,46 +106,38 @@ func (s *Server) start() error {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
+	p, err := proctest.Start(cmd, nil)
+	if err != nil {
 		return err
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
 	s.mu.Lock()
-	s.cmd, s.done = cmd, done
+	s.proc = p
 	s.mu.Unlock()
 	// Ready when it accepts connections (PING answers, even NOAUTH does).
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case <-done:
-			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			return fmt.Errorf("redis-server exited at start:\n%s", log)
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", s.Addr, time.Second); err == nil {
+	err = p.WaitReady(30*time.Second, func() error {
+		c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+		if err == nil {
 			c.Close()
-			return nil
 		}
-		if time.Now().After(deadline) {
-			s.Kill()
-			return fmt.Errorf("redis-server did not listen on %s", s.Addr)
-		}
-		time.Sleep(10 * time.Millisecond)
+		return err
+	})
+	if err != nil {
+		s.Kill()
+		log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+		return fmt.Errorf("redis-server on %s: %w\n%s", s.Addr, err, log)
 	}
+	return nil
 }
 
 // Kill stops the server with SIGKILL (a crash) and waits for it to exit.
 func (s *Server) Kill() {
 	s.mu.Lock()
-	cmd, done := s.cmd, s.done
-	s.cmd = nil
+	p := s.proc
+	s.proc = nil
 	s.mu.Unlock()
-	if cmd == nil {
-		return
+	if p != nil {
+		p.Kill()
 	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	<-done
 }
 
 // Client is an administrative client of the server (the default user, or the ACL user).
