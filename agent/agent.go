@@ -29,8 +29,8 @@ import (
 
 	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/exchange"
-	"github.com/tokenagent/tokenagent/agent/policy"
 	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/plugins"
 )
 
 // Agent decides Requests for one config. Build it with New.
@@ -52,7 +52,7 @@ type Agent struct {
 	idTokens      *token.IDTokenVerifier
 
 	// policies holds the policy module of each site that has one, by site id.
-	policies map[string]*policy.Entry
+	policies map[string]*plugins.Entry
 
 	// sampled counts allowed decisions for log.allow_sample (decisionlog.go).
 	sampled atomic.Uint64
@@ -78,7 +78,7 @@ func New(rt *Runtime, cfg *config.Config) (*Agent, error) {
 		impersonation: &token.ImpersonationVerifier{Keys: keys, Audit: rt.legacy, Now: now},
 		apikey:        &token.APIKeyVerifier{Keys: keys, Audit: rt.legacy},
 		idTokens:      &token.IDTokenVerifier{Keys: keys, JWKS: rt.jwks, Now: now},
-		policies:      map[string]*policy.Entry{},
+		policies:      map[string]*plugins.Entry{},
 	}
 	a.exchange = &exchange.Endpoint{IDTokens: a.idTokens, Keys: keys, Users: rt.users, Metrics: rt.exchange,
 		Logger: rt.log, Now: now}
@@ -86,7 +86,7 @@ func New(rt *Runtime, cfg *config.Config) (*Agent, error) {
 		if s.Policy == "" {
 			continue
 		}
-		key := policy.Key{Path: s.Policy, Deadline: a.policyDeadline(s), Entrypoint: s.PolicyEntrypoint}
+		key := plugins.ModuleKey{Path: s.Policy, Deadline: a.policyDeadline(s), Entrypoint: s.PolicyEntrypoint}
 		e := rt.policies.Entry(context.Background(), key, s.ID)
 		if e == nil {
 			return nil, fmt.Errorf("agent: the runtime is closed")

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/tokenagent/tokenagent/agent/internal/tracing"
-	"github.com/tokenagent/tokenagent/agent/policy"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/plugins"
@@ -25,8 +24,8 @@ func (a *Agent) policyDeadline(s *Site) time.Duration {
 }
 
 // policyKeys names the modules this agent uses.
-func (a *Agent) policyKeys() map[policy.Key]bool {
-	keep := map[policy.Key]bool{}
+func (a *Agent) policyKeys() map[plugins.ModuleKey]bool {
+	keep := map[plugins.ModuleKey]bool{}
 	for _, e := range a.policies {
 		keep[e.Key()] = true
 	}

@@ -12,9 +12,10 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenagent/tokenagent/agent/exchange"
-	"github.com/tokenagent/tokenagent/agent/policy"
 	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/plugins"
 	"github.com/tokenagent/tokenagent/vault"
+	"github.com/tokenagent/tokenagent/vault/blocking"
 	"github.com/tokenagent/tokenagent/vault/jwks"
 	"github.com/tokenagent/tokenagent/vault/users"
 )
@@ -79,7 +80,7 @@ type Runtime struct {
 	legacy     *token.LegacyAudit
 	exchange   *exchange.Metrics
 	metrics    *Metrics
-	policies   *policy.Registry
+	policies   *plugins.Registry
 	tracer     trace.Tracer // nil: no tracing
 	traceRatio float64
 
@@ -130,8 +131,9 @@ func NewRuntime(opts RuntimeOptions) (*Runtime, error) {
 	if rt.exchange, err = exchange.NewMetrics(opts.Registerer); err != nil {
 		return fail("exchange metrics", err)
 	}
-	rt.policies = policy.NewRegistry(policy.Options{CacheDir: opts.PolicyCacheDir,
-		Registerer: opts.Registerer, Logger: opts.Logger})
+	rt.policies = plugins.NewRegistry(plugins.RegistryOptions{Engine: plugins.EngineOptions{
+		CacheDir: opts.PolicyCacheDir, Registerer: opts.Registerer, Logger: opts.Logger,
+		BeforeWait: blocking.Ahead}}) // a check about to wait for a module hands its connection on
 	return rt, nil
 }
 
@@ -149,7 +151,7 @@ func (rt *Runtime) Close(ctx context.Context) error {
 }
 
 // KeepOnly tells the runtime that a is the agent deciding now (after a config reload): policy
-// modules that only earlier configs used are closed after policy.RetireGrace, so checks that
+// modules that only earlier configs used are closed after plugins.DefaultRetireGrace, so checks that
 // started under the old config finish on them.
 func (rt *Runtime) KeepOnly(a *Agent) { rt.policies.KeepOnly(a.policyKeys()) }
 

@@ -3,9 +3,10 @@ package plugins
 import (
 	"encoding/binary"
 	"fmt"
-	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/tokenagent/tokenagent/plugins/internal/output"
 )
 
 // The ABI v1 exports and import (plugins/ABI.md).
@@ -23,15 +24,15 @@ const (
 // Limits of ABI v1 that are not configurable (plugins/ABI.md, "Limits").
 const (
 	// MaxInputBytes is the largest input record the host sends; a request whose record would be
-	// larger is refused with an error of kind KindInputTooLarge.
-	MaxInputBytes = 1 << 20
+	// larger is refused with an error of kind FailureInputTooLarge.
+	MaxInputBytes = output.MaxInputBytes
 	// MaxReasonBytes is the longest reason an output may carry.
-	MaxReasonBytes = 256
+	MaxReasonBytes = output.MaxReasonBytes
 	// MaxOutputHeaders is the most headers each of an output's two header lists may hold.
-	MaxOutputHeaders = 64
+	MaxOutputHeaders = output.MaxHeaders
 	// MaxHeaderNameBytes and MaxHeaderValueBytes bound one output header.
-	MaxHeaderNameBytes  = 256
-	MaxHeaderValueBytes = 8192
+	MaxHeaderNameBytes  = output.MaxHeaderNameBytes
+	MaxHeaderValueBytes = output.MaxHeaderValueBytes
 )
 
 // Input is what a policy sees of one request: the verified identity and the request itself.
@@ -259,7 +260,7 @@ func (r *reader) headers(what string) (map[string]string, error) {
 		if !ok {
 			return nil, r.truncated(what + " value")
 		}
-		if err := checkHeader(what, name, value); err != nil {
+		if err := output.CheckHeader(what, name, value); err != nil {
 			return nil, err
 		}
 		if _, dup := m[string(name)]; dup {
@@ -268,70 +269,4 @@ func (r *reader) headers(what string) (map[string]string, error) {
 		m[string(name)] = string(value)
 	}
 	return m, nil
-}
-
-// checkHeader enforces the output header rules (ABI.md "Output") on one header: the name's
-// (checkHeaderName), and a value of at most MaxHeaderValueBytes of UTF-8 without control
-// characters but tab.
-func checkHeader(what string, name, value []byte) error {
-	if err := checkHeaderName(name); err != nil {
-		return fmt.Errorf("output %s %q: %v", what, truncate(name), err)
-	}
-	if len(value) > MaxHeaderValueBytes {
-		return fmt.Errorf("output %s %q: value is %d bytes, over %d", what, name, len(value), MaxHeaderValueBytes)
-	}
-	for _, c := range value {
-		if (c < 0x20 && c != '\t') || c == 0x7f {
-			return fmt.Errorf("output %s %q: value holds control character %#x", what, name, c)
-		}
-	}
-	if !utf8.Valid(value) { // gRPC cannot carry it: the answer would be an Internal error
-		return fmt.Errorf("output %s %q: value is not UTF-8", what, name)
-	}
-	return nil
-}
-
-func truncate(b []byte) string {
-	if len(b) > 64 {
-		return string(b[:64]) + "..."
-	}
-	return string(b)
-}
-
-// reservedHeaders may not be set by a module: they frame or route the message, or belong to the
-// agent's own answer.
-var reservedHeaders = map[string]bool{
-	"host": true, "content-length": true, "transfer-encoding": true, "connection": true,
-	"keep-alive": true, "proxy-connection": true, "te": true, "trailer": true, "upgrade": true,
-	"content-type": true, "set-cookie": true, "www-authenticate": true,
-}
-
-// checkHeaderName enforces ABI.md's header name rules: 1 to MaxHeaderNameBytes lower-case
-// RFC 9110 token characters, not reserved, not x-auth-*.
-func checkHeaderName(name []byte) error {
-	if len(name) == 0 || len(name) > MaxHeaderNameBytes {
-		return fmt.Errorf("name is %d bytes, want 1..%d", len(name), MaxHeaderNameBytes)
-	}
-	for _, c := range name {
-		if !isTokenChar(c) {
-			return fmt.Errorf("name holds %q, not a lower-case token character", c)
-		}
-	}
-	// x_auth_user is X-Auth-User to a CGI, WSGI, Rack or PHP upstream: every spelling is the
-	// agent's (SPEC §2a).
-	if len(name) >= 7 && strings.EqualFold(strings.ReplaceAll(string(name[:7]), "_", "-"), "x-auth-") {
-		return fmt.Errorf("names starting with x-auth- (in any spelling) are reserved for the agent")
-	}
-	if reservedHeaders[string(name)] {
-		return fmt.Errorf("name is reserved (framing, routing or the agent's own answer)")
-	}
-	return nil
-}
-
-func isTokenChar(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokenagent/tokenagent/plugins/guest"
+	"github.com/tokenagent/tokenagent/plugins/internal/output"
 )
 
 // The host's encoder and the Go guest's decoder must agree on every field.
@@ -62,15 +63,15 @@ func TestInputRoundTrip(t *testing.T) {
 	}
 }
 
-// output builds an output record field by field, so tests can break one rule at a time.
-type output struct {
+// rawOutput builds an output record field by field, so tests can break one rule at a time.
+type rawOutput struct {
 	version, flags, status uint32
 	reason                 string
 	headers, resp          [][2]string
 	trailing               []byte
 }
 
-func (o output) bytes() []byte {
+func (o rawOutput) bytes() []byte {
 	le := binary.LittleEndian
 	b := le.AppendUint32(nil, o.version)
 	b = le.AppendUint32(b, o.flags)
@@ -98,43 +99,43 @@ func TestDecodeOutput(t *testing.T) {
 		want    Output
 		wantErr string
 	}{
-		{name: "allow", b: output{version: 1, flags: 1}.bytes(), want: Output{Allow: true}},
-		{name: "allow with headers", b: output{version: 1, flags: 1, reason: "ok",
+		{name: "allow", b: rawOutput{version: 1, flags: 1}.bytes(), want: Output{Allow: true}},
+		{name: "allow with headers", b: rawOutput{version: 1, flags: 1, reason: "ok",
 			headers: [][2]string{{"x-site-role", "editor"}}, resp: [][2]string{{"x-trace", "1"}}}.bytes(),
 			want: Output{Allow: true, Reason: "ok", Headers: map[string]string{"x-site-role": "editor"},
 				ResponseHeaders: map[string]string{"x-trace": "1"}}},
-		{name: "deny default status", b: output{version: 1}.bytes(), want: Output{Status: 403}},
-		{name: "deny 503 with retry-after", b: output{version: 1, status: 503, reason: "maintenance until 02:00 UTC",
+		{name: "deny default status", b: rawOutput{version: 1}.bytes(), want: Output{Status: 403}},
+		{name: "deny 503 with retry-after", b: rawOutput{version: 1, status: 503, reason: "maintenance until 02:00 UTC",
 			resp: [][2]string{{"retry-after", "120"}}}.bytes(),
 			want: Output{Status: 503, Reason: "maintenance until 02:00 UTC", ResponseHeaders: map[string]string{"retry-after": "120"}}},
-		{name: "tab in value", b: output{version: 1, flags: 1, headers: [][2]string{{"x-a", "a\tb"}}}.bytes(),
+		{name: "tab in value", b: rawOutput{version: 1, flags: 1, headers: [][2]string{{"x-a", "a\tb"}}}.bytes(),
 			want: Output{Allow: true, Headers: map[string]string{"x-a": "a\tb"}}},
 
 		{name: "empty", b: nil, wantErr: "empty output"},
 		{name: "short prefix", b: []byte{1, 0, 0, 0, 1}, wantErr: "shorter than its 12-byte prefix"},
-		{name: "version", b: output{version: 2, flags: 1}.bytes(), wantErr: "layout version 2"},
-		{name: "unknown flags", b: output{version: 1, flags: 3}.bytes(), wantErr: "unknown bits"},
-		{name: "allow with status", b: output{version: 1, flags: 1, status: 200}.bytes(), wantErr: "must be 0 when allowing"},
-		{name: "deny 200", b: output{version: 1, status: 200}.bytes(), wantErr: "outside 400..599"},
-		{name: "deny 600", b: output{version: 1, status: 600}.bytes(), wantErr: "outside 400..599"},
-		{name: "reason too long", b: output{version: 1, reason: strings.Repeat("r", MaxReasonBytes+1)}.bytes(), wantErr: "over 256"},
-		{name: "reason control", b: output{version: 1, reason: "a\nb"}.bytes(), wantErr: "control character"},
-		{name: "reason invalid utf-8", b: output{version: 1, reason: "\xff"}.bytes(), wantErr: "UTF-8"},
-		{name: "truncated reason", b: output{version: 1, reason: "abc"}.bytes()[:17], wantErr: "truncated in its reason"},
-		{name: "truncated header count", b: output{version: 1}.bytes()[:18], wantErr: "truncated in its header count"},
-		{name: "truncated header value", b: output{version: 1, headers: [][2]string{{"x-a", "value"}}}.bytes()[:33], wantErr: "truncated in its header value"},
-		{name: "too many headers", b: output{version: 1, flags: 1, headers: many}.bytes(), wantErr: "65 headers, over 64"},
-		{name: "huge header count", b: append(output{version: 1, flags: 1}.bytes()[:16], 0xff, 0xff, 0xff, 0xff), wantErr: "over 64"},
-		{name: "upper-case name", b: output{version: 1, flags: 1, headers: [][2]string{{"X-Role", "a"}}}.bytes(), wantErr: "not a lower-case token"},
-		{name: "empty name", b: output{version: 1, flags: 1, headers: [][2]string{{"", "a"}}}.bytes(), wantErr: "want 1..256"},
-		{name: "name with colon", b: output{version: 1, flags: 1, headers: [][2]string{{":path", "/"}}}.bytes(), wantErr: "not a lower-case token"},
-		{name: "x-auth reserved", b: output{version: 1, flags: 1, headers: [][2]string{{"x-auth-user", "1"}}}.bytes(), wantErr: "reserved for the agent"},
-		{name: "framing reserved", b: output{version: 1, flags: 1, headers: [][2]string{{"content-length", "1"}}}.bytes(), wantErr: "reserved"},
-		{name: "reserved response header", b: output{version: 1, resp: [][2]string{{"set-cookie", "a=b"}}}.bytes(), wantErr: "response header \"set-cookie\""},
-		{name: "CRLF in value", b: output{version: 1, flags: 1, headers: [][2]string{{"x-a", "a\r\nx-auth-user: 1"}}}.bytes(), wantErr: "control character"},
-		{name: "value too long", b: output{version: 1, flags: 1, headers: [][2]string{{"x-a", strings.Repeat("v", MaxHeaderValueBytes+1)}}}.bytes(), wantErr: "over 8192"},
-		{name: "duplicate", b: output{version: 1, flags: 1, headers: [][2]string{{"x-a", "1"}, {"x-a", "2"}}}.bytes(), wantErr: "given twice"},
-		{name: "trailing bytes", b: output{version: 1, flags: 1, trailing: []byte{0}}.bytes(), wantErr: "1 trailing bytes"},
+		{name: "version", b: rawOutput{version: 2, flags: 1}.bytes(), wantErr: "layout version 2"},
+		{name: "unknown flags", b: rawOutput{version: 1, flags: 3}.bytes(), wantErr: "unknown bits"},
+		{name: "allow with status", b: rawOutput{version: 1, flags: 1, status: 200}.bytes(), wantErr: "must be 0 when allowing"},
+		{name: "deny 200", b: rawOutput{version: 1, status: 200}.bytes(), wantErr: "outside 400..599"},
+		{name: "deny 600", b: rawOutput{version: 1, status: 600}.bytes(), wantErr: "outside 400..599"},
+		{name: "reason too long", b: rawOutput{version: 1, reason: strings.Repeat("r", MaxReasonBytes+1)}.bytes(), wantErr: "over 256"},
+		{name: "reason control", b: rawOutput{version: 1, reason: "a\nb"}.bytes(), wantErr: "control character"},
+		{name: "reason invalid utf-8", b: rawOutput{version: 1, reason: "\xff"}.bytes(), wantErr: "UTF-8"},
+		{name: "truncated reason", b: rawOutput{version: 1, reason: "abc"}.bytes()[:17], wantErr: "truncated in its reason"},
+		{name: "truncated header count", b: rawOutput{version: 1}.bytes()[:18], wantErr: "truncated in its header count"},
+		{name: "truncated header value", b: rawOutput{version: 1, headers: [][2]string{{"x-a", "value"}}}.bytes()[:33], wantErr: "truncated in its header value"},
+		{name: "too many headers", b: rawOutput{version: 1, flags: 1, headers: many}.bytes(), wantErr: "65 headers, over 64"},
+		{name: "huge header count", b: append(rawOutput{version: 1, flags: 1}.bytes()[:16], 0xff, 0xff, 0xff, 0xff), wantErr: "over 64"},
+		{name: "upper-case name", b: rawOutput{version: 1, flags: 1, headers: [][2]string{{"X-Role", "a"}}}.bytes(), wantErr: "not a lower-case token"},
+		{name: "empty name", b: rawOutput{version: 1, flags: 1, headers: [][2]string{{"", "a"}}}.bytes(), wantErr: "want 1..256"},
+		{name: "name with colon", b: rawOutput{version: 1, flags: 1, headers: [][2]string{{":path", "/"}}}.bytes(), wantErr: "not a lower-case token"},
+		{name: "x-auth reserved", b: rawOutput{version: 1, flags: 1, headers: [][2]string{{"x-auth-user", "1"}}}.bytes(), wantErr: "reserved for the agent"},
+		{name: "framing reserved", b: rawOutput{version: 1, flags: 1, headers: [][2]string{{"content-length", "1"}}}.bytes(), wantErr: "reserved"},
+		{name: "reserved response header", b: rawOutput{version: 1, resp: [][2]string{{"set-cookie", "a=b"}}}.bytes(), wantErr: "response header \"set-cookie\""},
+		{name: "CRLF in value", b: rawOutput{version: 1, flags: 1, headers: [][2]string{{"x-a", "a\r\nx-auth-user: 1"}}}.bytes(), wantErr: "control character"},
+		{name: "value too long", b: rawOutput{version: 1, flags: 1, headers: [][2]string{{"x-a", strings.Repeat("v", MaxHeaderValueBytes+1)}}}.bytes(), wantErr: "over 8192"},
+		{name: "duplicate", b: rawOutput{version: 1, flags: 1, headers: [][2]string{{"x-a", "1"}, {"x-a", "2"}}}.bytes(), wantErr: "given twice"},
+		{name: "trailing bytes", b: rawOutput{version: 1, flags: 1, trailing: []byte{0}}.bytes(), wantErr: "1 trailing bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -206,9 +207,9 @@ func TestGuestOutputRoundTrip(t *testing.T) {
 // return). It must never panic, and what it accepts must obey every rule of ABI.md and survive
 // a re-encode unchanged.
 func FuzzDecodeOutput(f *testing.F) {
-	f.Add(output{version: 1, flags: 1}.bytes())
-	f.Add(output{version: 1, status: 503, reason: "maintenance", resp: [][2]string{{"retry-after", "60"}}}.bytes())
-	f.Add(output{version: 1, flags: 1, headers: [][2]string{{"x-site-role", "editor"}, {"x-b", "2"}}}.bytes())
+	f.Add(rawOutput{version: 1, flags: 1}.bytes())
+	f.Add(rawOutput{version: 1, status: 503, reason: "maintenance", resp: [][2]string{{"retry-after", "60"}}}.bytes())
+	f.Add(rawOutput{version: 1, flags: 1, headers: [][2]string{{"x-site-role", "editor"}, {"x-b", "2"}}}.bytes())
 	f.Add([]byte("garbage!!"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		out, err := decodeOutput(b)
@@ -226,7 +227,7 @@ func FuzzDecodeOutput(f *testing.F) {
 		}
 		for _, hs := range []map[string]string{out.Headers, out.ResponseHeaders} {
 			for name, value := range hs {
-				if checkHeaderName([]byte(name)) != nil || strings.ContainsAny(value, "\r\n\x00") {
+				if output.CheckHeaderName([]byte(name)) != nil || strings.ContainsAny(value, "\r\n\x00") {
 					t.Fatalf("accepted header %q: %q", name, value)
 				}
 			}

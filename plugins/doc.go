@@ -23,6 +23,14 @@
 //		// deny with policy_error: fail closed
 //	}
 //
+// A Registry (registry.go) owns a module's whole life beside it: it loads each module once for
+// every config that names it, retries one that fails to load, and retires one no config uses
+// any more; the Module watches its file and reloads it. Everything that is not this API is in
+// internal packages, one job each: internal/opa (the pure parts of OPA's ABI: names, checks,
+// the input document, reading a decision, the built-ins), internal/bundle (reading an OPA
+// bundle), internal/wasmbin (defining an imported memory), internal/output (the rules of a
+// module's output), internal/limits (a module's breaker, memory cap and log rate).
+//
 // What the engine does:
 //
 //   - One wazero runtime for every module; each module binary is compiled once (and, with
@@ -46,7 +54,7 @@
 //     module.
 //   - Evaluate does not keep Input or anything in it; the Output and its maps belong to the
 //     caller.
-//   - An error from Evaluate always means "deny with policy_error". The *Error's Kind is for
+//   - An error from Evaluate always means "deny with policy_error". The *Error's Failure is for
 //     metrics and logs; callers must not allow on any kind.
 //   - Closing the Engine closes its modules; a Module closed on its own stops its watcher and
 //     closes once its running calls return.

@@ -8,10 +8,10 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
+
+	"github.com/tokenagent/tokenagent/plugins/internal/output"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tetratelabs/wazero"
@@ -189,7 +189,7 @@ func NewEngine(ctx context.Context, opts EngineOptions) (*Engine, error) {
 }
 
 // Close closes every module loaded through e (stopping their watchers), then the runtime and
-// the in-memory part of the compilation cache. Evaluations still running fail with KindClosed.
+// the in-memory part of the compilation cache. Evaluations still running fail with FailureClosed.
 func (e *Engine) Close(ctx context.Context) error {
 	e.mu.Lock()
 	if e.closed {
@@ -297,9 +297,6 @@ func (e *Engine) untrack(m *Module) {
 	e.mu.Unlock()
 }
 
-// maxLogBytes is the longest message tokenagent.log passes on; longer ones are cut.
-const maxLogBytes = 1024
-
 // hostLog implements tokenagent.log(level i32, ptr i32, len i32): a module's log line, rate
 // limited per module. A message outside the module's memory traps the call.
 func (e *Engine) hostLog(ctx context.Context, mod api.Module, stack []uint64) {
@@ -309,13 +306,13 @@ func (e *Engine) hostLog(ctx context.Context, mod api.Module, stack []uint64) {
 		return // not one of ours (cannot happen: only our instances import it)
 	}
 	m := v.(*instance).ver.mod
-	cut := n > maxLogBytes
-	b, ok := mod.Memory().Read(ptr, min(n, maxLogBytes))
+	cut := n > output.MaxLogBytes
+	b, ok := mod.Memory().Read(ptr, min(n, output.MaxLogBytes))
 	if !ok {
 		panic(fmt.Errorf("tokenagent.log: message [%d, %d+%d) is outside the module's memory (%d bytes)",
 			ptr, ptr, n, mod.Memory().Size()))
 	}
-	msg := sanitize(b)
+	msg := output.Sanitize(b)
 	if cut {
 		msg += "..."
 	}
@@ -335,7 +332,7 @@ func (e *Engine) hostLog(ctx context.Context, mod api.Module, stack []uint64) {
 // rate limited per module (Options.LogRate, LogBurst): lines over the limit are dropped and
 // counted, and the next line logged says how many were.
 func (e *Engine) policyLine(ctx context.Context, m *Module, lvl slog.Level, msg string) {
-	allowed, dropped := m.logLimit.allow(time.Now())
+	allowed, dropped := m.logLimit.Allow(time.Now())
 	if !allowed {
 		m.mm.logDropped.Inc()
 		return
@@ -345,14 +342,4 @@ func (e *Engine) policyLine(ctx context.Context, m *Module, lvl slog.Level, msg 
 		attrs = append(attrs, slog.Int("dropped_before", dropped))
 	}
 	e.log.LogAttrs(ctx, lvl, "policy log", attrs...)
-}
-
-// sanitize turns b into printable text: invalid UTF-8 and control characters become U+FFFD.
-func sanitize(b []byte) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
-			return '\uFFFD'
-		}
-		return r
-	}, strings.ToValidUTF8(string(b), "\uFFFD"))
 }

@@ -75,10 +75,10 @@ func wat(t testing.TB, name string) string {
 	return plugintest.BuildWAT(t, filepath.Join("testdata", name+".wat"))
 }
 
-func kindOf(err error) plugins.ErrorKind {
+func failureOf(err error) plugins.Failure {
 	var pe *plugins.Error
 	if errors.As(err, &pe) {
-		return pe.Kind
+		return pe.Failure
 	}
 	return ""
 }
@@ -118,27 +118,27 @@ func TestHostileModules(t *testing.T) {
 		name     string
 		module   string // WAT file under testdata, or "go" for the Go guest
 		path     string // Go guest behaviour
-		wantKind plugins.ErrorKind
+		wantFailure plugins.Failure
 		wantText string
 	}{
-		{name: "infinite loop", module: "hostile/loop", wantKind: plugins.KindTimeout, wantText: "deadline of 20ms"},
-		{name: "memory growth bomb", module: "hostile/membomb", wantKind: plugins.KindMemory, wantText: "limit of 16 pages"},
-		{name: "trap", module: "hostile/trap", wantKind: plugins.KindTrap, wantText: "unreachable"},
-		{name: "huge output", module: "hostile/huge", wantKind: plugins.KindOutputTooLarge, wantText: "2147483647 bytes"},
-		{name: "output outside memory", module: "hostile/oob", wantKind: plugins.KindBadOutput, wantText: "outside the module's memory"},
-		{name: "malformed output", module: "hostile/malformed", wantKind: plugins.KindBadOutput, wantText: "output layout version 1651663207"},
-		{name: "empty output", module: "hostile/empty", wantKind: plugins.KindBadOutput, wantText: "empty output"},
-		{name: "reserved header", module: "hostile/reserved", wantKind: plugins.KindBadOutput, wantText: "reserved for the agent"},
-		{name: "log in a loop", module: "hostile/logloop", wantKind: plugins.KindTimeout},
-		{name: "log outside memory", module: "hostile/logoob", wantKind: plugins.KindTrap, wantText: "outside the module's memory"},
-		{name: "proc_exit", module: "hostile/exit", wantKind: plugins.KindExit, wantText: "code 3"},
-		{name: "alloc outside memory", module: "hostile/allocbad", wantKind: plugins.KindBadOutput, wantText: "tokenagent_alloc"},
-		{name: "Go panic", module: "go", path: "/panic", wantKind: plugins.KindTrap, wantText: "panic: boom: 7"},
-		{name: "Go out of memory", module: "go", path: "/oom", wantKind: plugins.KindMemory, wantText: "out of memory"},
-		{name: "Go busy loop", module: "go", path: "/loop", wantKind: plugins.KindTimeout},
-		{name: "Go sleep", module: "go", path: "/sleep", wantKind: plugins.KindTimeout},
-		{name: "Go log loop", module: "go", path: "/logloop", wantKind: plugins.KindTimeout},
-		{name: "Go reserved header", module: "go", path: "/reserved", wantKind: plugins.KindBadOutput, wantText: "x-auth-user"},
+		{name: "infinite loop", module: "hostile/loop", wantFailure: plugins.FailureTimeout, wantText: "deadline of 20ms"},
+		{name: "memory growth bomb", module: "hostile/membomb", wantFailure: plugins.FailureMemory, wantText: "limit of 16 pages"},
+		{name: "trap", module: "hostile/trap", wantFailure: plugins.FailureTrap, wantText: "unreachable"},
+		{name: "huge output", module: "hostile/huge", wantFailure: plugins.FailureOutputTooLarge, wantText: "2147483647 bytes"},
+		{name: "output outside memory", module: "hostile/oob", wantFailure: plugins.FailureBadOutput, wantText: "outside the module's memory"},
+		{name: "malformed output", module: "hostile/malformed", wantFailure: plugins.FailureBadOutput, wantText: "output layout version 1651663207"},
+		{name: "empty output", module: "hostile/empty", wantFailure: plugins.FailureBadOutput, wantText: "empty output"},
+		{name: "reserved header", module: "hostile/reserved", wantFailure: plugins.FailureBadOutput, wantText: "reserved for the agent"},
+		{name: "log in a loop", module: "hostile/logloop", wantFailure: plugins.FailureTimeout},
+		{name: "log outside memory", module: "hostile/logoob", wantFailure: plugins.FailureTrap, wantText: "outside the module's memory"},
+		{name: "proc_exit", module: "hostile/exit", wantFailure: plugins.FailureExit, wantText: "code 3"},
+		{name: "alloc outside memory", module: "hostile/allocbad", wantFailure: plugins.FailureBadOutput, wantText: "tokenagent_alloc"},
+		{name: "Go panic", module: "go", path: "/panic", wantFailure: plugins.FailureTrap, wantText: "panic: boom: 7"},
+		{name: "Go out of memory", module: "go", path: "/oom", wantFailure: plugins.FailureMemory, wantText: "out of memory"},
+		{name: "Go busy loop", module: "go", path: "/loop", wantFailure: plugins.FailureTimeout},
+		{name: "Go sleep", module: "go", path: "/sleep", wantFailure: plugins.FailureTimeout},
+		{name: "Go log loop", module: "go", path: "/logloop", wantFailure: plugins.FailureTimeout},
+		{name: "Go reserved header", module: "go", path: "/reserved", wantFailure: plugins.FailureBadOutput, wantText: "x-auth-user"},
 	}
 	t.Cleanup(func() {
 		close(stop)
@@ -156,7 +156,7 @@ func TestHostileModules(t *testing.T) {
 			}
 			name := strings.ReplaceAll(tt.name, " ", "-")
 			deadline := okDeadline // a failure other than a timeout must not be mistaken for one
-			if tt.wantKind == plugins.KindTimeout {
+			if tt.wantFailure == plugins.FailureTimeout {
 				deadline = stopDeadline
 			}
 			// MaxWait: with one WebAssembly slot on a 2-core machine, the subtests queue for it.
@@ -165,10 +165,10 @@ func TestHostileModules(t *testing.T) {
 			for i := 0; i < 2; i++ { // twice: the replaced instance misbehaves the same way
 				out, err := m.Evaluate(bg, &plugins.Input{User: "7", Method: "GET", Path: tt.path})
 				if err == nil {
-					t.Fatalf("call %d: Evaluate = %+v, want an error of kind %s", i, out, tt.wantKind)
+					t.Fatalf("call %d: Evaluate = %+v, want an error of kind %s", i, out, tt.wantFailure)
 				}
-				if got := kindOf(err); got != tt.wantKind {
-					t.Fatalf("call %d: error kind %q (%v), want %q", i, got, err, tt.wantKind)
+				if got := failureOf(err); got != tt.wantFailure {
+					t.Fatalf("call %d: error kind %q (%v), want %q", i, got, err, tt.wantFailure)
 				}
 				if !strings.Contains(err.Error(), tt.wantText) || !strings.Contains(err.Error(), name) {
 					t.Errorf("call %d: error %q does not name the policy and %q", i, err, tt.wantText)
@@ -177,18 +177,18 @@ func TestHostileModules(t *testing.T) {
 					t.Errorf("call %d: an error came with Allow", i)
 				}
 			}
-			if got := metricValue(t, reg, "tokenagent_policy_errors_total", map[string]string{"policy": name, "kind": string(tt.wantKind)}); got != 2 {
-				t.Errorf("tokenagent_policy_errors_total{kind=%q} = %v, want 2", tt.wantKind, got)
+			if got := metricValue(t, reg, "tokenagent_policy_errors_total", map[string]string{"policy": name, "kind": string(tt.wantFailure)}); got != 2 {
+				t.Errorf("tokenagent_policy_errors_total{kind=%q} = %v, want 2", tt.wantFailure, got)
 			}
 			if tt.module == "go" {
 				// Two failures in a row start a backoff: the module is refused at once, not called.
-				if _, err := m.Evaluate(bg, &plugins.Input{User: "7", Method: "GET", Path: "/fine"}); kindOf(err) != plugins.KindBackoff {
+				if _, err := m.Evaluate(bg, &plugins.Input{User: "7", Method: "GET", Path: "/fine"}); failureOf(err) != plugins.FailureBackoff {
 					t.Fatalf("right after two failures: %v, want kind backoff", err)
 				}
 				// Once the backoff ends, the same module serves other requests again.
 				waitFor(t, "the module to serve again after its backoff", func() bool {
 					out, err := m.Evaluate(bg, &plugins.Input{User: "7", Method: "GET", Path: "/fine"})
-					if err != nil && kindOf(err) != plugins.KindBackoff {
+					if err != nil && failureOf(err) != plugins.FailureBackoff {
 						t.Fatalf("after the backoff, a normal call failed: %v", err)
 					}
 					return err == nil && out.Allow
@@ -348,7 +348,7 @@ func TestModuleLog(t *testing.T) {
 	}
 	flood := plugintest.Load(t, e, wat(t, "hostile/logloop"), plugins.ModuleOptions{Name: "flood", Deadline: stopDeadline})
 	for i := 0; i < 2; i++ { // two: a third would be refused by the backoff
-		if _, err := flood.Evaluate(bg, &plugins.Input{}); kindOf(err) != plugins.KindTimeout {
+		if _, err := flood.Evaluate(bg, &plugins.Input{}); failureOf(err) != plugins.FailureTimeout {
 			t.Fatalf("logloop: %v, want a timeout", err)
 		}
 	}
@@ -582,12 +582,12 @@ func TestEvaluateRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	big := &plugins.Input{Headers: [][2]string{{"x-big", strings.Repeat("x", plugins.MaxInputBytes)}}}
-	if _, err := m.Evaluate(bg, big); kindOf(err) != plugins.KindInputTooLarge {
+	if _, err := m.Evaluate(bg, big); failureOf(err) != plugins.FailureInputTooLarge {
 		t.Errorf("oversized input: %v", err)
 	}
 	ctx, cancel := context.WithCancel(bg)
 	cancel()
-	if _, err := m.Evaluate(ctx, &plugins.Input{}); kindOf(err) != plugins.KindCanceled {
+	if _, err := m.Evaluate(ctx, &plugins.Input{}); failureOf(err) != plugins.FailureCanceled {
 		t.Errorf("canceled context: %v", err)
 	}
 	if out, err := m.Evaluate(bg, &plugins.Input{}); err != nil || !out.Allow {
@@ -596,7 +596,7 @@ func TestEvaluateRefusals(t *testing.T) {
 	if err := e.Close(bg); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Evaluate(bg, &plugins.Input{}); kindOf(err) != plugins.KindClosed || !errors.Is(err, plugins.ErrClosed) {
+	if _, err := m.Evaluate(bg, &plugins.Input{}); failureOf(err) != plugins.FailureClosed || !errors.Is(err, plugins.ErrClosed) {
 		t.Errorf("after Close: %v", err)
 	}
 	if !m.Status().Closed {

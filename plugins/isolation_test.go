@@ -25,12 +25,12 @@ import (
 func TestFailingModuleDoesNotStallOthers(t *testing.T) {
 	for _, tc := range []struct {
 		name, module string
-		kind         plugins.ErrorKind
+		kind         plugins.Failure
 	}{
-		{"loops until its deadline", "loop", plugins.KindTimeout},
-		{"returns length 0", "empty", plugins.KindBadOutput},
-		{"traps", "trap", plugins.KindTrap},
-		{"exits", "exit", plugins.KindExit},
+		{"loops until its deadline", "loop", plugins.FailureTimeout},
+		{"returns length 0", "empty", plugins.FailureBadOutput},
+		{"traps", "trap", plugins.FailureTrap},
+		{"exits", "exit", plugins.FailureExit},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
@@ -42,7 +42,7 @@ func TestFailingModuleDoesNotStallOthers(t *testing.T) {
 			// for 5 ms must not look like interference. Its wait for a slot or an instance keeps
 			// the agent's default (1 s), which the old behaviour ran out of.
 			hopts.Deadline = time.Second
-			if tc.kind != plugins.KindTimeout {
+			if tc.kind != plugins.FailureTimeout {
 				// Likewise for a module that fails at once: only the looping one needs a short
 				// deadline, so that a descheduled call is not taken for a loop.
 				fopts.Deadline = time.Second
@@ -66,10 +66,10 @@ func TestFailingModuleDoesNotStallOthers(t *testing.T) {
 						default:
 						}
 						_, err := failing.Evaluate(ctx, &plugins.Input{Method: "GET", Path: "/"})
-						switch kindOf(err) {
+						switch failureOf(err) {
 						case tc.kind:
 							ran.Add(1)
-						case plugins.KindBackoff:
+						case plugins.FailureBackoff:
 							refused.Add(1)
 						default:
 							other.Add(1)

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tokenagent/tokenagent/plugins/internal/limits"
 	"github.com/tokenagent/tokenagent/vault/filestamp"
 )
 
@@ -23,7 +24,7 @@ type ModuleOptions struct {
 	// ".wasm"). The agent uses the site id.
 	Name string
 	// Deadline bounds one call into the module (default 5 ms). A call that runs longer is
-	// stopped, fails with KindTimeout and its instance is replaced.
+	// stopped, fails with FailureTimeout and its instance is replaced.
 	Deadline time.Duration
 	// MemoryLimitPages caps each instance's memory in 64 KiB pages (default 512, 32 MiB; at most
 	// EngineOptions.MemoryLimitPages). A module that starts with more does not load; growing past
@@ -73,11 +74,11 @@ type Module struct {
 	name string
 	opts ModuleOptions
 	mm   moduleMetrics
-	brk  *breaker // refuses the module's calls for a while when it keeps failing
+	brk  *limits.Breaker // refuses the module's calls for a while when it keeps failing
 	// backoffErr is the error of a call refused by brk, made once: refusing costs nothing.
 	backoffErr *Error
-	logLimit   *limiter // the module's own log lines (tokenagent.log)
-	errLimit   *limiter // the host's log lines about the module's failures
+	logLimit   *limits.LogLimit // the module's own log lines (tokenagent.log)
+	errLimit   *limits.LogLimit // the host's log lines about the module's failures
 
 	cur atomic.Pointer[version]
 	// avgCall is a moving average of the module's call durations (ns), for SlowCall.
@@ -162,11 +163,11 @@ func (e *Engine) Load(ctx context.Context, path string, opts ModuleOptions) (*Mo
 		name: opts.Name,
 		opts: opts,
 		mm:   e.metrics.forPolicy(opts.Name),
-		brk:  newBreaker(),
-		backoffErr: &Error{Policy: opts.Name, Kind: KindBackoff,
+		brk:  limits.NewBreaker(),
+		backoffErr: &Error{Policy: opts.Name, Failure: FailureBackoff,
 			Err: errors.New("the module failed its recent calls and is refused for a short backoff")},
-		logLimit: newLimiter(e.opts.LogRate, e.opts.LogBurst),
-		errLimit: newLimiter(1, 10),
+		logLimit: limits.NewLogLimit(e.opts.LogRate, e.opts.LogBurst),
+		errLimit: limits.NewLogLimit(1, 10),
 		stop:     make(chan struct{}),
 	}
 	fi, err := os.Stat(path)
@@ -351,16 +352,16 @@ func (m *Module) Evaluate(ctx context.Context, in *Input) (Output, error) {
 	switch {
 	case err != nil:
 		m.mm.fail.Inc()
-		kind := KindTrap
+		kind := FailureTrap
 		var pe *Error
 		if errors.As(err, &pe) {
-			kind = pe.Kind
+			kind = pe.Failure
 		}
 		m.e.metrics.errors.WithLabelValues(m.name, string(kind)).Inc()
-		if kind != KindCanceled && kind != KindClosed && kind != KindBackoff {
+		if kind != FailureCanceled && kind != FailureClosed && kind != FailureBackoff {
 			// Rate-limited: a module failing every call must not flood the log (the metric counts
 			// every failure).
-			if ok, suppressed := m.errLimit.allow(time.Now()); ok {
+			if ok, suppressed := m.errLimit.Allow(time.Now()); ok {
 				m.e.log.Warn("policy error", "policy", m.name, "kind", string(kind), "err", err, "suppressed_before", suppressed)
 			}
 		}
@@ -374,28 +375,28 @@ func (m *Module) Evaluate(ctx context.Context, in *Input) (Output, error) {
 
 func (m *Module) evaluate(ctx context.Context, in *Input) (Output, error) {
 	if err := ctx.Err(); err != nil {
-		return Output{}, m.errorf(KindCanceled, "the caller's context ended before the call: %w", err)
+		return Output{}, m.errorf(FailureCanceled, "the caller's context ended before the call: %w", err)
 	}
 	v := m.acquire()
 	if v == nil {
-		return Output{}, m.errorf(KindClosed, "%w", ErrClosed)
+		return Output{}, m.errorf(FailureClosed, "%w", ErrClosed)
 	}
 	defer v.release()
 	size := inputSize(in)
 	if size > MaxInputBytes {
-		return Output{}, m.errorf(KindInputTooLarge, "the input record would be %d bytes, over %d", size, MaxInputBytes)
+		return Output{}, m.errorf(FailureInputTooLarge, "the input record would be %d bytes, over %d", size, MaxInputBytes)
 	}
-	if !m.brk.allow(time.Now()) {
+	if !m.brk.Allow(time.Now()) {
 		return Output{}, m.backoffErr
 	}
 	// An instance first, then an engine slot: waiting for this module's instances never keeps
 	// a slot from the other modules.
 	inst, reserved, err := v.get(ctx)
 	if err != nil {
-		m.brk.release()
+		m.brk.Release()
 		return Output{}, err
 	}
-	if reserved && m.brk.refusing(time.Now()) {
+	if reserved && m.brk.Refusing(time.Now()) {
 		// The module started a backoff while this call waited: do not make it an instance.
 		v.unreserve()
 		return Output{}, m.backoffErr
@@ -406,10 +407,10 @@ func (m *Module) evaluate(ctx context.Context, in *Input) (Output, error) {
 		} else {
 			v.put(inst)
 		}
-		m.brk.release()
-		kind := KindBusy
+		m.brk.Release()
+		kind := FailureBusy
 		if ctx.Err() != nil {
-			kind = KindCanceled
+			kind = FailureCanceled
 		}
 		return Output{}, m.errorf(kind, "%w", err)
 	}
@@ -419,7 +420,7 @@ func (m *Module) evaluate(ctx context.Context, in *Input) (Output, error) {
 			m.e.releaseSlot()
 			v.unreserve()
 			m.failed(start, ctx.Err() == nil)
-			return Output{}, m.errorf(KindInstantiate, "%w", err)
+			return Output{}, m.errorf(FailureInstantiate, "%w", err)
 		}
 		v.setGauge()
 	}
@@ -437,11 +438,11 @@ func (m *Module) evaluate(ctx context.Context, in *Input) (Output, error) {
 	if err != nil {
 		v.discard(inst)
 		var pe *Error
-		counts := !errors.As(err, &pe) || pe.Kind != KindCanceled
+		counts := !errors.As(err, &pe) || pe.Failure != FailureCanceled
 		m.failed(start, counts)
 		return Output{}, err
 	}
-	m.brk.success()
+	m.brk.Success()
 	v.put(inst)
 	return out, nil
 }
@@ -456,9 +457,9 @@ func (m *Module) noteCall(d time.Duration) {
 // caller gave up rather than the module failing. A backoff that starts is logged.
 func (m *Module) failed(start time.Time, counts bool) {
 	now := time.Now()
-	if backoff := m.brk.failure(now, now.Sub(start), counts); backoff > 0 {
+	if backoff := m.brk.Failure(now, now.Sub(start), counts); backoff > 0 {
 		m.mm.backoffs.Inc()
-		if ok, _ := m.errLimit.allow(now); ok {
+		if ok, _ := m.errLimit.Allow(now); ok {
 			m.e.log.Warn("policy module keeps failing; its calls are refused for a backoff (policy_error)",
 				"policy", m.name, "backoff", backoff.Round(time.Millisecond).String())
 		}
@@ -480,6 +481,6 @@ func (m *Module) acquire() *version {
 	}
 }
 
-func (m *Module) errorf(kind ErrorKind, format string, args ...any) *Error {
-	return &Error{Policy: m.name, Kind: kind, Err: fmt.Errorf(format, args...)}
+func (m *Module) errorf(kind Failure, format string, args ...any) *Error {
+	return &Error{Policy: m.name, Failure: kind, Err: fmt.Errorf(format, args...)}
 }

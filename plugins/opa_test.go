@@ -294,7 +294,7 @@ func TestOPALoopingPolicy(t *testing.T) {
 	wg.Go(func() {
 		_, err := loop.Evaluate(context.Background(), get("GET", "/", ""))
 		var pe *plugins.Error
-		if !errors.As(err, &pe) || (pe.Kind != plugins.KindTimeout && pe.Kind != plugins.KindMemory) {
+		if !errors.As(err, &pe) || (pe.Failure != plugins.FailureTimeout && pe.Failure != plugins.FailureMemory) {
 			t.Errorf("the looping policy: %v, want a timeout", err)
 		}
 	})

@@ -11,7 +11,7 @@ import (
 // string must be UTF-8): the check failed with a gRPC Internal error instead of a decision. Such
 // an output is now malformed (policy_error, fail closed), like a control character.
 func TestDecodeOutputHeaderNotUTF8(t *testing.T) {
-	for _, o := range []output{
+	for _, o := range []rawOutput{
 		{version: 1, flags: 1, headers: [][2]string{{"x-site-role", "\xff"}}},
 		{version: 1, status: 403, reason: "no", resp: [][2]string{{"x-why", "caf\xc3"}}},
 	} {
@@ -19,7 +19,7 @@ func TestDecodeOutputHeaderNotUTF8(t *testing.T) {
 			t.Errorf("decodeOutput(%+v) = %v, want an error about UTF-8", o, err)
 		}
 	}
-	if out, err := decodeOutput(output{version: 1, flags: 1, headers: [][2]string{{"x-site-role", "rédacteur"}}}.bytes()); err != nil ||
+	if out, err := decodeOutput(rawOutput{version: 1, flags: 1, headers: [][2]string{{"x-site-role", "rédacteur"}}}.bytes()); err != nil ||
 		out.Headers["x-site-role"] != "rédacteur" {
 		t.Errorf("a UTF-8 value: %+v, %v", out, err)
 	}

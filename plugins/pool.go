@@ -13,6 +13,11 @@ import (
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/sys"
+
+	"github.com/tokenagent/tokenagent/plugins/internal/bundle"
+	"github.com/tokenagent/tokenagent/plugins/internal/limits"
+	"github.com/tokenagent/tokenagent/plugins/internal/opa"
+	"github.com/tokenagent/tokenagent/plugins/internal/wasmbin"
 )
 
 // version is one compiled content of a module file and its pool of instances. A reload makes a
@@ -47,7 +52,7 @@ type instance struct {
 	inPtr  uint32 // the input region tokenagent_alloc returned
 	inCap  uint32 // its size
 	stack  [8]uint64
-	memory *cappedMemory
+	memory *limits.Memory
 	output headWriter   // what the module wrote to stdout/stderr during the current call
 	opa    *opaInstance // an OPA module's host state (opa.go); nil for ABI v1
 }
@@ -55,15 +60,15 @@ type instance struct {
 // newVersion compiles bin — an ABI v1 module, an OPA module, or an OPA bundle (.tar.gz) —, checks
 // the ABI its exports choose and makes the pre-warmed instances.
 func (e *Engine) newVersion(ctx context.Context, m *Module, bin []byte, hash string, workers int) (*version, error) {
-	var opa *opaModule
-	if isGzip(bin) {
-		b, err := readBundle(bin)
+	var om *opaModule
+	if bundle.IsGzip(bin) {
+		b, err := bundle.Read(bin)
 		if err != nil {
 			return nil, err
 		}
-		bin, opa = b.wasm, &opaModule{data: b.data}
+		bin, om = b.Wasm, &opaModule{data: b.Data}
 	}
-	bin, memMin, importedMem, err := defineImportedMemory(bin)
+	bin, memMin, importedMem, err := wasmbin.DefineImportedMemory(bin)
 	if err != nil {
 		return nil, fmt.Errorf("compile: %w", err)
 	}
@@ -72,13 +77,13 @@ func (e *Engine) newVersion(ctx context.Context, m *Module, bin []byte, hash str
 		return nil, fmt.Errorf("compile: %w", err)
 	}
 	switch {
-	case isOPA(cm):
-		if opa == nil {
-			opa = &opaModule{data: []byte("{}")}
+	case opa.Is(cm):
+		if om == nil {
+			om = &opaModule{data: []byte("{}")}
 		}
-		_, opa.fast = cm.ExportedFunctions()[opaEval]
+		_, om.fast = cm.ExportedFunctions()[opa.Eval]
 		err = checkOPA(cm, memMin, m.opts.MemoryLimitPages)
-	case opa != nil:
+	case om != nil:
 		err = fmt.Errorf("%w: the bundle's policy.wasm is not an OPA module (no opa_malloc export)", ErrABI)
 	case importedMem:
 		err = fmt.Errorf("%w: imports its memory (an ABI v1 module defines and exports its own)", ErrABI)
@@ -92,7 +97,7 @@ func (e *Engine) newVersion(ctx context.Context, m *Module, bin []byte, hash str
 		return nil, err
 	}
 	v := &version{
-		opa:      opa,
+		opa:      om,
 		mod:      m,
 		compiled: cm,
 		hash:     hash,
@@ -221,9 +226,9 @@ func (v *version) instantiateWithin(ctx context.Context, timeout time.Duration) 
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	inst := &instance{ver: v, memory: &cappedMemory{limit: uint64(m.opts.MemoryLimitPages) << 16}}
+	inst := &instance{ver: v, memory: &limits.Memory{Limit: uint64(m.opts.MemoryLimitPages) << 16}}
 	cfg := e.modCfg.WithStdout(&inst.output).WithStderr(&inst.output)
-	mod, err := e.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, inst.memory.allocator()), v.compiled, cfg)
+	mod, err := e.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, inst.memory.Allocator()), v.compiled, cfg)
 	if err != nil {
 		m.mm.instErr.Inc()
 		return nil, fmt.Errorf("instantiate: %w", err)
@@ -236,7 +241,7 @@ func (v *version) instantiateWithin(ctx context.Context, timeout time.Duration) 
 			kind, msg := inst.describe(parent, err, timeout)
 			inst.close()
 			m.mm.instErr.Inc()
-			if errors.Is(err, ErrABI) || kind == KindTrap {
+			if errors.Is(err, ErrABI) || kind == FailureTrap {
 				return nil, fmt.Errorf("OPA module: %w", err)
 			}
 			return nil, fmt.Errorf("OPA module: %s: %s", kind, msg)
@@ -296,9 +301,9 @@ func (v *version) get(ctx context.Context) (inst *instance, reserved bool, err e
 			return inst, false, nil
 		case <-freed: // an instance was thrown away: look again
 		case <-ctx.Done():
-			return nil, false, m.errorf(KindCanceled, "waiting for a free instance: %w", ctx.Err())
+			return nil, false, m.errorf(FailureCanceled, "waiting for a free instance: %w", ctx.Err())
 		case <-timer.C:
-			return nil, false, m.errorf(KindBusy, "all %d instances stayed busy for %v", m.opts.PoolSize, m.opts.MaxWait)
+			return nil, false, m.errorf(FailureBusy, "all %d instances stayed busy for %v", m.opts.PoolSize, m.opts.MaxWait)
 		}
 	}
 }
@@ -337,7 +342,7 @@ func (v *version) discard(inst *instance) {
 	refill := v.live < v.mod.opts.Prewarm && !v.retired.Load()
 	v.mu.Unlock()
 	v.setGauge()
-	if refill && !v.mod.brk.refusing(time.Now()) {
+	if refill && !v.mod.brk.Refusing(time.Now()) {
 		v.inflight.Add(1) // released by refill
 		if !v.mod.e.goBackground(v.refill) {
 			v.release()
@@ -359,7 +364,7 @@ func (v *version) refill() {
 		v.mu.Unlock()
 		start := time.Now()
 		inst, err := v.instantiateInSlot(context.Background())
-		v.mod.brk.charge(time.Now(), time.Since(start))
+		v.mod.brk.Charge(time.Now(), time.Since(start))
 		if err != nil {
 			v.mu.Lock()
 			v.dropLocked()
@@ -424,14 +429,14 @@ func (inst *instance) call(ctx context.Context, in *Input, size int, now time.Ti
 		}
 		ptr := uint32(inst.stack[0])
 		if ptr == 0 || uint64(ptr)+uint64(want) > uint64(inst.mem.Size()) {
-			return Output{}, m.errorf(KindBadOutput, "%s(%d) returned %d: the region is not inside the module's memory (%d bytes)",
+			return Output{}, m.errorf(FailureBadOutput, "%s(%d) returned %d: the region is not inside the module's memory (%d bytes)",
 				exportAlloc, want, ptr, inst.mem.Size())
 		}
 		inst.inPtr, inst.inCap = ptr, want
 	}
 	buf, ok := inst.mem.Read(inst.inPtr, uint32(size))
 	if !ok { // memory does not shrink, so this cannot happen
-		return Output{}, m.errorf(KindBadOutput, "the input region moved outside the module's memory")
+		return Output{}, m.errorf(FailureBadOutput, "the input region moved outside the module's memory")
 	}
 	encodeInput(buf, in, now)
 	inst.stack[0], inst.stack[1] = uint64(inst.inPtr), uint64(size)
@@ -440,16 +445,16 @@ func (inst *instance) call(ctx context.Context, in *Input, size int, now time.Ti
 	}
 	ptr, n := uint32(inst.stack[0]>>32), uint32(inst.stack[0])
 	if n > uint32(m.opts.MaxOutputBytes) {
-		return Output{}, m.errorf(KindOutputTooLarge, "output is %d bytes, over the limit of %d", n, m.opts.MaxOutputBytes)
+		return Output{}, m.errorf(FailureOutputTooLarge, "output is %d bytes, over the limit of %d", n, m.opts.MaxOutputBytes)
 	}
 	b, ok := inst.mem.Read(ptr, n)
 	if !ok {
-		return Output{}, m.errorf(KindBadOutput, "output [%d, %d+%d) is outside the module's memory (%d bytes)",
+		return Output{}, m.errorf(FailureBadOutput, "output [%d, %d+%d) is outside the module's memory (%d bytes)",
 			ptr, ptr, n, inst.mem.Size())
 	}
 	out, err := decodeOutput(b)
 	if err != nil {
-		return Output{}, m.errorf(KindBadOutput, "%w", err)
+		return Output{}, m.errorf(FailureBadOutput, "%w", err)
 	}
 	return out, nil
 }
@@ -458,7 +463,7 @@ func (inst *instance) call(ctx context.Context, in *Input, size int, now time.Ti
 func (inst *instance) invoke(ctx context.Context, f api.Function) error {
 	deadline := inst.ver.mod.opts.Deadline
 	inst.output.reset()
-	inst.memory.refused = false
+	inst.memory.Refused = false
 	cctx, cancel := context.WithTimeout(ctx, deadline)
 	err := f.CallWithStack(cctx, inst.stack[:])
 	cancel()
@@ -466,29 +471,29 @@ func (inst *instance) invoke(ctx context.Context, f api.Function) error {
 		return nil
 	}
 	kind, msg := inst.describe(ctx, err, deadline)
-	return &Error{Policy: inst.ver.mod.name, Kind: kind, Err: errors.New(msg)}
+	return &Error{Policy: inst.ver.mod.name, Failure: kind, Err: errors.New(msg)}
 }
 
 // describe classifies a failed call. ctx is the caller's context (not the one with the
 // deadline), so a timeout is told apart from the caller giving up.
-func (inst *instance) describe(ctx context.Context, err error, deadline time.Duration) (ErrorKind, string) {
+func (inst *instance) describe(ctx context.Context, err error, deadline time.Duration) (Failure, string) {
 	var exit *sys.ExitError
 	isExit := errors.As(err, &exit)
 	switch {
 	case isExit && (exit.ExitCode() == sys.ExitCodeDeadlineExceeded || exit.ExitCode() == sys.ExitCodeContextCanceled):
 		if cerr := ctx.Err(); cerr != nil {
-			return KindCanceled, "the caller's context ended during the call: " + cerr.Error()
+			return FailureCanceled, "the caller's context ended during the call: " + cerr.Error()
 		}
-		return KindTimeout, fmt.Sprintf("the call ran past its deadline of %v and was stopped", deadline)
+		return FailureTimeout, fmt.Sprintf("the call ran past its deadline of %v and was stopped", deadline)
 	case isExit && inst.ver.mod.e.isClosed():
-		return KindClosed, "the engine was closed during the call"
-	case inst.memory.refused:
-		return KindMemory, fmt.Sprintf("memory reached its limit of %d pages (%d MiB): %s%s",
-			inst.memory.limit>>16, inst.memory.limit>>20, firstLine(err), inst.output.suffix())
+		return FailureClosed, "the engine was closed during the call"
+	case inst.memory.Refused:
+		return FailureMemory, fmt.Sprintf("memory reached its limit of %d pages (%d MiB): %s%s",
+			inst.memory.Limit>>16, inst.memory.Limit>>20, firstLine(err), inst.output.suffix())
 	case isExit:
-		return KindExit, fmt.Sprintf("the module exited with code %d%s", exit.ExitCode(), inst.output.suffix())
+		return FailureExit, fmt.Sprintf("the module exited with code %d%s", exit.ExitCode(), inst.output.suffix())
 	default:
-		return KindTrap, firstLine(err) + inst.output.suffix()
+		return FailureTrap, firstLine(err) + inst.output.suffix()
 	}
 }
 

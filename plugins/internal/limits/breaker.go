@@ -1,4 +1,7 @@
-package plugins
+// Package limits holds the per-module limits of the policy engine (package plugins): the
+// breaker that isolates a failing module, the memory that refuses to grow past a module's
+// limit, and the rate limit of a module's log lines.
+package limits
 
 import (
 	"sync"
@@ -16,7 +19,7 @@ import (
 //   - Consecutive failures: after breakerThreshold module-side failures in a row (timeout,
 //     trap, exit, memory, bad output, a failed instantiation) the module is refused for a
 //     backoff of backoffBase, doubled for each further failure, at most backoffMax. While refused,
-//     a call fails at once with KindBackoff (policy_error): no WebAssembly runs and no instance
+//     a call fails at once (plugins.FailureBackoff: policy_error): no WebAssembly runs and no instance
 //     is made. After the backoff one call at a time probes the module; a success ends it.
 //   - Failure budget: every failed call and every replacement instance is charged its engine
 //     time against a budget of budgetBurst that refills at budgetRate. A module that spent its
@@ -31,24 +34,25 @@ const (
 	budgetRate       = 0.005 // seconds of failing engine time per second
 )
 
-// breaker is a module's failure accounting. The fast path (a healthy module) is two atomic
-// loads per call.
-type breaker struct {
+// Breaker is a module's failure accounting. The fast path (a healthy module) is two atomic
+// loads per call. The zero value is not ready: use NewBreaker.
+type Breaker struct {
 	open        atomic.Bool  // calls must ask allow under the lock
 	consecutive atomic.Int32 // module-side failures in a row
 
 	mu      sync.Mutex
 	until   time.Time     // the backoff ends
 	probing bool          // a probe call is running
-	budget  time.Duration // failure budget left (negative: spent)
+	budget  time.Duration // Failure budget left (negative: spent)
 	last    time.Time     // when budget was last refilled
 }
 
-func newBreaker() *breaker { return &breaker{budget: budgetBurst} }
+// NewBreaker returns the breaker of a module that has not failed, with its whole budget.
+func NewBreaker() *Breaker { return &Breaker{budget: budgetBurst} }
 
-// allow reports whether a call may run at now: the module is not refused, or its backoff is
+// Allow reports whether a call may run at now: the module is not refused, or its backoff is
 // over and no other call is probing it.
-func (b *breaker) allow(now time.Time) bool {
+func (b *Breaker) Allow(now time.Time) bool {
 	if !b.open.Load() {
 		return true
 	}
@@ -61,8 +65,8 @@ func (b *breaker) allow(now time.Time) bool {
 	return true
 }
 
-// release ends a probe that did not run (no instance or slot was had in time).
-func (b *breaker) release() {
+// Release ends a probe that did not run (no instance or slot was had in time).
+func (b *Breaker) Release() {
 	if !b.open.Load() {
 		return
 	}
@@ -71,8 +75,8 @@ func (b *breaker) release() {
 	b.mu.Unlock()
 }
 
-// success records a call that returned a valid output.
-func (b *breaker) success() {
+// Success records a call that returned a valid output.
+func (b *Breaker) Success() {
 	if !b.open.Load() && b.consecutive.Load() == 0 {
 		return
 	}
@@ -89,7 +93,7 @@ func (b *breaker) success() {
 // failure records a failed call or instantiation that took took of engine time; counts is
 // false for failures that are not the module's (the caller gave up). It returns the backoff
 // that starts now (0 when none does).
-func (b *breaker) failure(now time.Time, took time.Duration, counts bool) time.Duration {
+func (b *Breaker) Failure(now time.Time, took time.Duration, counts bool) time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.refill(now)
@@ -115,9 +119,9 @@ func (b *breaker) failure(now time.Time, took time.Duration, counts bool) time.D
 	return backoff
 }
 
-// charge takes took of engine time spent on the module's behalf outside a call (making a
+// Charge takes took of engine time spent on the module's behalf outside a call (making a
 // replacement instance) from its budget.
-func (b *breaker) charge(now time.Time, took time.Duration) {
+func (b *Breaker) Charge(now time.Time, took time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.refill(now)
@@ -128,15 +132,15 @@ func (b *breaker) charge(now time.Time, took time.Duration) {
 }
 
 // refill adds the budget earned since the last refill. b.mu must be held.
-func (b *breaker) refill(now time.Time) {
+func (b *Breaker) refill(now time.Time) {
 	if !b.last.IsZero() && now.After(b.last) {
 		b.budget = min(budgetBurst, b.budget+time.Duration(float64(now.Sub(b.last))*budgetRate))
 	}
 	b.last = now
 }
 
-// refusing reports whether the module is refused right now (for metrics and status).
-func (b *breaker) refusing(now time.Time) bool {
+// Refusing reports whether the module is refused right now (for metrics and status).
+func (b *Breaker) Refusing(now time.Time) bool {
 	if !b.open.Load() {
 		return false
 	}
@@ -147,7 +151,7 @@ func (b *breaker) refusing(now time.Time) bool {
 
 // refusingLocked reports whether the backoff or a spent budget refuses calls at now. b.mu
 // must be held.
-func (b *breaker) refusingLocked(now time.Time) bool {
+func (b *Breaker) refusingLocked(now time.Time) bool {
 	b.refill(now)
 	return now.Before(b.until) || b.budget < 0
 }

@@ -1,4 +1,6 @@
-package plugins
+// Package bundle reads what the policy engine takes from an OPA bundle (`opa build -t wasm`,
+// a .tar.gz): its one WebAssembly module and its data document, within size limits.
+package bundle
 
 import (
 	"archive/tar"
@@ -19,21 +21,21 @@ const (
 	maxBundleEntries = 10000
 )
 
-// opaBundle is what the host takes from an `opa build -t wasm` bundle, or from a bare
-// policy.wasm.
-type opaBundle struct {
-	wasm []byte
-	// data is the bundle's data document as one JSON object ("{}" when it has none): /data.json
+// Bundle is what the host takes from an `opa build -t wasm` bundle.
+type Bundle struct {
+	// Wasm is the policy module.
+	Wasm []byte
+	// Data is the bundle's data document as one JSON object ("{}" when it has none): /data.json
 	// and every data.json below it, each at its directory's path.
-	data []byte
+	Data []byte
 }
 
-// isGzip reports whether b starts like a gzip stream (a bundle .tar.gz).
-func isGzip(b []byte) bool { return len(b) >= 2 && b[0] == 0x1f && b[1] == 0x8b }
+// IsGzip reports whether b starts like a gzip stream (a bundle .tar.gz).
+func IsGzip(b []byte) bool { return len(b) >= 2 && b[0] == 0x1f && b[1] == 0x8b }
 
-// readBundle reads a bundle: its policy (the one WebAssembly module the manifest names, or
+// Read reads a bundle: its policy (the one WebAssembly module the manifest names, or
 // /policy.wasm) and its data. Other files (Rego sources, signatures) are ignored.
-func readBundle(b []byte) (*opaBundle, error) {
+func Read(b []byte) (*Bundle, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(b))
 	if err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
@@ -103,7 +105,7 @@ func readBundle(b []byte) (*opaBundle, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &opaBundle{wasm: wasm, data: data}, nil
+	return &Bundle{Wasm: wasm, Data: data}, nil
 }
 
 // mergeData builds the data document from the bundle's data.json files, each placed at its

@@ -1,22 +1,10 @@
-// Package policy keeps the sites' WebAssembly policy modules (SPEC §5) for the life of the
-// process: a Registry loads each module once, on the package plugins engine it starts on first
-// use, and hands the same module to every config that names it, so a config reload keeps
-// compiled code and warm instances.
-//
-//	r := policy.NewRegistry(policy.Options{CacheDir: dir, Registerer: reg})
-//	defer r.Close(ctx)
-//	e := r.Entry(ctx, policy.Key{Path: "docs.wasm", Deadline: 5 * time.Millisecond}, "docs")
-//	if m := e.Module(); m != nil { out, err := m.Evaluate(ctx, &in) }
-//
-// # Notes
-//
-//   - Safe for concurrent use. NewRegistry starts nothing; Close stops every goroutine the
-//     registry started (load retries, retirements) and closes every module and the engine.
-//   - A module that fails to load is retried every LoadRetry until it loads; until then its
-//     Entry has no Module (the agent denies with policy_error, fail closed, and is not ready).
-//     A loaded module that changes on disk is recompiled in the background and swapped in
-//     (plugins.Module); a bad new file leaves the old module serving and shows as a warning.
-package policy
+package plugins
+
+// A Registry keeps the sites' policy modules (SPEC §5) for the life of the process: it loads
+// each module once, on an Engine it starts on first use, and hands the same module to every
+// config that names it, so a config reload keeps compiled code and warm instances. With the
+// Module's own watch and reload, it is the whole life of a module: load, retry while it fails,
+// reload when its file changes, retire when no config uses it, close.
 
 import (
 	"context"
@@ -24,47 +12,59 @@ import (
 	"log/slog"
 	"sync"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/tokenagent/tokenagent/plugins"
-	"github.com/tokenagent/tokenagent/vault/blocking"
 )
 
-// RetireGrace is how long a module no longer used by the current config is kept after a
-// reload, so checks that started under the old config finish on it.
-const RetireGrace = 30 * time.Second
+// Defaults of RegistryOptions.
+const (
+	// DefaultRetireGrace is how long a module no longer used by the current config is kept
+	// after a reload, so checks that started under the old config finish on it.
+	DefaultRetireGrace = 30 * time.Second
+	// DefaultLoadRetry is how often a module that failed to load is tried again.
+	DefaultLoadRetry = 5 * time.Second
+)
 
-// LoadRetry is how often a module that failed to load is tried again.
-const LoadRetry = 5 * time.Second
-
-// Options configure a Registry.
-type Options struct {
-	// CacheDir keeps compiled modules on disk across restarts (empty: in memory only).
-	CacheDir string
-	// Registerer receives the engine's collectors when it starts (nil: not registered).
-	Registerer prometheus.Registerer
-	// Logger receives load failures and the engine's logs (default slog.Default()).
-	Logger *slog.Logger
+// RegistryOptions configure a Registry.
+type RegistryOptions struct {
+	// Engine configures the engine the registry starts with its first module (its Logger also
+	// receives the registry's load failures; default slog.Default()).
+	Engine EngineOptions
+	// LoadRetry is how often a module that failed to load is tried again (default
+	// DefaultLoadRetry).
+	LoadRetry time.Duration
+	// RetireGrace is how long KeepOnly keeps a module no config uses any more (default
+	// DefaultRetireGrace).
+	RetireGrace time.Duration
 }
 
-// Key names one loaded module: a file, the deadline it runs with and, for an OPA bundle, the
-// entrypoint it evaluates.
-type Key struct {
+// ModuleKey names one loaded module: a file, the deadline it runs with and, for an OPA bundle,
+// the entrypoint it evaluates.
+type ModuleKey struct {
 	Path     string
 	Deadline time.Duration
 	// Entrypoint is the rule an OPA bundle evaluates (site setting policy_entrypoint).
 	Entrypoint string
 }
 
-// Registry holds the loaded modules, by Key.
+// Registry holds the loaded modules, by ModuleKey. Build it with NewRegistry.
+//
+//	r := plugins.NewRegistry(plugins.RegistryOptions{Engine: plugins.EngineOptions{CacheDir: dir}})
+//	defer r.Close(ctx)
+//	e := r.Entry(ctx, plugins.ModuleKey{Path: "docs.wasm", Deadline: 5 * time.Millisecond}, "docs")
+//	if m := e.Module(); m != nil { out, err := m.Evaluate(ctx, &in) }
+//
+// Safe for concurrent use. NewRegistry starts nothing; Close stops every goroutine the registry
+// started (load retries, retirements) and closes every module and the engine. A module that
+// fails to load is retried every LoadRetry until it loads; until then its Entry has no Module
+// (the agent denies with policy_error, fail closed, and is not ready). A loaded module that
+// changes on disk is recompiled in the background and swapped in (Module.Reload); a bad new
+// file leaves the old module serving and shows in Module.Status.
 type Registry struct {
-	opts Options
+	opts RegistryOptions
 	log  *slog.Logger
 
 	mu      sync.Mutex
-	engine  *plugins.Engine
-	entries map[Key]*Entry
+	engine  *Engine
+	entries map[ModuleKey]*Entry
 	closed  bool
 	done    chan struct{}
 	bg      sync.WaitGroup
@@ -72,20 +72,26 @@ type Registry struct {
 
 // Entry is one module of the registry: loaded, or failing to load.
 type Entry struct {
-	key  Key
+	key  ModuleKey
 	name string // the first site using it: the module's name in metrics and logs
 
 	mu  sync.Mutex
-	mod *plugins.Module
+	mod *Module
 	err error
 }
 
 // NewRegistry returns an empty registry; the engine starts when a first module is loaded.
-func NewRegistry(opts Options) *Registry {
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
+func NewRegistry(opts RegistryOptions) *Registry {
+	if opts.Engine.Logger == nil {
+		opts.Engine.Logger = slog.Default()
 	}
-	return &Registry{opts: opts, log: opts.Logger, entries: map[Key]*Entry{}, done: make(chan struct{})}
+	if opts.LoadRetry <= 0 {
+		opts.LoadRetry = DefaultLoadRetry
+	}
+	if opts.RetireGrace <= 0 {
+		opts.RetireGrace = DefaultRetireGrace
+	}
+	return &Registry{opts: opts, log: opts.Engine.Logger, entries: map[ModuleKey]*Entry{}, done: make(chan struct{})}
 }
 
 // Close closes every module and the engine, and waits for the registry's goroutines.
@@ -115,7 +121,7 @@ func (r *Registry) Close(ctx context.Context) error {
 // Entry returns the entry for key, loading the module the first time (synchronously, so a
 // config's modules are ready when its agent starts serving); name labels it in metrics and
 // logs. It returns nil once the registry is closed.
-func (r *Registry) Entry(ctx context.Context, key Key, name string) *Entry {
+func (r *Registry) Entry(ctx context.Context, key ModuleKey, name string) *Entry {
 	r.mu.Lock()
 	if e, ok := r.entries[key]; ok || r.closed {
 		r.mu.Unlock()
@@ -139,13 +145,11 @@ func (r *Registry) Entry(ctx context.Context, key Key, name string) *Entry {
 }
 
 // engineLocked starts the engine on first use. r.mu must be held.
-func (r *Registry) engineLocked() (*plugins.Engine, error) {
+func (r *Registry) engineLocked() (*Engine, error) {
 	if r.engine != nil {
 		return r.engine, nil
 	}
-	e, err := plugins.NewEngine(context.Background(), plugins.EngineOptions{
-		CacheDir: r.opts.CacheDir, Registerer: r.opts.Registerer, Logger: r.log,
-		BeforeWait: blocking.Ahead}) // a check about to wait hands its connection on
+	e, err := NewEngine(context.Background(), r.opts.Engine)
 	if err != nil {
 		return nil, fmt.Errorf("policy engine: %w", err)
 	}
@@ -156,7 +160,7 @@ func (r *Registry) engineLocked() (*plugins.Engine, error) {
 // KeepOnly closes, after RetireGrace, every module whose key keep does not hold: after a
 // config reload, the modules only the replaced config used. Checks that started under the old
 // config finish on them meanwhile.
-func (r *Registry) KeepOnly(keep map[Key]bool) {
+func (r *Registry) KeepOnly(keep map[ModuleKey]bool) {
 	r.mu.Lock()
 	var drop []*Entry
 	for k, e := range r.entries {
@@ -170,7 +174,7 @@ func (r *Registry) KeepOnly(keep map[Key]bool) {
 		return
 	}
 	r.goBackground(func() {
-		t := time.NewTimer(RetireGrace)
+		t := time.NewTimer(r.opts.RetireGrace)
 		defer t.Stop()
 		select {
 		case <-t.C:
@@ -200,7 +204,7 @@ func (r *Registry) goBackground(fn func()) {
 
 // retry loads e again every LoadRetry until it loads or the registry closes.
 func (r *Registry) retry(e *Entry) {
-	t := time.NewTicker(LoadRetry)
+	t := time.NewTicker(r.opts.LoadRetry)
 	defer t.Stop()
 	for {
 		select {
@@ -224,8 +228,8 @@ func (r *Registry) retry(e *Entry) {
 	}
 }
 
-func (e *Entry) load(ctx context.Context, engine *plugins.Engine) error {
-	m, err := engine.Load(ctx, e.key.Path, plugins.ModuleOptions{Name: e.name, Deadline: e.key.Deadline, Watch: true,
+func (e *Entry) load(ctx context.Context, engine *Engine) error {
+	m, err := engine.Load(ctx, e.key.Path, ModuleOptions{Name: e.name, Deadline: e.key.Deadline, Watch: true,
 		Entrypoint: e.key.Entrypoint})
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -240,10 +244,10 @@ func (e *Entry) setErr(err error) {
 }
 
 // Key is the entry's key.
-func (e *Entry) Key() Key { return e.key }
+func (e *Entry) Key() ModuleKey { return e.key }
 
 // Module is the loaded module, or nil while it fails to load.
-func (e *Entry) Module() *plugins.Module {
+func (e *Entry) Module() *Module {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.mod

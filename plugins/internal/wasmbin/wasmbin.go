@@ -1,4 +1,6 @@
-package plugins
+// Package wasmbin rewrites WebAssembly binaries where the policy engine needs it: OPA's modules
+// import their linear memory, and each pooled instance needs one of its own.
+package wasmbin
 
 import (
 	"errors"
@@ -25,11 +27,11 @@ const (
 	importTag   = 4
 )
 
-// defineImportedMemory returns bin with its imported memory (any module and name) defined
+// DefineImportedMemory returns bin with its imported memory (any module and name) defined
 // instead, the memory's minimum pages, and whether there was one to define. A module that
 // imports no memory is returned as it is; one that imports a memory and defines one too is
 // refused.
-func defineImportedMemory(bin []byte) (out []byte, minPages uint32, imported bool, err error) {
+func DefineImportedMemory(bin []byte) (out []byte, minPages uint32, imported bool, err error) {
 	out, minPages, err = defineMemory(bin)
 	return out, minPages, err == nil && len(out) != len(bin), err
 }
