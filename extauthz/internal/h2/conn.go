@@ -340,7 +340,8 @@ func (c *conn) processSettings(f *http2.SettingsFrame) error {
 	if err := c.w.fr.WriteSettingsAck(); err != nil {
 		return err
 	}
-	c.w.resume(c) // a larger window may let pending answers go
+	c.w.resume(c)      // a larger window may let pending answers go,
+	c.cond.Broadcast() // and fallback handlers waiting for one go on
 	return nil
 }
 

@@ -436,6 +436,39 @@ func TestFallback(t *testing.T) {
 	}
 }
 
+// A SETTINGS_INITIAL_WINDOW_SIZE that opens the window wakes a fallback handler blocked on a
+// closed one (RFC 9113 §6.9.2; h2spec http2/6.9.2/1). The peer sees the answer's HEADERS only
+// once the handler holds the connection's lock and waits, so the SETTINGS always finds it
+// waiting: without the wake-up the answer would never go on.
+func TestSettingsWindowWakesWriter(t *testing.T) {
+	ts := startServer(t, Limits{}, func(o *Options) {
+		o.Fallback = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write([]byte("hello"))
+		})
+	})
+	p := h2test.Dial(t, ts.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	p.Must(p.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true,
+		BlockFragment: p.Block(":method", "GET", ":scheme", "http", ":path", "/x", ":authority", "x")}))
+	for {
+		f := p.Read()
+		if _, ok := f.(*http2.DataFrame); ok {
+			t.Fatal("DATA in a window of 0")
+		}
+		if h, ok := f.(*http2.HeadersFrame); ok && h.StreamID == 1 {
+			break
+		}
+	}
+	p.Must(p.Fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 3}))
+	for {
+		if d, ok := p.Read().(*http2.DataFrame); ok {
+			if string(d.Data()) != "hel" {
+				t.Fatalf("DATA %q, want the window's 3 bytes", d.Data())
+			}
+			return
+		}
+	}
+}
+
 // Without a fallback, a gRPC call to another method is UNIMPLEMENTED and anything else 404.
 func TestNoFallback(t *testing.T) {
 	ts := startServer(t, Limits{}, func(o *Options) { o.Fallback = nil })
