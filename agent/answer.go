@@ -129,7 +129,7 @@ func answer(s *Site, status int, headers []token.Header, body []byte) *Decision 
 // any of its browser keys, 403 origin_not_allowed otherwise.
 func (a *Agent) preflightAnswer(ctx context.Context, c *call) *Decision {
 	h := c.req.Headers
-	cors, err := a.browser.Preflight(ctx, &c.site.Site, h[headerOrigin], h[headerRequestMethod], h[headerRequestHeaders])
+	cors, err := a.browser.Preflight(ctx, &c.site.SiteSettings, h[headerOrigin], h[headerRequestMethod], h[headerRequestHeaders])
 	if err != nil {
 		d := a.deny(c.site, reason.From(err))
 		d.own = true
@@ -140,7 +140,7 @@ func (a *Agent) preflightAnswer(ctx context.Context, c *call) *Decision {
 
 // exchangeAnswer answers `POST /@app/auth/token/exchange` itself (package exchange).
 func (a *Agent) exchangeAnswer(ctx context.Context, c *call) *Decision {
-	ans, rerr := a.exchange.Exchange(ctx, &c.site.Site, c.req.Body, c.req.BodyTruncated)
+	ans, rerr := a.exchange.Exchange(ctx, &c.site.SiteSettings, c.req.Body, c.req.BodyTruncated)
 	if rerr != nil {
 		d := a.deny(c.site, rerr)
 		d.own = true

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tokenagent/tokenagent/agent/internal/tracing"
+	"github.com/tokenagent/tokenagent/vault/spans"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/plugins"
@@ -57,8 +57,8 @@ func (a *Agent) evaluatePolicy(ctx context.Context, c *call, id *token.Identity)
 		Time: a.rt.now()}
 	start := time.Now()
 	out, err := m.Evaluate(ctx, &in)
-	if sp := tracing.Recording(ctx); sp != nil {
-		sp.SetAttributes(tracing.PolicyTime.Int64(int64(time.Since(start))))
+	if sp := spans.Recording(ctx); sp != nil {
+		sp.SetAttributes(spans.PolicyTime.Int64(int64(time.Since(start))))
 	}
 	if err != nil {
 		return policyResult{}, &reason.Error{Reason: reason.PolicyError, Cause: err}

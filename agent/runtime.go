@@ -48,7 +48,7 @@ type RuntimeOptions struct {
 	// TraceRatio is the share of checks without a valid traceparent that are traced (0 to 1).
 	TraceRatio float64
 	// Replay is the memory of single-use Server API Tokens (nil: node-local memory,
-	// token.ReplayCache; replay.Redis shares it between agents). The caller closes it.
+	// token.ReplayCache; fleet.ReplayStore shares it between agents). The caller closes it.
 	Replay token.ReplayStore
 }
 

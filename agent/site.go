@@ -11,7 +11,7 @@ import (
 // Site is a site compiled from its config once, at load: its token settings, route rules and
 // policy.
 type Site struct {
-	token.Site
+	token.SiteSettings
 	Routes []Route
 	// Policy is the path of the site's WebAssembly policy module ("" for none).
 	Policy string
@@ -38,7 +38,7 @@ func buildSites(cfgs []config.Site) (*siteIndex, []*Site) {
 	for i := range cfgs {
 		c := &cfgs[i]
 		s := &Site{
-			Site: token.Site{
+			SiteSettings: token.SiteSettings{
 				ID:                          c.ID,
 				Hosts:                       append([]string(nil), c.Hosts...),
 				AuthTokenTTL:                c.AuthTokenTTL.D(),

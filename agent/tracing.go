@@ -9,7 +9,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/tokenagent/tokenagent/agent/internal/tracing"
+	"github.com/tokenagent/tokenagent/vault/spans"
 	"github.com/tokenagent/tokenagent/agent/token"
 )
 
@@ -67,7 +67,7 @@ func (rt *Runtime) startCheck(ctx context.Context, req *Request) (context.Contex
 	if req.Headers["traceparent"] != "" {
 		ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier(req.Headers))
 	}
-	return rt.tracer.Start(ctx, tracing.CheckSpan, trace.WithSpanKind(trace.SpanKindServer))
+	return rt.tracer.Start(ctx, spans.CheckSpan, trace.WithSpanKind(trace.SpanKindServer))
 }
 
 // endCheck records the decision on the check's span and ends it. Only what the upstream and
@@ -75,13 +75,13 @@ func (rt *Runtime) startCheck(ctx context.Context, req *Request) (context.Contex
 func endCheck(span trace.Span, d *Decision, kind token.Kind) {
 	if span.IsRecording() {
 		dec, why := d.outcome()
-		span.SetAttributes(tracing.Site.String(d.Site), tracing.Kind.String(string(kind)),
-			tracing.Decision.String(dec), tracing.DecisionID.String(d.ID.String()))
+		span.SetAttributes(spans.Site.String(d.Site), spans.Kind.String(string(kind)),
+			spans.Decision.String(dec), spans.DecisionID.String(d.ID.String()))
 		if why != "" {
-			span.SetAttributes(tracing.Reason.String(string(why)))
+			span.SetAttributes(spans.Reason.String(string(why)))
 		}
 		if d.Allowed && d.Identity.User != "" {
-			span.SetAttributes(tracing.User.String(d.Identity.User))
+			span.SetAttributes(spans.User.String(d.Identity.User))
 		}
 		if d.Status >= 500 {
 			span.SetStatus(codes.Error, string(d.Reason)) // keys_unavailable, policy_error

@@ -14,7 +14,7 @@ import (
 // OAuth JWT, an Auth Token or Impersonation Auth Token by its imp_ prefix, or the Site API Key.
 // No credential: anonymous.
 func (a *Agent) verify(ctx context.Context, c *call) (token.Identity, error) {
-	s, cr := &c.site.Site, &c.creds
+	s, cr := &c.site.SiteSettings, &c.creds
 	switch {
 	case cr.deki.present:
 		v := cr.deki.value
@@ -47,7 +47,7 @@ func (a *Agent) verify(ctx context.Context, c *call) (token.Identity, error) {
 }
 
 // verifyAuthToken verifies an Auth Token or, by its prefix, an Impersonation Auth Token.
-func (a *Agent) verifyAuthToken(ctx context.Context, s *token.Site, v string) (token.Identity, error) {
+func (a *Agent) verifyAuthToken(ctx context.Context, s *token.SiteSettings, v string) (token.Identity, error) {
 	if strings.HasPrefix(v, token.ImpersonationPrefix) {
 		return a.impersonation.Verify(ctx, s, v)
 	}
@@ -63,7 +63,7 @@ func (a *Agent) verifyBrowser(ctx context.Context, c *call, key string) (token.I
 	if hasOrigin && origin == "" {
 		return token.Identity{}, reason.Newf(reason.OriginNotAllowed, "the Origin header is empty")
 	}
-	s := &c.site.Site
+	s := &c.site.SiteSettings
 	id, err := a.browser.Verify(ctx, s, key, origin)
 	if err != nil {
 		return token.Identity{}, err

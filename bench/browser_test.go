@@ -47,7 +47,7 @@ func brStore(b *testing.B) *vault.Store {
 		Logger: slog.New(slog.DiscardHandler)})
 }
 
-var brSite = &token.Site{ID: "docs", Hosts: []string{"docs.example.com", "*.docs.example.com"}}
+var brSite = &token.SiteSettings{ID: "docs", Hosts: []string{"docs.example.com", "*.docs.example.com"}}
 
 func BenchmarkOriginParse(b *testing.B) {
 	for _, o := range []string{"https://app.example.com", "HTTPS://App.Example.COM.:443", "https://xn--bcher-kva.example"} {

@@ -37,8 +37,8 @@ func hmStore(b *testing.B) *vault.Store {
 	return filetest.Store(b, hmKeys(), vault.StoreOptions{Logger: slog.New(slog.DiscardHandler)})
 }
 
-func hmSite() *token.Site {
-	return &token.Site{ID: "docs", AuthTokenTTL: token.DefaultAuthTokenTTL,
+func hmSite() *token.SiteSettings {
+	return &token.SiteSettings{ID: "docs", AuthTokenTTL: token.DefaultAuthTokenTTL,
 		AuthTokenRotationGrace: token.DefaultAuthTokenTTL, ServerTokenWindow: token.DefaultServerTokenWindow}
 }
 

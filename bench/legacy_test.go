@@ -30,7 +30,7 @@ func lgStore(b *testing.B) *vault.Store {
 		vault.StoreOptions{Now: func() time.Time { return lgNow }, Logger: slog.New(slog.DiscardHandler)})
 }
 
-var lgSite = &token.Site{ID: "legacy", Hosts: []string{"legacy.example.com"}, LegacyImpersonation: true, LegacyAPIKey: true}
+var lgSite = &token.SiteSettings{ID: "legacy", Hosts: []string{"legacy.example.com"}, LegacyImpersonation: true, LegacyAPIKey: true}
 
 func BenchmarkImpersonationVerify(b *testing.B) {
 	audit, _ := token.NewLegacyAudit(nil, slog.New(slog.DiscardHandler)) // no registry: cannot fail

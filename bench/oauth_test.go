@@ -125,7 +125,7 @@ func rawVerify(alg string, pub crypto.PublicKey, tok string) func() bool {
 // crypto verification of the same signature. The ratio verifier/raw is the overhead.
 func BenchmarkOAuthFirstSight(b *testing.B) {
 	k, store := oaSetup(b)
-	site := &token.Site{ID: "docs"}
+	site := &token.SiteSettings{ID: "docs"}
 	ctx := context.Background()
 	for _, tc := range []struct {
 		alg, kid string
@@ -167,7 +167,7 @@ func BenchmarkOAuthFirstSight(b *testing.B) {
 // BenchmarkOAuthCacheHit is a token verified before: the verified-token cache answers.
 func BenchmarkOAuthCacheHit(b *testing.B) {
 	k, store := oaSetup(b)
-	site := &token.Site{ID: "docs"}
+	site := &token.SiteSettings{ID: "docs"}
 	ctx := context.Background()
 	v := oaVerifier(b, store, true)
 	tok := oaMint(b, k.ec, "k-ec", "ES256")
@@ -182,7 +182,7 @@ func BenchmarkOAuthCacheHit(b *testing.B) {
 
 func BenchmarkOAuthCacheHitParallel(b *testing.B) {
 	k, store := oaSetup(b)
-	site := &token.Site{ID: "docs"}
+	site := &token.SiteSettings{ID: "docs"}
 	ctx := context.Background()
 	v := oaVerifier(b, store, true)
 	tok := oaMint(b, k.ed, "k-ed", "EdDSA")
@@ -201,7 +201,7 @@ func BenchmarkOAuthCacheHitParallel(b *testing.B) {
 // BenchmarkOAuthRefused is the cost of refusing garbage cheaply: alg none, and an unknown kid.
 func BenchmarkOAuthRefused(b *testing.B) {
 	k, store := oaSetup(b)
-	site := &token.Site{ID: "docs"}
+	site := &token.SiteSettings{ID: "docs"}
 	ctx := context.Background()
 	v := oaVerifier(b, store, true)
 	enc := func(v any) string { j, _ := json.Marshal(v); return base64.RawURLEncoding.EncodeToString(j) }
@@ -239,7 +239,7 @@ func oaVerifier(b *testing.B, store *vault.Store, cached bool) *token.OAuthVerif
 }
 
 // warm verifies tok, then waits until the cache (ristretto admits asynchronously) holds it.
-func warm(b *testing.B, v *token.OAuthVerifier, site *token.Site, tok string) {
+func warm(b *testing.B, v *token.OAuthVerifier, site *token.SiteSettings, tok string) {
 	b.Helper()
 	if _, err := v.Verify(context.Background(), site, tok); err != nil {
 		b.Fatal(err)

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenagent/tokenagent/agent/replay"
-	"github.com/tokenagent/tokenagent/agent/replay/redistest"
+	"github.com/tokenagent/tokenagent/agent/fleet"
+	"github.com/tokenagent/tokenagent/agent/fleet/redistest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 )
@@ -22,7 +22,7 @@ func BenchmarkSingleUseStore(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{})
 	// A budget of 10 s instead of 50 ms: it only bounds a call, and on a busy machine (CI runs
 	// one iteration of every benchmark) the first dial alone can take longer than 50 ms.
-	r, err := replay.NewRedis(replay.RedisOptions{Address: srv.Addr, Budget: 10 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+	r, err := fleet.NewReplayStore(fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: srv.Addr}, Budget: 10 * time.Second, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -75,7 +75,8 @@ type HTTPOptions struct {
 	// Metrics count the front's answers (nil: unregistered ones).
 	Metrics *HTTPMetrics
 	// Logger receives the front's problem logs (requests a proxy should never send); decisions
-	// are logged by the agent (default slog.Default()).
+	// are logged by the agent. Nil: the front logs nothing (as the gRPC Server without
+	// WithLogger); it never writes to the process-wide slog.Default().
 	Logger *slog.Logger
 }
 
@@ -131,7 +132,7 @@ func NewHTTPHandler(c Checker, opts HTTPOptions) *HTTPHandler {
 		opts.Metrics = NewHTTPMetrics(nil)
 	}
 	if opts.Logger == nil {
-		opts.Logger = slog.Default()
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	h := &HTTPHandler{envoyPrefix: strings.TrimSuffix(opts.EnvoyPathPrefix, "/"),
 		metrics: opts.Metrics, log: opts.Logger}

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"hash"
 	"sync"
-	"sync/atomic"
 	"unsafe"
 )
 
@@ -22,8 +21,6 @@ import (
 type Secret struct {
 	key  []byte
 	pool sync.Pool
-	// observe is Observe's function, nil (always, outside tests) costing one load per use.
-	observe atomic.Pointer[func(KeyUse)]
 }
 
 // NewSecret returns a Secret holding a copy of key.
@@ -44,42 +41,15 @@ func (s *Secret) Len() int { return len(s.key) }
 
 // Equal reports, in constant time, whether the secret equals candidate.
 func (s *Secret) Equal(candidate string) bool {
-	s.noteUse(KeyUseEqual)
+	s.noteUse(useEqual)
 	return subtle.ConstantTimeCompare(s.key, []byte(candidate)) == 1
 }
 
 // Bytes returns a copy of the key, for the rare caller that must hand it to another library
 // (for example an MD5 digest for the legacy impersonation token).
 func (s *Secret) Bytes() []byte {
-	s.noteUse(KeyUseBytes)
+	s.noteUse(useBytes)
 	return append([]byte(nil), s.key...)
-}
-
-// KeyUse names how a Secret's key was used, for Observe.
-type KeyUse uint8
-
-// The uses of a key.
-const (
-	KeyUseMAC    KeyUse = iota + 1 // an HMAC computed: MAC, HexMAC, VerifyHex
-	KeyUseEqual                    // Equal
-	KeyUseBytes                    // Bytes
-	KeyUseAppend                   // AppendKey
-)
-
-func (s *Secret) noteUse(u KeyUse) {
-	if f := s.observe.Load(); f != nil {
-		(*f)(u)
-	}
-}
-
-// Observe calls f with every use of this secret's key, and how, until stop is called. It is
-// for tests that prove a code path rather than time it: that an unknown key and a known key
-// with a bad signature both compute exactly one HMAC (the decoy compare), for example. f must
-// be safe for concurrent use; production code never calls Observe (unset, it costs one atomic
-// load per use).
-func (s *Secret) Observe(f func(KeyUse)) (stop func()) {
-	s.observe.Store(&f)
-	return func() { s.observe.Store(nil) }
 }
 
 // keyedHash is a pooled HMAC with a scratch buffer for its digest: hash.Hash.Sum's argument
@@ -91,7 +61,7 @@ type keyedHash struct {
 
 // mac computes HMAC-SHA256(key, msg...) into kh.sum.
 func (s *Secret) mac(msg []string) *keyedHash {
-	s.noteUse(KeyUseMAC)
+	s.noteUse(useMAC)
 	kh := s.pool.Get().(*keyedHash)
 	kh.h.Reset()
 	for _, m := range msg {
@@ -142,7 +112,7 @@ func DecodeHex(dst []byte, src string) bool {
 // AppendKey appends the key to dst, for a caller that must feed it to another digest (the
 // legacy impersonation token's MD5) without a heap copy; the caller clears dst after use.
 func (s *Secret) AppendKey(dst []byte) []byte {
-	s.noteUse(KeyUseAppend)
+	s.noteUse(useAppend)
 	return append(dst, s.key...)
 }
 

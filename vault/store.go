@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tokenagent/tokenagent/vault/blocking"
-	"github.com/tokenagent/tokenagent/vault/internal/spans"
+	"github.com/tokenagent/tokenagent/vault/spans"
 )
 
 // StoreOptions configure a Store. The zero value of each field takes the default of SPEC §6.

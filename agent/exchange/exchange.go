@@ -106,7 +106,7 @@ func retryLater(detail, secs string, cause error) *reason.Error {
 
 // Exchange answers one exchange at site: body is the request body as the caller has it,
 // truncated whether it was cut short (then it is over MaxBody: 413 body_too_large).
-func (e *Endpoint) Exchange(ctx context.Context, site *token.Site, body []byte, truncated bool) (*Answer, *reason.Error) {
+func (e *Endpoint) Exchange(ctx context.Context, site *token.SiteSettings, body []byte, truncated bool) (*Answer, *reason.Error) {
 	provider := ""
 	refuse := func(r *reason.Error) (*Answer, *reason.Error) {
 		e.Metrics.count(site.ID, provider, string(r.Reason))

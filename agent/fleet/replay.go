@@ -1,5 +1,5 @@
-// Package replay keeps the memory of single-use Server API Tokens in Redis, shared by every
-// agent that uses the same Redis (SPEC §3.2, §8 replay.store: redis): a token accepted by one
+// Package fleet holds what the agents of a fleet share through Redis: the memory of single-use
+// Server API Tokens (ReplayStore, SPEC §3.2, §8 replay.store: redis): a token accepted by one
 // agent is refused (replayed_token) by all the others for the rest of its window.
 //
 // Each first use is one atomic SET key 1 NX PX <the token's remaining window>, keyed by site,
@@ -14,19 +14,15 @@
 //     server_token_single_use ask the store; no other site is touched.
 //   - The verifier asks only after the signature, the key's state, the window and the user
 //     restriction passed: a forged or expired token never writes to Redis.
-//   - NewRedis dials nothing and starts no goroutine; connections are made on first use and
-//     pooled. Close releases them.
+//   - NewReplayStore dials nothing and starts no goroutine; connections are made on first use
+//     and pooled. Close releases them.
 //   - An address with commas is a list of Redis Cluster seed nodes (go-redis's cluster client).
-package replay
+package fleet
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,7 +30,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault/blocking"
@@ -43,20 +38,10 @@ import (
 // DefaultBudget is how long one call to Redis may take (SPEC §8: 50 ms).
 const DefaultBudget = 50 * time.Millisecond
 
-// RedisOptions configure a Redis replay store.
-type RedisOptions struct {
-	// Address is host:port, or a comma-separated list of Redis Cluster seed nodes (required).
-	Address string
-	// Username and PasswordFile are the ACL credentials; the file is read at every new
-	// connection, so a rotated password needs no restart.
-	Username, PasswordFile string
-	// TLS connects with TLS 1.2 or later, verifying the server against the system's roots
-	// (SSL_CERT_FILE adds a private CA).
-	TLS bool
-	// TLSConfig replaces the default TLS settings (tests; nil: the defaults above).
-	TLSConfig *tls.Config
-	// KeyPrefix starts every key (default "tokenagent:").
-	KeyPrefix string
+// ReplayOptions configure a ReplayStore.
+type ReplayOptions struct {
+	// Redis is the fleet's Redis (config replay.redis).
+	Redis RedisOptions
 	// Budget bounds each call (default DefaultBudget).
 	Budget time.Duration
 	// Registerer receives the store's metrics (nil: none).
@@ -67,8 +52,8 @@ type RedisOptions struct {
 	Now func() time.Time
 }
 
-// Redis is the shared replay store.
-type Redis struct {
+// ReplayStore is the shared replay store.
+type ReplayStore struct {
 	c       redis.UniversalClient
 	addr    string
 	prefix  string
@@ -87,17 +72,11 @@ type Redis struct {
 	logged  time.Time
 }
 
-var _ token.ReplayStore = (*Redis)(nil)
+var _ token.ReplayStore = (*ReplayStore)(nil)
 
-// NewRedis returns a store for opts. It checks the settings and that the password file can be
-// read; it does not connect.
-func NewRedis(opts RedisOptions) (*Redis, error) {
-	if opts.Address == "" {
-		return nil, errors.New("replay.redis.address: required")
-	}
-	if opts.KeyPrefix == "" {
-		opts.KeyPrefix = "tokenagent:"
-	}
+// NewReplayStore returns a store for opts. It checks the settings and that the password file
+// can be read; it does not connect.
+func NewReplayStore(opts ReplayOptions) (*ReplayStore, error) {
 	if opts.Budget <= 0 {
 		opts.Budget = DefaultBudget
 	}
@@ -107,43 +86,12 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	var creds func(context.Context) (string, string, error)
-	if opts.PasswordFile != "" {
-		if _, err := readPassword(opts.PasswordFile); err != nil {
-			return nil, fmt.Errorf("replay.redis.password_file: %w", err)
-		}
-		creds = func(context.Context) (string, string, error) {
-			p, err := readPassword(opts.PasswordFile)
-			return opts.Username, p, err
-		}
+	c, err := opts.Redis.client("replay.redis", clientTimeouts{call: opts.Budget})
+	if err != nil {
+		return nil, err
 	}
-	tlsCfg := opts.TLSConfig
-	if opts.TLS && tlsCfg == nil {
-		host, _, err := net.SplitHostPort(strings.Split(opts.Address, ",")[0])
-		if err != nil {
-			return nil, fmt.Errorf("replay.redis.address: %w", err)
-		}
-		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
-	}
-	r := &Redis{addr: opts.Address, prefix: opts.KeyPrefix + "replay:", budget: opts.Budget, now: opts.Now,
-		log: opts.Logger.With("component", "replay", "redis", opts.Address)}
-	r.c = redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:    strings.Split(opts.Address, ","),
-		Username: opts.Username, CredentialsProviderContext: creds,
-		TLSConfig: tlsCfg,
-		// Every call is bounded by the budget through its context: no retry (a SET NX retried
-		// after a timeout could find its own first write and call a first use a replay), one
-		// dial attempt, and socket timeouts no longer than the budget.
-		ContextTimeoutEnabled:    true,
-		MaxRetries:               -1,
-		DialerRetries:            1,
-		DialTimeout:              opts.Budget,
-		ReadTimeout:              opts.Budget,
-		WriteTimeout:             opts.Budget,
-		PoolTimeout:              opts.Budget,
-		DisableIdentity:          true, // no CLIENT SETINFO round trip at each connection
-		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-	})
+	r := &ReplayStore{c: c, addr: opts.Redis.Address, prefix: opts.Redis.KeyPrefix + "replay:", budget: opts.Budget,
+		now: opts.Now, log: opts.Logger.With("component", "replay", "redis", opts.Redis.Address)}
 	r.results = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tokenagent_replay_store_requests_total",
 		Help: "Calls to the shared replay store (Redis) by result: first_use, replayed, error (the token was refused with keys_unavailable)."},
 		[]string{"result"})
@@ -163,26 +111,14 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	return r, nil
 }
 
-func readPassword(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	p := strings.TrimRight(string(b), "\r\n")
-	if p == "" {
-		return "", fmt.Errorf("%s is empty", path)
-	}
-	return p, nil
-}
-
 // Key is the Redis key of a token: the prefix, "replay:", the site, the key name and the
 // signature in lower-case hex (one spelling per signature, whatever case the token used).
-func (r *Redis) Key(site, key, sigHex string) string {
+func (r *ReplayStore) Key(site, key, sigHex string) string {
 	return r.prefix + site + ":" + key + ":" + strings.ToLower(sigHex)
 }
 
 // FirstUse implements token.ReplayStore: SET NX with the token's remaining window as expiry.
-func (r *Redis) FirstUse(ctx context.Context, site, key, sigHex string, expires time.Time) (bool, error) {
+func (r *ReplayStore) FirstUse(ctx context.Context, site, key, sigHex string, expires time.Time) (bool, error) {
 	ttl := expires.Sub(r.now())
 	if ttl <= 0 {
 		return false, nil // the window is over: nothing to remember (the verifier refused it already)
@@ -220,7 +156,7 @@ func (e *UnavailableError) Error() string {
 
 func (e *UnavailableError) Unwrap() error { return e.Err }
 
-func (r *Redis) ok() {
+func (r *ReplayStore) ok() {
 	r.lastOK.Store(time.Now().UnixNano())
 	r.mu.Lock()
 	if r.failing != nil {
@@ -230,7 +166,7 @@ func (r *Redis) ok() {
 	r.mu.Unlock()
 }
 
-func (r *Redis) fail(err error) {
+func (r *ReplayStore) fail(err error) {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -246,7 +182,7 @@ func (r *Redis) fail(err error) {
 
 // Warnings reports a store that does not answer, for /readyz. With no successful call in the
 // last 5 s it asks Redis (PING, within the budget) first, so an idle agent reports too.
-func (r *Redis) Warnings() []string {
+func (r *ReplayStore) Warnings() []string {
 	if time.Since(time.Unix(0, r.lastOK.Load())) > 5*time.Second {
 		ctx, cancel := context.WithTimeout(context.Background(), r.budget)
 		err := r.c.Ping(ctx).Err()
@@ -267,4 +203,4 @@ func (r *Redis) Warnings() []string {
 }
 
 // Close releases the connections.
-func (r *Redis) Close() error { return r.c.Close() }
+func (r *ReplayStore) Close() error { return r.c.Close() }

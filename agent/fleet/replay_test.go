@@ -1,4 +1,4 @@
-package replay_test
+package fleet_test
 
 import (
 	"context"
@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
-	"github.com/tokenagent/tokenagent/agent/replay"
-	"github.com/tokenagent/tokenagent/agent/replay/redistest"
+	"github.com/tokenagent/tokenagent/agent/fleet"
+	"github.com/tokenagent/tokenagent/agent/fleet/redistest"
 )
 
 const sig = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"
@@ -28,7 +28,7 @@ func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // newStore opens a store for a test. Unless the test sets one, the budget is 10 s, not the
 // default 50 ms: only TestRedisDownAndSlow is about the budget, and on a busy machine a dial
 // alone can take longer than 50 ms.
-func newStore(t *testing.T, opts replay.RedisOptions) *replay.Redis {
+func newStore(t *testing.T, opts fleet.ReplayOptions) *fleet.ReplayStore {
 	t.Helper()
 	if opts.Logger == nil {
 		opts.Logger = quiet()
@@ -36,7 +36,7 @@ func newStore(t *testing.T, opts replay.RedisOptions) *replay.Redis {
 	if opts.Budget == 0 {
 		opts.Budget = 10 * time.Second
 	}
-	r, err := replay.NewRedis(opts)
+	r, err := fleet.NewReplayStore(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func newStore(t *testing.T, opts replay.RedisOptions) *replay.Redis {
 func TestRedisFirstUse(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	reg := prometheus.NewRegistry()
-	r := newStore(t, replay.RedisOptions{Address: srv.Addr, Registerer: reg})
+	r := newStore(t, fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: srv.Addr}, Registerer: reg})
 	ctx := context.Background()
 	window := 3 * time.Minute
 	expires := time.Now().Add(window)
@@ -122,8 +122,8 @@ func prometheusCounter(t *testing.T, reg *prometheus.Registry, result string) pr
 // Concurrent first uses of one token from many goroutines: exactly one wins.
 func TestRedisFirstUseIsAtomic(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	a := newStore(t, replay.RedisOptions{Address: srv.Addr})
-	b := newStore(t, replay.RedisOptions{Address: srv.Addr})
+	a := newStore(t, fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: srv.Addr}})
+	b := newStore(t, fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: srv.Addr}})
 	var wins atomic.Int64
 	var wg sync.WaitGroup
 	start := make(chan struct{})
@@ -155,7 +155,7 @@ func TestRedisFirstUseIsAtomic(t *testing.T) {
 func TestRedisDownAndSlow(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	// A budget of 1 s: far above what a busy machine needs, far below the pause below.
-	r := newStore(t, replay.RedisOptions{Address: srv.Addr, Budget: time.Second})
+	r := newStore(t, fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: srv.Addr}, Budget: time.Second})
 	ctx := context.Background()
 	if _, err := r.FirstUse(ctx, "docs", "k1", sig, time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
@@ -170,7 +170,7 @@ func TestRedisDownAndSlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := r.FirstUse(ctx, "docs", "k2", sig, time.Now().Add(time.Minute))
-	var ue *replay.UnavailableError
+	var ue *fleet.UnavailableError
 	if !errors.As(err, &ue) {
 		t.Fatalf("a paused Redis: %v, want UnavailableError", err)
 	}
@@ -203,7 +203,7 @@ func TestRedisACL(t *testing.T) {
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "redis-password")
 	daemontest.WriteFile(t, pw, "s3cret-redis\n")
-	r := newStore(t, replay.RedisOptions{Address: srv.Addr, Username: "tokenagent", PasswordFile: pw})
+	r := newStore(t, fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: srv.Addr, Username: "tokenagent", PasswordFile: pw}})
 	if ok, err := r.FirstUse(context.Background(), "docs", "k1", sig, time.Now().Add(time.Minute)); !ok || err != nil {
 		t.Fatalf("with the ACL user: %v, %v", ok, err)
 	}
@@ -212,12 +212,12 @@ func TestRedisACL(t *testing.T) {
 	}
 	bad := filepath.Join(dir, "wrong")
 	daemontest.WriteFile(t, bad, "guess")
-	wrong := newStore(t, replay.RedisOptions{Address: srv.Addr, Username: "tokenagent", PasswordFile: bad})
+	wrong := newStore(t, fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: srv.Addr, Username: "tokenagent", PasswordFile: bad}})
 	if _, err := wrong.FirstUse(context.Background(), "docs", "k2", sig, time.Now().Add(time.Minute)); err == nil {
 		t.Fatal("a wrong password was accepted")
 	}
 	// Outside the prefix the ACL refuses: the store never writes elsewhere.
-	other := newStore(t, replay.RedisOptions{Address: srv.Addr, Username: "tokenagent", PasswordFile: pw, KeyPrefix: "other:"})
+	other := newStore(t, fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: srv.Addr, Username: "tokenagent", PasswordFile: pw, KeyPrefix: "other:"}})
 	if _, err := other.FirstUse(context.Background(), "docs", "k1", sig, time.Now().Add(time.Minute)); err == nil {
 		t.Fatal("the ACL let a key outside tokenagent:* be written")
 	}
@@ -229,15 +229,15 @@ func TestNewRedisRefuses(t *testing.T) {
 	daemontest.WriteFile(t, empty, "\n")
 	for _, tc := range []struct {
 		name string
-		opts replay.RedisOptions
+		opts fleet.ReplayOptions
 		want string
 	}{
-		{"no address", replay.RedisOptions{}, "address"},
-		{"missing password file", replay.RedisOptions{Address: "127.0.0.1:6379", PasswordFile: filepath.Join(dir, "none")}, "password_file"},
-		{"empty password file", replay.RedisOptions{Address: "127.0.0.1:6379", PasswordFile: empty}, "empty"},
+		{"no address", fleet.ReplayOptions{}, "address"},
+		{"missing password file", fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: "127.0.0.1:6379", PasswordFile: filepath.Join(dir, "none")}}, "password_file"},
+		{"empty password file", fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: "127.0.0.1:6379", PasswordFile: empty}}, "empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := replay.NewRedis(tc.opts)
+			_, err := fleet.NewReplayStore(tc.opts)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error naming %q", err, tc.want)
 			}
@@ -258,12 +258,11 @@ func TestRedisTLS(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{CertFile: filepath.Join(dir, "redis.crt"), KeyFile: filepath.Join(dir, "redis.key"),
 		CAFile: filepath.Join(dir, "ca.crt")})
 	// A budget for a busy test machine: the first call makes the TLS connection.
-	r := newStore(t, replay.RedisOptions{Address: srv.Addr, TLS: true, Budget: 5 * time.Second,
-		TLSConfig: &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12}})
+	r := newStore(t, fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: srv.Addr, TLS: true, TLSConfig: &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12}}, Budget: 5 * time.Second})
 	if ok, err := r.FirstUse(context.Background(), "docs", "k1", sig, time.Now().Add(time.Minute)); !ok || err != nil {
 		t.Fatalf("over TLS: %v, %v", ok, err)
 	}
-	untrusted := newStore(t, replay.RedisOptions{Address: srv.Addr, TLS: true, Budget: 5 * time.Second})
+	untrusted := newStore(t, fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: srv.Addr, TLS: true}, Budget: 5 * time.Second})
 	if _, err := untrusted.FirstUse(context.Background(), "docs", "k2", sig, time.Now().Add(time.Minute)); err == nil {
 		t.Fatal("a server of an untrusted CA was accepted")
 	}

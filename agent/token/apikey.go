@@ -47,7 +47,7 @@ type APIKeyVerifier struct {
 // Reasons: legacy_token_disabled, malformed_token (an empty or over-long key, or an
 // impersonateuserid that is not a decimal id of 1 to 19 digits), invalid_api_key (a wrong key,
 // or no legacy key for the site), keys_unavailable.
-func (v *APIKeyVerifier) Verify(ctx context.Context, site *Site, key, impersonate string) (Identity, error) {
+func (v *APIKeyVerifier) Verify(ctx context.Context, site *SiteSettings, key, impersonate string) (Identity, error) {
 	if !site.LegacyAPIKey {
 		return Identity{}, reason.New(reason.LegacyTokenDisabled)
 	}

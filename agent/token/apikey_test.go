@@ -17,7 +17,7 @@ func TestAPIKeyVerify(t *testing.T) {
 	v := &APIKeyVerifier{Keys: f.store, Audit: f.audit}
 	tests := []struct {
 		name, key, imp string
-		site           *Site
+		site           *SiteSettings
 		want           reason.Reason
 	}{
 		{name: "key alone", key: blAPIKey},
@@ -28,9 +28,9 @@ func TestAPIKeyVerify(t *testing.T) {
 		{name: "key plus one", key: blAPIKey + "x", want: reason.InvalidAPIKey},
 		{name: "key other case", key: strings.ToUpper(blAPIKey), want: reason.InvalidAPIKey},
 		{name: "wrong key with user", key: "wrong", imp: "42", want: reason.InvalidAPIKey},
-		{name: "no legacy record", key: blAPIKey, site: &Site{ID: "nolegacy", LegacyAPIKey: true}, want: reason.InvalidAPIKey},
-		{name: "switch off", key: blAPIKey, site: &Site{ID: "docs", LegacyImpersonation: true}, want: reason.LegacyTokenDisabled},
-		{name: "switch off wrong key", key: "wrong", site: &Site{ID: "docs"}, want: reason.LegacyTokenDisabled},
+		{name: "no legacy record", key: blAPIKey, site: &SiteSettings{ID: "nolegacy", LegacyAPIKey: true}, want: reason.InvalidAPIKey},
+		{name: "switch off", key: blAPIKey, site: &SiteSettings{ID: "docs", LegacyImpersonation: true}, want: reason.LegacyTokenDisabled},
+		{name: "switch off wrong key", key: "wrong", site: &SiteSettings{ID: "docs"}, want: reason.LegacyTokenDisabled},
 		{name: "empty key", key: "", want: reason.MalformedToken},
 		{name: "key too long", key: strings.Repeat("k", 256), want: reason.MalformedToken},
 		{name: "user not decimal", key: blAPIKey, imp: "=jdoe", want: reason.MalformedToken},

@@ -67,7 +67,7 @@ func parseAuthToken(tok string) (authTokenParts, bool) {
 // Verify checks tok for site. It returns the user the token names, or a *reason.Error:
 // malformed_token, bad_signature, token_expired, token_not_yet_valid, unknown_key (the site
 // has no Auth Token key) or keys_unavailable.
-func (v *AuthTokenVerifier) Verify(ctx context.Context, site *Site, tok string) (Identity, error) {
+func (v *AuthTokenVerifier) Verify(ctx context.Context, site *SiteSettings, tok string) (Identity, error) {
 	p, ok := parseAuthToken(tok)
 	if !ok {
 		return Identity{}, reason.New(reason.MalformedToken)

@@ -25,7 +25,7 @@ func TestAuthTokenVerify(t *testing.T) {
 
 	tests := []struct {
 		name     string
-		site     *Site
+		site     *SiteSettings
 		tok      string
 		want     reason.Reason
 		wantUser string

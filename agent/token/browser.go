@@ -115,7 +115,7 @@ type preflightIndex struct {
 //
 // Reasons: malformed_token (the key is not 1 to 255 letters and digits), unknown_key,
 // origin_not_allowed (403; also for `null` and a malformed origin), keys_unavailable.
-func (v *BrowserVerifier) Verify(ctx context.Context, site *Site, key, origin string) (Identity, error) {
+func (v *BrowserVerifier) Verify(ctx context.Context, site *SiteSettings, key, origin string) (Identity, error) {
 	if len(key) > MaxTokenLen || !isAlnum(key) {
 		return Identity{}, reason.New(reason.MalformedToken)
 	}
@@ -144,7 +144,7 @@ func (v *BrowserVerifier) Verify(ctx context.Context, site *Site, key, origin st
 // origin, not even its own hostnames on another port or scheme: no page may then send it
 // credentialed cross-origin requests. An origin that does not parse is not allowed. The error
 // is a keys_unavailable denial when the key set cannot be read.
-func (v *BrowserVerifier) OriginAllowed(ctx context.Context, site *Site, origin string) (bool, error) {
+func (v *BrowserVerifier) OriginAllowed(ctx context.Context, site *SiteSettings, origin string) (bool, error) {
 	o, err := ParseOrigin(origin)
 	if err != nil {
 		return false, nil
@@ -175,7 +175,7 @@ func (v *BrowserVerifier) OriginAllowed(ctx context.Context, site *Site, origin 
 // Content-Language, Cache-Control, Pragma, If-Match, If-None-Match, If-Modified-Since,
 // If-Unmodified-Since, Range, X-Requested-With), a max age of PreflightMaxAge seconds and
 // `Vary: Origin`.
-func (v *BrowserVerifier) Preflight(ctx context.Context, site *Site, origin, method, requestHeaders string) ([]Header, error) {
+func (v *BrowserVerifier) Preflight(ctx context.Context, site *SiteSettings, origin, method, requestHeaders string) ([]Header, error) {
 	ok, err := v.OriginAllowed(ctx, site, origin)
 	if err != nil {
 		return nil, err
@@ -292,7 +292,7 @@ func (v *BrowserVerifier) keyMatcher(site string, rec *vault.BrowserKey) *Origin
 
 // siteFor returns the compiled origins of site, building them on first use and again when the
 // site's hostnames change (a config reload).
-func (v *BrowserVerifier) siteFor(site *Site) *siteOrigins {
+func (v *BrowserVerifier) siteFor(site *SiteSettings) *siteOrigins {
 	if m := v.sites.Load(); m != nil {
 		if so := (*m)[site.ID]; so != nil && slices.Equal(so.hosts, site.Hosts) {
 			return so

@@ -102,7 +102,7 @@ func newBLStore(t testing.TB, src vault.Source, now func() time.Time) *vault.Sto
 	return st
 }
 
-var blSite = &Site{ID: "docs", Hosts: []string{"docs.example.com", "*.docs.example.com"}}
+var blSite = &SiteSettings{ID: "docs", Hosts: []string{"docs.example.com", "*.docs.example.com"}}
 
 func browserFixture(t testing.TB) (*BrowserVerifier, *blSource, *blClock, *bytes.Buffer) {
 	t.Helper()
@@ -128,7 +128,7 @@ func TestBrowserVerify(t *testing.T) {
 	v, _, _, logs := browserFixture(t)
 	tests := []struct {
 		name, key, origin string
-		site              *Site
+		site              *SiteSettings
 		want              reason.Reason // "" for accepted
 	}{
 		{name: "no origin", key: "pub1"},
@@ -289,7 +289,7 @@ func TestPreflight(t *testing.T) {
 // port or scheme (SPEC §3.3).
 func TestPreflightSiteWithoutBrowserKeys(t *testing.T) {
 	v, _, _, _ := browserFixture(t)
-	bare := &Site{ID: "bare", Hosts: []string{"bare.example.com"}}
+	bare := &SiteSettings{ID: "bare", Hosts: []string{"bare.example.com"}}
 	for _, origin := range []string{"https://bare.example.com", "https://bare.example.com:8443", "http://bare.example.com"} {
 		if _, err := v.Preflight(context.Background(), bare, origin, "GET", ""); blReason(err) != reason.OriginNotAllowed {
 			t.Errorf("preflight from %s at a site without browser keys: %v, want origin_not_allowed", origin, err)
@@ -335,11 +335,11 @@ func TestPreflightIndexPerSet(t *testing.T) {
 func TestOriginAllowedSiteHostsChange(t *testing.T) {
 	v, _, _, _ := browserFixture(t)
 	ctx := context.Background()
-	s := &Site{ID: "docs", Hosts: []string{"docs.example.com"}}
+	s := &SiteSettings{ID: "docs", Hosts: []string{"docs.example.com"}}
 	if ok, _ := v.OriginAllowed(ctx, s, "https://wiki.example.io"); ok {
 		t.Fatal("allowed before the host was added")
 	}
-	s2 := &Site{ID: "docs", Hosts: []string{"docs.example.com", "wiki.example.io"}}
+	s2 := &SiteSettings{ID: "docs", Hosts: []string{"docs.example.com", "wiki.example.io"}}
 	if ok, err := v.OriginAllowed(ctx, s2, "https://wiki.example.io"); !ok || err != nil {
 		t.Fatalf("after the host was added: %v, %v", ok, err)
 	}

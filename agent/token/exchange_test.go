@@ -45,7 +45,7 @@ sites:
       corp: {issuer: "https://idp.example.com", client_id: docs-app, max_age: 300, jwks_uri: "`+srv.URL+`"}
 `, vault.StoreOptions{Now: nowFn, Logger: slog.New(slog.DiscardHandler)})
 	v := &token.IDTokenVerifier{Keys: store, JWKS: jwks.NewCache(jwks.Options{Now: nowFn}), Now: nowFn}
-	site := &token.Site{ID: "docs"}
+	site := &token.SiteSettings{ID: "docs"}
 	ctx := context.Background()
 
 	v.Prefetch(ctx, "docs")
@@ -96,7 +96,7 @@ sites:
 func TestIDTokenVerifierSizes(t *testing.T) {
 	v := &token.IDTokenVerifier{}
 	for _, tok := range []string{"", string(make([]byte, token.MaxJWTLen+1))} {
-		_, err := v.Verify(context.Background(), &token.Site{ID: "docs"}, tok)
+		_, err := v.Verify(context.Background(), &token.SiteSettings{ID: "docs"}, tok)
 		var re *reason.Error
 		if !errors.As(err, &re) || re.Reason != reason.InvalidIDToken {
 			t.Errorf("len %d: %v", len(tok), err)

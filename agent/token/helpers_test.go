@@ -51,8 +51,8 @@ func testStore(t testing.TB) *vault.Store {
 	return filetest.Store(t, testKeys(), vault.StoreOptions{Now: func() time.Time { return testNow }})
 }
 
-func testSite(id string) *Site {
-	return &Site{ID: id, AuthTokenTTL: DefaultAuthTokenTTL, AuthTokenRotationGrace: DefaultAuthTokenTTL,
+func testSite(id string) *SiteSettings {
+	return &SiteSettings{ID: id, AuthTokenTTL: DefaultAuthTokenTTL, AuthTokenRotationGrace: DefaultAuthTokenTTL,
 		ServerTokenWindow: DefaultServerTokenWindow}
 }
 

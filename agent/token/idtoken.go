@@ -79,7 +79,7 @@ const maxNameLen = 1024
 
 // Verify checks the id_token tok for site. On failure after the provider was found, the
 // returned IDToken still names the Provider (for metrics).
-func (v *IDTokenVerifier) Verify(ctx context.Context, site *Site, tok string) (IDToken, error) {
+func (v *IDTokenVerifier) Verify(ctx context.Context, site *SiteSettings, tok string) (IDToken, error) {
 	if len(tok) == 0 {
 		return IDToken{}, badIDToken("no id_token was sent")
 	}

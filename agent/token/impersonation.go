@@ -89,7 +89,7 @@ func parseImpersonationToken(tok string) (impersonationParts, bool) {
 // legacy_token_disabled (the site's switch is off), malformed_token, unknown_key (the site has
 // no `legacy` record), bad_signature, token_expired (epoch more than 60 s ago),
 // token_not_yet_valid (epoch more than 60 s ahead), keys_unavailable.
-func (v *ImpersonationVerifier) Verify(ctx context.Context, site *Site, tok string) (Identity, error) {
+func (v *ImpersonationVerifier) Verify(ctx context.Context, site *SiteSettings, tok string) (Identity, error) {
 	if !site.LegacyImpersonation {
 		return Identity{}, reason.New(reason.LegacyTokenDisabled)
 	}

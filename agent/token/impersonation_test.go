@@ -19,7 +19,7 @@ import (
 
 const blAPIKey = "legacy-api-key-0123456789abcdef"
 
-var blImpSite = &Site{ID: "docs", Hosts: []string{"docs.example.com"}, LegacyImpersonation: true, LegacyAPIKey: true}
+var blImpSite = &SiteSettings{ID: "docs", Hosts: []string{"docs.example.com"}, LegacyImpersonation: true, LegacyAPIKey: true}
 
 type legacyFixture struct {
 	src   *blSource
@@ -88,7 +88,7 @@ func TestImpersonationVerify(t *testing.T) {
 	}
 	tests := []struct {
 		name, tok string
-		site      *Site
+		site      *SiteSettings
 		want      reason.Reason
 		user      string
 	}{
@@ -125,9 +125,9 @@ func TestImpersonationVerify(t *testing.T) {
 			sum := md5.Sum([]byte("j@doe:" + e + ":" + blAPIKey))
 			return "imp_" + e + "_" + hex.EncodeToString(sum[:]) + "_=j%40doe"
 		}(), want: reason.BadSignature},
-		{name: "switch off", tok: impToken(blAPIKey, "42", now), site: &Site{ID: "docs"}, want: reason.LegacyTokenDisabled},
-		{name: "switch off malformed", tok: "imp_x", site: &Site{ID: "docs"}, want: reason.LegacyTokenDisabled},
-		{name: "no legacy record", tok: impToken(blAPIKey, "42", now), site: &Site{ID: "nolegacy", LegacyImpersonation: true}, want: reason.UnknownKey},
+		{name: "switch off", tok: impToken(blAPIKey, "42", now), site: &SiteSettings{ID: "docs"}, want: reason.LegacyTokenDisabled},
+		{name: "switch off malformed", tok: "imp_x", site: &SiteSettings{ID: "docs"}, want: reason.LegacyTokenDisabled},
+		{name: "no legacy record", tok: impToken(blAPIKey, "42", now), site: &SiteSettings{ID: "nolegacy", LegacyImpersonation: true}, want: reason.UnknownKey},
 		{name: "no prefix", tok: strings.TrimPrefix(impToken(blAPIKey, "42", now), "imp_"), want: reason.MalformedToken},
 		{name: "empty", tok: "", want: reason.MalformedToken},
 		{name: "prefix only", tok: "imp_", want: reason.MalformedToken},

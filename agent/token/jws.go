@@ -43,7 +43,7 @@ type jwsToken struct {
 }
 
 // parseJWS checks the compact shape (three canonical base64url segments), parses the header
-// with go-jose (only the algorithms of jwks.Algorithms: `none` and every other alg refused)
+// with go-jose (only the algorithms of jwks.Algorithms(): `none` and every other alg refused)
 // and applies the header policy: a `crit` or `b64` header, a nested JWT (`cty: JWT`) and a
 // token explicitly typed as another kind of JWT are refused; `jku`, `x5u`, `jwk` and `x5c`
 // are never used. Nothing is verified yet.
@@ -52,7 +52,7 @@ func parseJWS(tok string, k *jwtKind) (*jwsToken, *reason.Error) {
 	if !ok {
 		return nil, k.deny(reason.MalformedToken, "the "+k.name+" is not a JWS in compact form")
 	}
-	jws, err := jose.ParseSignedCompact(tok, jwks.Algorithms)
+	jws, err := jose.ParseSignedCompact(tok, jwks.Algorithms())
 	if err != nil {
 		var ua *jose.ErrUnexpectedSignatureAlgorithm
 		if errors.As(err, &ua) {

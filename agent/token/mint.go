@@ -6,7 +6,6 @@ import (
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
-	"slices"
 
 	jose "github.com/go-jose/go-jose/v4"
 
@@ -40,7 +39,7 @@ func MintJWT(key jose.JSONWebKey, claims map[string]any) (string, error) {
 			}
 		}
 	}
-	if !slices.Contains(jwks.Algorithms, alg) {
+	if !jwks.Accepts(alg) {
 		return "", errors.New("token: MintJWT: algorithm " + string(alg) + " is not accepted by tokenagent")
 	}
 	opts := (&jose.SignerOptions{}).WithType("at+jwt")

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenagent/tokenagent/agent/internal/clock"
-	"github.com/tokenagent/tokenagent/agent/internal/tracing"
+	"github.com/tokenagent/tokenagent/vault/spans"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/jwks"
@@ -122,7 +122,7 @@ type issuerView struct {
 // Verify checks the bearer JWT tok for site and returns the identity it proves, or a
 // *reason.Error: malformed_token, unsupported_algorithm, unknown_issuer, unknown_key,
 // bad_signature, invalid_audience, token_expired, token_not_yet_valid or keys_unavailable.
-func (v *OAuthVerifier) Verify(ctx context.Context, site *Site, tok string) (Identity, error) {
+func (v *OAuthVerifier) Verify(ctx context.Context, site *SiteSettings, tok string) (Identity, error) {
 	if len(tok) == 0 || len(tok) > MaxJWTLen {
 		return Identity{}, invalidToken(reason.MalformedToken, "the bearer token is empty or longer than 8 KiB")
 	}
@@ -133,16 +133,16 @@ func (v *OAuthVerifier) Verify(ctx context.Context, site *Site, tok string) (Ide
 		if e, ok := v.Cache.get(h, site.ID, tok); ok {
 			if now.Before(e.until) && v.stillTrusted(ctx, site.ID, e) {
 				v.Cache.hit.Inc()
-				if s := tracing.Recording(ctx); s != nil {
-					s.SetAttributes(tracing.CacheHit.Bool(true))
+				if s := spans.Recording(ctx); s != nil {
+					s.SetAttributes(spans.CacheHit.Bool(true))
 				}
 				return e.id, nil
 			}
 			v.Cache.del(h) // expired, or its issuer or keys changed
 		}
 		v.Cache.miss.Inc()
-		if s := tracing.Recording(ctx); s != nil {
-			s.SetAttributes(tracing.CacheHit.Bool(false))
+		if s := spans.Recording(ctx); s != nil {
+			s.SetAttributes(spans.CacheHit.Bool(false))
 		}
 	}
 	e, err := v.verify(ctx, site, tok, now)
@@ -184,7 +184,7 @@ func (v *OAuthVerifier) stillTrusted(ctx context.Context, site string, e *verifi
 }
 
 // verify does the full verification of a token not found in the cache.
-func (v *OAuthVerifier) verify(ctx context.Context, site *Site, tok string, now time.Time) (*verifiedToken, *reason.Error) {
+func (v *OAuthVerifier) verify(ctx context.Context, site *SiteSettings, tok string, now time.Time) (*verifiedToken, *reason.Error) {
 	p, rerr := parseJWS(tok, accessTokenKind)
 	if rerr != nil {
 		return nil, rerr

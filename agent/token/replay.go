@@ -10,7 +10,7 @@ import (
 )
 
 // ReplayStore remembers single-use Server API Tokens until their window ends (SPEC §3.2, §8).
-// ReplayCache is the node-local one; package agent/replay keeps the memory in Redis, shared by
+// ReplayCache is the node-local one; package agent/fleet keeps the memory in Redis, shared by
 // every agent on it.
 type ReplayStore interface {
 	// FirstUse records the token (site, key, hex signature) until expires and reports whether

@@ -72,7 +72,7 @@ func parseServerToken(body string) (serverTokenParts, bool) {
 // Verify checks a Server API Token (with its "tkn_" prefix) for site. Reasons:
 // malformed_token, unknown_key, bad_signature, revoked_key, token_expired,
 // token_not_yet_valid, user_restricted (403), replayed_token, keys_unavailable.
-func (v *ServerTokenVerifier) Verify(ctx context.Context, site *Site, tok string) (Identity, error) {
+func (v *ServerTokenVerifier) Verify(ctx context.Context, site *SiteSettings, tok string) (Identity, error) {
 	if len(tok) > MaxTokenLen || !strings.HasPrefix(tok, ServerTokenPrefix) {
 		return Identity{}, reason.New(reason.MalformedToken)
 	}
@@ -85,7 +85,7 @@ func (v *ServerTokenVerifier) Verify(ctx context.Context, site *Site, tok string
 
 // VerifyUnprefixed checks the legacy form `{key}_{epoch}_{user}_{sig}` whose signature covers
 // key, epoch and user with no separators. The caller checks the site's switch.
-func (v *ServerTokenVerifier) VerifyUnprefixed(ctx context.Context, site *Site, tok string) (Identity, error) {
+func (v *ServerTokenVerifier) VerifyUnprefixed(ctx context.Context, site *SiteSettings, tok string) (Identity, error) {
 	if len(tok) > MaxTokenLen {
 		return Identity{}, reason.New(reason.MalformedToken)
 	}
@@ -96,7 +96,7 @@ func (v *ServerTokenVerifier) VerifyUnprefixed(ctx context.Context, site *Site, 
 	return v.verify(ctx, site, p, true)
 }
 
-func (v *ServerTokenVerifier) verify(ctx context.Context, site *Site, p serverTokenParts, unprefixed bool) (Identity, error) {
+func (v *ServerTokenVerifier) verify(ctx context.Context, site *SiteSettings, p serverTokenParts, unprefixed bool) (Identity, error) {
 	rec, err := v.Keys.ServerKey(ctx, site.ID, p.key)
 	secret, known, rerr := secretOrDecoy(rec, err, func(k *vault.ServerKey) *vault.Secret { return k.Secret }, decoySecret)
 	if rerr != nil {

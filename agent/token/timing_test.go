@@ -1,3 +1,9 @@
+//go:build tokenagent_keyuse
+
+// These tests need vault.Secret.Observe, which only the tokenagent_keyuse build has:
+//
+//	go test -tags tokenagent_keyuse ./agent/token/    (.ci/test runs it)
+
 package token
 
 import (

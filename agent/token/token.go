@@ -64,9 +64,9 @@ func (id *Identity) Authenticated() bool {
 // HasUser reports whether the identity names a user.
 func (id *Identity) HasUser() bool { return id.User != "" && !id.Application }
 
-// Site is what verifiers need to know of a site: its id, hostnames and token settings. The
+// SiteSettings is what verifiers need to know of a site: its id, hostnames and token settings. The
 // agent compiles it from the config once, at load.
-type Site struct {
+type SiteSettings struct {
 	ID string
 	// Hosts are the site's hostnames as configured (exact names or "*.suffix"), lower case.
 	Hosts []string

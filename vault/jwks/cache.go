@@ -20,7 +20,7 @@ import (
 
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/blocking"
-	"github.com/tokenagent/tokenagent/vault/internal/spans"
+	"github.com/tokenagent/tokenagent/vault/spans"
 )
 
 // Options configure a Cache. The zero value of each field takes its default.

@@ -42,6 +42,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"unsafe"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -59,8 +60,15 @@ const (
 	HS256 = "HS256"
 )
 
-// Algorithms lists every accepted JWS algorithm, as go-jose wants it for parsing.
-var Algorithms = []jose.SignatureAlgorithm{jose.RS256, jose.PS256, jose.ES256, jose.EdDSA, jose.HS256}
+// algorithms are the accepted JWS algorithms: read-only (Algorithms hands out copies).
+var algorithms = [...]jose.SignatureAlgorithm{jose.RS256, jose.PS256, jose.ES256, jose.EdDSA, jose.HS256}
+
+// Algorithms lists every accepted JWS algorithm, as go-jose wants it for parsing: a new slice
+// at each call, so no caller can change what is accepted.
+func Algorithms() []jose.SignatureAlgorithm { return slices.Clone(algorithms[:]) }
+
+// Accepts reports whether alg is an accepted JWS algorithm.
+func Accepts(alg jose.SignatureAlgorithm) bool { return slices.Contains(algorithms[:], alg) }
 
 // MinRSABits is the smallest RSA modulus accepted (RFC 7518 §3.3, RFC 8725 §3.5).
 const MinRSABits = 2048

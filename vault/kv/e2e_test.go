@@ -15,8 +15,8 @@ import (
 	"github.com/tokenagent/tokenagent/vault"
 )
 
-func docsSite() *token.Site {
-	return &token.Site{ID: "docs", Hosts: []string{"docs.example.com"},
+func docsSite() *token.SiteSettings {
+	return &token.SiteSettings{ID: "docs", Hosts: []string{"docs.example.com"},
 		AuthTokenTTL: token.DefaultAuthTokenTTL, AuthTokenRotationGrace: token.DefaultAuthTokenTTL,
 		ServerTokenWindow: token.DefaultServerTokenWindow}
 }

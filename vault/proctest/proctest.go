@@ -1,7 +1,7 @@
 // Package proctest runs the real servers tests depend on (Vault's dev server, redis-server) as
 // child processes: started so they die with the test process, polled until ready with a
 // deadline, stopped with SIGTERM (then SIGKILL) or killed like a crash, and always waited for.
-// It is the one copy of that code for vault/vaulttest and agent/replay/redistest.
+// It is the one copy of that code for vault/vaulttest and agent/fleet/redistest.
 //
 //	p, err := proctest.Start(exec.Command(bin, args...), nil)
 //	if err != nil { ... }

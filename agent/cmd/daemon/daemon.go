@@ -34,7 +34,7 @@ import (
 
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/config"
-	"github.com/tokenagent/tokenagent/agent/replay"
+	"github.com/tokenagent/tokenagent/agent/fleet"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/extauthz"
 	"github.com/tokenagent/tokenagent/vault"
@@ -87,8 +87,8 @@ type Daemon struct {
 	store   *vault.Store
 	rt      *agent.Runtime
 	tls     listenerTLS
-	tracing *tracing      // nil without tracing
-	replay  *replay.Redis // nil with replay.store local
+	tracing *tracing           // nil without tracing
+	replay  *fleet.ReplayStore // nil with replay.store local
 
 	mu    sync.RWMutex
 	cfg   *config.Config
@@ -154,9 +154,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error)
 	var replayStore token.ReplayStore
 	if cfg.Replay.Store == config.ReplayRedis {
 		rc := cfg.Replay.Redis
-		if d.replay, err = replay.NewRedis(replay.RedisOptions{Address: rc.Address, Username: rc.Username,
-			PasswordFile: rc.PasswordFile, TLS: rc.TLS, KeyPrefix: rc.KeyPrefix, Registerer: reg,
-			Logger: opts.Logger}); err != nil {
+		if d.replay, err = fleet.NewReplayStore(fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: rc.Address,
+			Username: rc.Username, PasswordFile: rc.PasswordFile, TLS: rc.TLS, KeyPrefix: rc.KeyPrefix},
+			Registerer: reg, Logger: opts.Logger}); err != nil {
 			d.Close()
 			return nil, err
 		}

@@ -13,7 +13,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
-	"github.com/tokenagent/tokenagent/agent/replay/redistest"
+	"github.com/tokenagent/tokenagent/agent/fleet/redistest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 )
