@@ -32,7 +32,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -92,9 +91,17 @@ type Server struct {
 	proc *proctest.Process
 }
 
+// TB is what Start and RestartT need of a test: testing.TB has it. The package does not import
+// testing, so a command (bench/cmd/scale) can run a dev server too without linking it.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Cleanup(func())
+}
+
 // Start starts a dev server for the test and stops it in t.Cleanup. It fails the test when the
 // binary is missing or the server does not become healthy.
-func Start(t testing.TB) *Server {
+func Start(t TB) *Server {
 	t.Helper()
 	s, err := New()
 	if err != nil {
@@ -242,7 +249,7 @@ func (s *Server) Restart() error {
 }
 
 // RestartT is Restart that fails the test on error.
-func (s *Server) RestartT(t testing.TB) {
+func (s *Server) RestartT(t TB) {
 	t.Helper()
 	if err := s.Restart(); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -9,11 +8,9 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
-	"encoding/json"
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -164,14 +161,10 @@ func TestMintWithGivenSecret(t *testing.T) {
 	}
 }
 
-// TestServeEndToEnd runs the real binary on the dev example: it answers checks, reloads its
-// config on SIGHUP, and exits cleanly on SIGTERM.
+// TestServeEndToEnd runs the real binary (daemontest.StartProcess) on the dev example: it
+// answers checks, reloads its config on SIGHUP, and exits cleanly on SIGTERM.
 func TestServeEndToEnd(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "tokenagent")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
 	keys, err := os.ReadFile("../../../examples/dev/keys.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -188,36 +181,11 @@ func TestServeEndToEnd(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "keys.yaml"), keys, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--authz-http-addr", "127.0.0.1:0", "--pprof", "--config-poll", "100ms")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	lines := bufio.NewScanner(stderr)
-	var addr, httpAddr, authzAddr string
-	for addr == "" && lines.Scan() {
-		var rec map[string]any
-		if json.Unmarshal(lines.Bytes(), &rec) == nil && rec["msg"] == "tokenagent serving" {
-			addr, _ = rec["grpc"].(string)
-			httpAddr, _ = rec["http"].(string)
-			authzAddr, _ = rec["authz_http"].(string)
-		}
-	}
+	p := daemontest.StartProcess(t, cfgPath, nil, "--authz-http-addr", "127.0.0.1:0", "--pprof", "--config-poll", "100ms")
+	addr, httpAddr, authzAddr := p.GRPC, p.HTTP, p.AuthzHTTP
 	if addr == "" || httpAddr == "" || authzAddr == "" {
 		t.Fatal("the agent never said it was serving on all three addresses")
 	}
-	logs := make(chan string, 100)
-	go func() {
-		for lines.Scan() {
-			logs <- lines.Text()
-		}
-		close(logs)
-	}()
 
 	code, tok, errOut := runCLI("mint", "server", "--config", cfgPath, "--site", "demo", "--key", "k1", "--user", "42")
 	if code != 0 {
@@ -255,51 +223,32 @@ func TestServeEndToEnd(t *testing.T) {
 
 	// SIGHUP: a new rule takes effect.
 	writeConfig("      - {path: /private, require: authenticated}\n")
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitLog(t, logs, "config reloaded")
+	daemontest.Eventually(t, "the config reloaded (log line)", func() bool { return len(p.Logs("config reloaded")) > 0 })
 	if code, out, _ := runCLI("check", "--addr", addr, "--host", "localhost", "--path", "/private"); code != 1 {
 		t.Fatalf("after reload, /private: %d %q", code, out)
 	}
 
 	// A changed file is reloaded without a signal.
 	writeConfig("      - {path: /private, require: authenticated}\n      - {path: /other, require: user}\n")
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if code, _, _ := runCLI("check", "--addr", addr, "--host", "localhost", "--path", "/other"); code == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the changed config file was never reloaded")
-		}
-	}
+	daemontest.Eventually(t, "the changed config file reloaded", func() bool {
+		code, _, _ := runCLI("check", "--addr", addr, "--host", "localhost", "--path", "/other")
+		return code == 1
+	})
 
 	// SIGTERM: a clean exit.
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	for range logs {
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("exit after SIGTERM: %v", err)
-	}
-}
-
-func waitLog(t *testing.T, logs <-chan string, msg string) {
-	t.Helper()
-	timeout := time.After(20 * time.Second)
-	for {
-		select {
-		case l, ok := <-logs:
-			if !ok {
-				t.Fatalf("the agent exited before logging %q", msg)
-			}
-			if strings.Contains(l, msg) {
-				return
-			}
-		case <-timeout:
-			t.Fatalf("no log line %q", msg)
+	select {
+	case err := <-p.Exited():
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
 		}
+	case <-time.After(time.Minute):
+		t.Fatal("no exit within a minute of SIGTERM")
 	}
 }
 

@@ -23,7 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
-	"github.com/tokenagent/tokenagent/agent/config"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/extauthz"
 )
 
@@ -62,30 +62,13 @@ func testSetup(t *testing.T) (string, *Keys) {
 	return setupDir, keys
 }
 
-// startAgent serves the setup's config with a real tokenagent daemon on 127.0.0.1 and returns
-// its gRPC address.
+// startAgent serves the setup's config with a real tokenagent daemon on 127.0.0.1
+// (daemontest) and returns its gRPC address.
 func startAgent(t *testing.T, dir string) string {
 	t.Helper()
-	cfg, err := config.Load(filepath.Join(dir, configFile))
-	if err != nil {
-		t.Fatalf("the setup's config does not load: %v", err)
-	}
-	d, err := daemon.New(context.Background(), cfg, daemon.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- d.Serve() }()
-	t.Cleanup(func() {
-		d.Shutdown(context.Background())
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return d.GRPCAddr()
+	e := daemontest.StartFile(t, filepath.Join(dir, configFile), daemontest.Options{
+		Daemon: daemon.Options{Logger: slog.New(slog.DiscardHandler)}})
+	return e.D.GRPCAddr()
 }
 
 func dialT(t *testing.T, name, addr string) *Target {

@@ -38,7 +38,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/vaulttest"
@@ -175,7 +174,7 @@ sites:
 					}
 					tok := token.MintServerToken(key, secret, strconv.FormatInt(user.Add(1), 10), time.Now())
 					cctx, cancel := context.WithTimeout(loadCtx, 5*time.Second)
-					resp, err := client.Check(cctx, daemontest.CheckRequest("GET", fmt.Sprintf("s%d.example.com", s), "/",
+					resp, err := client.Check(cctx, checkRequest(fmt.Sprintf("s%d.example.com", s),
 						map[string]string{"x-deki-token": tok}))
 					cancel()
 					switch {
@@ -303,4 +302,15 @@ func (a *agentProc) vaultRequests() (float64, error) {
 		sum += f
 	}
 	return sum, nil
+}
+
+// checkRequest is a GET / CheckRequest for host with headers, as Envoy's ext_authz filter sends
+// it (lower-case names, the pseudo-headers).
+func checkRequest(host string, headers map[string]string) *authv3.CheckRequest {
+	h := map[string]string{":authority": host, ":method": "GET", ":path": "/", ":scheme": "https"}
+	for k, v := range headers {
+		h[k] = v
+	}
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
+		Http: &authv3.AttributeContext_HttpRequest{Method: "GET", Headers: h, Path: "/", Host: host, Scheme: "https"}}}}
 }
