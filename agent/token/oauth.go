@@ -13,10 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenagent/tokenagent/agent/internal/clock"
-	"github.com/tokenagent/tokenagent/vault/spans"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/vault"
 	"github.com/tokenagent/tokenagent/vault/jwks"
+	"github.com/tokenagent/tokenagent/vault/spans"
 )
 
 // OAuthVerifier verifies OAuth API Tokens and long-term JWTs (`Authorization: Bearer <JWS>`,
