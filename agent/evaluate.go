@@ -8,10 +8,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tokenagent/tokenagent/vault/spans"
 	"github.com/tokenagent/tokenagent/agent/reason"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/plugins"
+	"github.com/tokenagent/tokenagent/vault/spans"
 )
 
 // The site's policy (SPEC §5): what it sees of a request, and running it last.

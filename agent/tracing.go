@@ -9,8 +9,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/tokenagent/tokenagent/vault/spans"
 	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/vault/spans"
 )
 
 // traced decides whether a check is traced (SPEC §8), parent-based: a valid W3C traceparent

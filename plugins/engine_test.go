@@ -115,11 +115,11 @@ func TestHostileModules(t *testing.T) {
 	}()
 
 	tests := []struct {
-		name     string
-		module   string // WAT file under testdata, or "go" for the Go guest
-		path     string // Go guest behaviour
+		name        string
+		module      string // WAT file under testdata, or "go" for the Go guest
+		path        string // Go guest behaviour
 		wantFailure plugins.Failure
-		wantText string
+		wantText    string
 	}{
 		{name: "infinite loop", module: "hostile/loop", wantFailure: plugins.FailureTimeout, wantText: "deadline of 20ms"},
 		{name: "memory growth bomb", module: "hostile/membomb", wantFailure: plugins.FailureMemory, wantText: "limit of 16 pages"},

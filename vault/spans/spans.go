@@ -50,7 +50,6 @@ func Recording(ctx context.Context) trace.Span {
 	return nil
 }
 
-
 // The names and attributes of the key layer's spans. No key, secret or URL query goes in.
 const (
 	KeyRead   = "tokenagent.keys.read"

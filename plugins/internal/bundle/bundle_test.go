@@ -63,4 +63,3 @@ func TestRead(t *testing.T) {
 		t.Error("not gzip: accepted")
 	}
 }
-

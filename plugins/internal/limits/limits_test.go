@@ -18,7 +18,7 @@ func TestBreaker(t *testing.T) {
 	if d := b.Failure(t0, time.Millisecond, true); d != backoffBase {
 		t.Fatalf("second failure: backoff %v, want %v", d, backoffBase)
 	}
-	if b.Allow(t0.Add(backoffBase/2)) {
+	if b.Allow(t0.Add(backoffBase / 2)) {
 		t.Fatal("allowed during the backoff")
 	}
 	// After the backoff one probe at a time.

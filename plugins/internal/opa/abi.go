@@ -14,18 +14,18 @@ import (
 )
 
 const (
-	Env        = "env"
-	Malloc     = "opa_malloc"
-	JSONParse  = "opa_json_parse"
-	JSONDump   = "opa_json_dump"
-	HeapGet    = "opa_heap_ptr_get"
-	HeapSet    = "opa_heap_ptr_set"
-	Eval       = "opa_eval"
-	Builtins   = "builtins"
-	Entrypoints    = "entrypoints"
-	Stash      = "opa_heap_blocks_stash"
-	ABIVersion = "opa_wasm_abi_version"
-	ABIMinor   = "opa_wasm_abi_minor_version"
+	Env         = "env"
+	Malloc      = "opa_malloc"
+	JSONParse   = "opa_json_parse"
+	JSONDump    = "opa_json_dump"
+	HeapGet     = "opa_heap_ptr_get"
+	HeapSet     = "opa_heap_ptr_set"
+	Eval        = "opa_eval"
+	Builtins    = "builtins"
+	Entrypoints = "entrypoints"
+	Stash       = "opa_heap_blocks_stash"
+	ABIVersion  = "opa_wasm_abi_version"
+	ABIMinor    = "opa_wasm_abi_minor_version"
 )
 
 // The evaluation-context exports, for modules without opa_eval (ABI 1.0 and 1.1).
@@ -86,4 +86,3 @@ var Imports = func() map[string][]api.ValueType {
 	}
 	return m
 }()
-

@@ -274,4 +274,3 @@ func parseRFC3339(_ *Evaluation, args []any) (any, error) {
 	}
 	return json.Number(strconv.FormatInt(t.UnixNano(), 10)), nil
 }
-

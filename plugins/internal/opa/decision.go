@@ -114,4 +114,3 @@ func readHeaders(h map[string]any) (map[string]string, error) {
 	}
 	return out, nil
 }
-

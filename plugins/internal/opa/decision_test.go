@@ -69,4 +69,3 @@ func FuzzReadDecision(f *testing.F) {
 		}
 	})
 }
-

@@ -10,10 +10,10 @@ import (
 
 // Input is the input document of SPEC §5a: OPA-Envoy's, plus identity and time.
 type Input struct {
-	Attributes  Attributes       `json:"attributes"`
+	Attributes  Attributes          `json:"attributes"`
 	ParsedPath  []string            `json:"parsed_path"`
 	ParsedQuery map[string][]string `json:"parsed_query"`
-	Identity    Identity         `json:"identity"`
+	Identity    Identity            `json:"identity"`
 	Time        int64               `json:"time"`
 }
 

@@ -115,4 +115,3 @@ func Reason(body string) string {
 	}
 	return r[:i]
 }
-

@@ -83,4 +83,3 @@ func FuzzDefineImportedMemory(f *testing.F) {
 		}
 	})
 }
-
