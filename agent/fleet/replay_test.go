@@ -223,7 +223,7 @@ func TestRedisACL(t *testing.T) {
 	}
 }
 
-func TestNewRedisRefuses(t *testing.T) {
+func TestNewReplayStoreRefuses(t *testing.T) {
 	dir := t.TempDir()
 	empty := filepath.Join(dir, "empty")
 	daemontest.WriteFile(t, empty, "\n")
