@@ -34,7 +34,6 @@ const (
 
 var (
 	errServerClosing = errors.New("h2: server closing")
-	errPeerGoAway    = errors.New("h2: peer sent GOAWAY")
 	errDrained       = errors.New("h2: drained")
 	// errHandedOff ends a goroutine that gave the reader role to another while it waited.
 	errHandedOff = errors.New("h2: reader role handed on")
@@ -111,7 +110,6 @@ type conn struct {
 	mu              sync.Mutex
 	cond            *sync.Cond // window changes, stream ends, close: wakes bridge writers
 	streams         map[uint32]*stream
-	free            []*stream
 	recent          [recentClosed]closedStream
 	recentNext      int
 	maxClientStream uint32 // highest stream id the peer opened

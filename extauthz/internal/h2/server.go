@@ -27,7 +27,6 @@ import (
 	"net/http"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -148,7 +147,6 @@ type Server struct {
 	idle      chan struct{} // closed when draining and the last connection ends
 
 	connWG sync.WaitGroup // connection goroutines (readers and hand-offs)
-	nextID atomic.Uint64
 }
 
 // New returns a server with opts.
