@@ -51,6 +51,10 @@ type Agent struct {
 	exchange      *exchange.Endpoint
 	idTokens      *token.IDTokenVerifier
 
+	// denyStale refuses every credential while the revocation list is stale
+	// (revocation.on_stale: deny).
+	denyStale bool
+
 	// policies holds the policy module of each site that has one, by site id.
 	policies map[string]*plugins.Entry
 
@@ -79,6 +83,7 @@ func New(rt *Runtime, cfg *config.Config) (*Agent, error) {
 		apikey:        &token.APIKeyVerifier{Keys: keys, Audit: rt.legacy},
 		idTokens:      &token.IDTokenVerifier{Keys: keys, JWKS: rt.jwks, Now: now},
 		policies:      map[string]*plugins.Entry{},
+		denyStale:     cfg.Revocation.OnStale == config.OnStaleDeny,
 	}
 	a.exchange = &exchange.Endpoint{IDTokens: a.idTokens, Keys: keys, Users: rt.users, Metrics: rt.exchange,
 		Logger: rt.log, Now: now}

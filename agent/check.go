@@ -13,12 +13,13 @@ import (
 
 // The walk of one check, each step once, down and back: the site from the host (site.go), the
 // request line (request.go), the credentials (credentials.go), their verification (verify.go),
-// the route rules (routes.go), the policy (evaluate.go), the answer (answer.go). What a step
+// the revocation list (revocation.go), the route rules (routes.go), the policy (evaluate.go), the answer (answer.go). What a step
 // reads or finds goes into the call, so no later step reads it again.
 
 // call is one check on its way through the pipeline.
 type call struct {
 	req   *Request
+	start time.Time      // when the check began
 	host  string         // the canonical host of req.Host (lower case, no port, no trailing dot)
 	site  *Site          // the site of host
 	tg    target         // the method and target, read once (SPEC §2a)
@@ -34,7 +35,7 @@ func (a *Agent) Check(ctx context.Context, req *Request) *Decision {
 	if a.rt.tracer != nil && a.rt.traced(req.Headers) {
 		ctx, span = a.rt.startCheck(ctx, req)
 	}
-	c := call{req: req, kind: token.KindAnonymous}
+	c := call{req: req, start: start, kind: token.KindAnonymous}
 	d := a.decide(ctx, &c)
 	if d.Reason != "" && !d.own && c.site != nil && c.site.Shadow {
 		d = a.shadow(&c, d)
@@ -76,6 +77,9 @@ func (a *Agent) decide(ctx context.Context, c *call) *Decision {
 	id, err := a.verify(ctx, c)
 	if err != nil {
 		return a.refuse(c, reason.From(err))
+	}
+	if e := a.checkRevoked(c, &id); e != nil {
+		return a.refuse(c, e)
 	}
 	if e := checkRoutes(c.site.Routes, &c.tg, &id); e != nil {
 		return a.refuse(c, e)

@@ -47,6 +47,9 @@ type RuntimeOptions struct {
 	TracerProvider trace.TracerProvider
 	// TraceRatio is the share of checks without a valid traceparent that are traced (0 to 1).
 	TraceRatio float64
+	// Revocations is the fleet's revocation list (SPEC §9; nil: none). The caller builds it
+	// (fleet.RevocationList), keeps it current and closes it.
+	Revocations Revocations
 	// Replay is the memory of single-use Server API Tokens (nil: node-local memory,
 	// token.ReplayCache; fleet.ReplayStore shares it between agents). The caller closes it.
 	Replay token.ReplayStore
@@ -77,6 +80,7 @@ type Runtime struct {
 	verified   *token.VerifiedTokens
 	oauthM     *token.OAuthMetrics
 	replay     token.ReplayStore
+	revoked    Revocations
 	legacy     *token.LegacyAudit
 	exchange   *exchange.Metrics
 	metrics    *Metrics
@@ -98,7 +102,8 @@ func NewRuntime(opts RuntimeOptions) (*Runtime, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	rt := &Runtime{keys: opts.Keys, users: opts.Users, log: opts.Logger, now: opts.Now, replay: opts.Replay}
+	rt := &Runtime{keys: opts.Keys, users: opts.Users, log: opts.Logger, now: opts.Now, replay: opts.Replay,
+		revoked: opts.Revocations}
 	if rt.replay == nil {
 		rt.replay = token.NewReplayCache(opts.Now)
 	}

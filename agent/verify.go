@@ -76,7 +76,7 @@ func (a *Agent) verifyBrowser(ctx context.Context, c *call, key string) (token.I
 	if err != nil {
 		return token.Identity{}, err
 	}
-	id.User = user.User
+	id.User, id.IssuedAt = user.User, user.IssuedAt
 	if id.Expires.IsZero() || (!user.Expires.IsZero() && user.Expires.Before(id.Expires)) {
 		id.Expires = user.Expires
 	}

@@ -42,11 +42,12 @@ type Config struct {
 	Sites     []Site    `yaml:"sites"`
 
 	// The production settings of SPEC §8 (production.go).
-	GRPCTLS        *TLS     `yaml:"grpc_tls"`
-	HTTPTLS        *TLS     `yaml:"http_tls"`
-	GRPCReflection bool     `yaml:"grpc_reflection"`
-	Tracing        *Tracing `yaml:"tracing"`
-	Replay         Replay   `yaml:"replay"`
+	GRPCTLS        *TLS       `yaml:"grpc_tls"`
+	HTTPTLS        *TLS       `yaml:"http_tls"`
+	GRPCReflection bool       `yaml:"grpc_reflection"`
+	Tracing        *Tracing   `yaml:"tracing"`
+	Replay         Replay     `yaml:"replay"`
+	Revocation     Revocation `yaml:"revocation"`
 
 	// Dir is the directory of the config file; relative paths in it are resolved against it.
 	Dir string `yaml:"-"`

@@ -1,6 +1,9 @@
 package config
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // The production settings of SPEC §8. Each is optional; absent, the agent behaves as in
 // §1–§7. Listener and tracing settings take effect at start-up (like the listen addresses); a
@@ -138,7 +141,96 @@ func (c *Config) validateProduction() error {
 	if err := c.Tracing.validate(); err != nil {
 		return err
 	}
-	return c.Replay.validate(c.Dir)
+	if err := c.Replay.validate(c.Dir); err != nil {
+		return err
+	}
+	return c.Revocation.validate(c.Dir, &c.Replay.Redis)
+}
+
+// Revocation is the fleet's revocation list (SPEC §9).
+type Revocation struct {
+	// Store is "" (no revocation list: every check as in SPEC §1–§8) or "redis".
+	Store string `yaml:"store"`
+	// Redis is the list's Redis, the same fields as replay.redis; absent: replay.redis.
+	Redis *Redis `yaml:"redis"`
+	// MaxStale is how long the agent may go without a confirmed sync (default 5m): then
+	// /readyz warns, and with on_stale deny every credential is refused with 503.
+	MaxStale Duration `yaml:"max_stale"`
+	// OnStale is serve (default: the entries already read stay in force) or deny (503
+	// keys_unavailable for every credential while the list is stale).
+	OnStale string `yaml:"on_stale"`
+	// JWTLifetime is the longest an OAuth token of the sites' issuers lives (exp − iat; default
+	// 720h). A user or client entry is kept for the longest lifetime of the site's credential
+	// kinds after its before: this, the site's authtoken_ttl, its server_token_window.
+	JWTLifetime Duration `yaml:"jwt_lifetime"`
+}
+
+// Revocation settings.
+const (
+	RevocationRedis           = "redis"
+	OnStaleServe              = "serve"
+	OnStaleDeny               = "deny"
+	DefaultRevocationMaxStale = 5 * time.Minute
+	DefaultJWTLifetime        = 720 * time.Hour
+)
+
+// Enabled reports whether the config has a revocation list.
+func (r *Revocation) Enabled() bool { return r.Store == RevocationRedis }
+
+func (r *Revocation) validate(dir string, replay *Redis) error {
+	switch r.Store {
+	case "":
+		if r.Redis != nil || r.MaxStale != 0 || r.OnStale != "" {
+			return fmt.Errorf("revocation.store: required with the other revocation settings (redis)")
+		}
+		return nil
+	case RevocationRedis:
+	default:
+		return fmt.Errorf("revocation.store: %q is not redis", r.Store)
+	}
+	if r.Redis == nil {
+		if replay.Address == "" {
+			return fmt.Errorf("revocation.redis.address: required (or replay.redis.address, which revocation.redis defaults to)")
+		}
+		copied := *replay
+		r.Redis = &copied
+	} else {
+		if err := checkAddr("revocation.redis.address", r.Redis.Address); err != nil {
+			return err
+		}
+		r.Redis.PasswordFile = resolve(dir, r.Redis.PasswordFile)
+		if r.Redis.KeyPrefix == "" {
+			r.Redis.KeyPrefix = "tokenagent:"
+		}
+	}
+	switch {
+	case r.MaxStale < 0:
+		return fmt.Errorf("revocation.max_stale: %s is negative", r.MaxStale.D())
+	case r.MaxStale == 0:
+		r.MaxStale = Duration(DefaultRevocationMaxStale)
+	case r.MaxStale.D() < 2*time.Second:
+		return fmt.Errorf("revocation.max_stale: %s is under 2s (the list is confirmed every second)", r.MaxStale.D())
+	}
+	switch r.OnStale {
+	case "":
+		r.OnStale = OnStaleServe
+	case OnStaleServe, OnStaleDeny:
+	default:
+		return fmt.Errorf("revocation.on_stale: %q is not serve or deny", r.OnStale)
+	}
+	switch {
+	case r.JWTLifetime < 0:
+		return fmt.Errorf("revocation.jwt_lifetime: %s is negative", r.JWTLifetime.D())
+	case r.JWTLifetime == 0:
+		r.JWTLifetime = Duration(DefaultJWTLifetime)
+	}
+	return nil
+}
+
+// sameRevocationStore compares what the running list is built from (on_stale and
+// jwt_lifetime take effect at a reload).
+func sameRevocationStore(a, b *Revocation) bool {
+	return a.Store == b.Store && eqPtr(a.Redis, b.Redis) && a.MaxStale == b.MaxStale
 }
 
 // startOnly are the settings that take effect only at start-up (listeners, TLS, reflection,
@@ -162,6 +254,9 @@ var startOnly = []struct {
 	{"tracing", func(a, b *Config) bool { return eqTracing(a.Tracing, b.Tracing) }, func(d, s *Config) { d.Tracing = s.Tracing }},
 	{"keys", func(a, b *Config) bool { return a.Keys == b.Keys }, func(d, s *Config) { d.Keys = s.Keys }},
 	{"replay", func(a, b *Config) bool { return a.Replay == b.Replay }, func(d, s *Config) { d.Replay = s.Replay }},
+	{"revocation", func(a, b *Config) bool { return sameRevocationStore(&a.Revocation, &b.Revocation) }, func(d, s *Config) {
+		d.Revocation.Store, d.Revocation.Redis, d.Revocation.MaxStale = s.Revocation.Store, s.Revocation.Redis, s.Revocation.MaxStale
+	}},
 }
 
 // StartOnly lists the settings that differ between c and o and take effect only at start-up

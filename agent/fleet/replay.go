@@ -133,7 +133,7 @@ func (r *ReplayStore) FirstUse(ctx context.Context, site, key, sigHex string, ex
 	if err != nil {
 		r.failed.Inc()
 		r.fail(err)
-		return false, &UnavailableError{Addr: r.addr, Err: err}
+		return false, &UnavailableError{Store: "replay store", Addr: r.addr, Err: err}
 	}
 	r.ok()
 	if set {
@@ -144,14 +144,16 @@ func (r *ReplayStore) FirstUse(ctx context.Context, site, key, sigHex string, ex
 	return set, nil
 }
 
-// UnavailableError is a call the store could not answer in its budget.
+// UnavailableError is a call a store could not answer in its budget.
 type UnavailableError struct {
-	Addr string
-	Err  error
+	// Store names the store: "replay store" or "revocation list".
+	Store string
+	Addr  string
+	Err   error
 }
 
 func (e *UnavailableError) Error() string {
-	return fmt.Sprintf("replay store redis %s: %v", e.Addr, e.Err)
+	return fmt.Sprintf("%s redis %s: %v", e.Store, e.Addr, e.Err)
 }
 
 func (e *UnavailableError) Unwrap() error { return e.Err }

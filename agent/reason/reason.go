@@ -43,6 +43,7 @@ const (
 	PolicyError            Reason = "policy_error"
 	KeysUnavailable        Reason = "keys_unavailable"
 	MalformedRequest       Reason = "malformed_request"
+	Revoked                Reason = "revoked"
 )
 
 type info struct {
@@ -76,6 +77,7 @@ var table = map[Reason]info{
 	PolicyError:            {http.StatusForbidden, "the site's policy failed; the request is refused"},
 	KeysUnavailable:        {http.StatusServiceUnavailable, "keys cannot be read right now; retry later"},
 	MalformedRequest:       {http.StatusBadRequest, "the request's method or path cannot be read safely"},
+	Revoked:                {http.StatusUnauthorized, "the credential has been revoked"},
 }
 
 // All returns every reason, in the order of SPEC §4 (for documentation and tests).
@@ -85,7 +87,7 @@ func All() []Reason {
 		MultipleCredentials, LegacyTokenDisabled, UserTokenRequired, InsufficientScope,
 		AuthenticationRequired, UnsupportedAlgorithm, UnknownIssuer, InvalidAudience,
 		InvalidAPIKey, InvalidIDToken, BodyTooLarge, PolicyDenied, PolicyError, KeysUnavailable,
-		MalformedRequest}
+		MalformedRequest, Revoked}
 }
 
 // Status is the HTTP status of a denial for r (401 for a reason not in the list).

@@ -89,7 +89,7 @@ func (v *AuthTokenVerifier) Verify(ctx context.Context, site *SiteSettings, tok 
 	case p.issued.Sub(now) > ClockSkew:
 		return Identity{}, reason.New(reason.TokenNotYetValid)
 	}
-	return Identity{Kind: KindAuthToken, User: p.user, Expires: p.issued.Add(site.AuthTokenTTL)}, nil
+	return Identity{Kind: KindAuthToken, User: p.user, Expires: p.issued.Add(site.AuthTokenTTL), IssuedAt: p.issued}, nil
 }
 
 // verifyWithGenerations checks sig over msg against the current key and each older generation

@@ -116,7 +116,8 @@ func (v *ImpersonationVerifier) Verify(ctx context.Context, site *SiteSettings, 
 		return Identity{}, reason.New(reason.TokenNotYetValid)
 	}
 	v.Audit.Used(site.ID, KindImpersonation, p.user, tok)
-	return Identity{Kind: KindImpersonation, User: p.user, Expires: time.Unix(p.epoch, 0).Add(ImpersonationWindow)}, nil
+	return Identity{Kind: KindImpersonation, User: p.user, Expires: time.Unix(p.epoch, 0).Add(ImpersonationWindow),
+		IssuedAt: time.Unix(p.epoch, 0)}, nil
 }
 
 // impersonationDigestOK compares p's digest (hex, either case) in constant time with the MD5

@@ -253,6 +253,9 @@ func checkAccessClaims(c *accessClaims, audience string, now time.Time) (Identit
 		return Identity{}, time.Time{}, invalidToken(reason.MalformedToken, "the token's sub, client_id or scope holds control characters or is not well formed")
 	}
 	id := Identity{Kind: KindOAuth, User: c.Sub, ClientID: c.ClientID, Scopes: scopes, Expires: exp}
+	if c.Iat.set {
+		id.IssuedAt = c.Iat.time()
+	}
 	if c.ClientID != "" && (c.Sub == "" || c.Sub == c.ClientID) {
 		id.User, id.Application = "", true
 	}

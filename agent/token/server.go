@@ -140,7 +140,7 @@ func (v *ServerTokenVerifier) verify(ctx context.Context, site *SiteSettings, p 
 			return Identity{}, reason.New(reason.ReplayedToken)
 		}
 	}
-	return Identity{Kind: KindServer, User: p.user, Expires: issued.Add(window)}, nil
+	return Identity{Kind: KindServer, User: p.user, Expires: issued.Add(window), IssuedAt: issued}, nil
 }
 
 // sameUser reports whether a key's restricted_user names the token's user. restricted may be a

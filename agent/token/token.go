@@ -54,6 +54,11 @@ type Identity struct {
 	Elevated bool
 	// Expires is when the credential stops being valid (zero when unknown); caches use it.
 	Expires time.Time
+	// IssuedAt is when the credential was issued (SPEC §9): an Auth Token's ticks, a Server API
+	// Token's or Impersonation token's epoch, a JWT's iat. Zero when the credential carries no
+	// issue time (a JWT without iat, the Site API Key): a revocation by user or client then
+	// counts it as issued before any time.
+	IssuedAt time.Time
 }
 
 // Authenticated reports whether the identity names a user or an application.

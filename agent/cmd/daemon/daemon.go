@@ -87,8 +87,9 @@ type Daemon struct {
 	store   *vault.Store
 	rt      *agent.Runtime
 	tls     listenerTLS
-	tracing *tracing           // nil without tracing
-	replay  *fleet.ReplayStore // nil with replay.store local
+	tracing *tracing              // nil without tracing
+	replay  *fleet.ReplayStore    // nil with replay.store local
+	revoked *fleet.RevocationList // nil without revocation.store
 
 	mu    sync.RWMutex
 	cfg   *config.Config
@@ -153,14 +154,21 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error)
 	}
 	var replayStore token.ReplayStore
 	if cfg.Replay.Store == config.ReplayRedis {
-		rc := cfg.Replay.Redis
-		if d.replay, err = fleet.NewReplayStore(fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: rc.Address,
-			Username: rc.Username, PasswordFile: rc.PasswordFile, TLS: rc.TLS, KeyPrefix: rc.KeyPrefix},
+		if d.replay, err = fleet.NewReplayStore(fleet.ReplayOptions{Redis: RedisOptions(&cfg.Replay.Redis),
 			Registerer: reg, Logger: opts.Logger}); err != nil {
 			d.Close()
 			return nil, err
 		}
 		replayStore = d.replay
+	}
+	var revocations agent.Revocations
+	if cfg.Revocation.Enabled() {
+		if d.revoked, err = OpenRevocations(cfg, reg, opts.Logger); err != nil {
+			d.Close()
+			return nil, err
+		}
+		d.revoked.Start(ctx) // the subscription and the first full read, in the background
+		revocations = d.revoked
 	}
 	store, err := vault.NewStore(src, vault.StoreOptions{
 		Refresh: cfg.Keys.Refresh.D(), MaxStale: cfg.Keys.MaxStale.D(), MaxCost: cfg.Keys.CacheBytes,
@@ -173,7 +181,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Daemon, error)
 	d.store = store
 	d.rt, err = agent.NewRuntime(agent.RuntimeOptions{Keys: store, Users: d.users, Registerer: reg,
 		Logger: opts.Logger, Now: opts.Now, PolicyCacheDir: policyCacheDir(cfg),
-		TracerProvider: tp, TraceRatio: ratio, Replay: replayStore})
+		TracerProvider: tp, TraceRatio: ratio, Replay: replayStore, Revocations: revocations})
 	if err != nil {
 		d.Close()
 		return nil, err
@@ -314,6 +322,9 @@ func (d *Daemon) Close() {
 	if d.replay != nil {
 		_ = d.replay.Close()
 	}
+	if d.revoked != nil {
+		_ = d.revoked.Close()
+	}
 	d.tracing.shutdown()
 }
 
@@ -358,6 +369,9 @@ func (d *Daemon) reload(path string) error {
 	if err != nil {
 		return err
 	}
+	if d.revoked != nil {
+		d.revoked.SetSites(siteIDs(cfg)) // a new site's entries are read at once
+	}
 	d.mu.Lock()
 	d.cfg, d.agent = cfg, a
 	d.mu.Unlock()
@@ -394,6 +408,9 @@ func (d *Daemon) Ready() Readiness {
 	r.Warnings = append(r.Warnings, d.tls.warnings()...)
 	if d.replay != nil {
 		r.Warnings = append(r.Warnings, d.replay.Warnings()...)
+	}
+	if d.revoked != nil {
+		r.Warnings = append(r.Warnings, d.revoked.Warnings()...)
 	}
 	r.Warnings = append(r.Warnings, agentWarnings...)
 	d.mu.RLock()

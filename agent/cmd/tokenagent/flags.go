@@ -19,12 +19,16 @@ Usage:
   tokenagent serve   --config FILE [--grpc-addr ADDR] [--http-addr ADDR] [--authz-http-addr ADDR] [flags]
   tokenagent mint    authtoken|server --config FILE --site ID --user USER [flags]
   tokenagent check   --addr ADDR --host HOST [--path PATH] [-H 'name: value']... [flags]
+  tokenagent revoke  --config FILE --site ID (--user U | --client C | --token-file F) [--before T]
+  tokenagent revocations --config FILE --site ID
   tokenagent version
 
 Commands:
   serve     run the agent (gRPC ext_authz, HTTP front, /healthz, /readyz, /metrics)
   mint      print a token of a kind for a site
   check     ask a running agent about one request, as Envoy would
+  revoke    end credentials early at every agent of the fleet (a user, a client, a token)
+  revocations  list a site's revocation entries
   version   print the version
 
 Run 'tokenagent COMMAND --help' (or 'tokenagent help COMMAND') for a command's manual page.

@@ -5,6 +5,8 @@
 //	tokenagent serve --config FILE [--grpc-addr ADDR] [--http-addr ADDR] [--authz-http-addr ADDR] [--pprof]
 //	tokenagent mint authtoken|server --config FILE --site ID --user USER ...
 //	tokenagent check --addr ADDR --host HOST --path PATH [-H 'name: value']...
+//	tokenagent revoke --config FILE --site ID (--user U | --client C | --token-file F) [--before T]
+//	tokenagent revocations --config FILE --site ID
 //	tokenagent version
 //
 // Every command prints a manual page with --help (or `tokenagent help COMMAND`).
@@ -51,6 +53,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if err == nil {
 			return code
 		}
+	case "revoke":
+		err = cmdRevoke(args[1:], stdout, stderr)
+	case "revocations":
+		err = cmdRevocations(args[1:], stdout, stderr)
 	case "version", "--version":
 		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
@@ -60,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprint(stdout, usage)
 	default:
-		fmt.Fprintf(stderr, "tokenagent: unknown command %q (want serve, mint, check or version)\n", args[0])
+		fmt.Fprintf(stderr, "tokenagent: unknown command %q (want serve, mint, check, revoke, revocations or version)\n", args[0])
 		return 2
 	}
 	switch {

@@ -1,0 +1,801 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+	"unsafe"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenagent/tokenagent/agent/token"
+)
+
+// The revocation list (SPEC §9): entries by user, by token and by OAuth client, per site, kept
+// in Redis and pushed to every agent, which checks a local copy on the hot path.
+//
+// In Redis each site's entries are one hash, <prefix>revocations:<site>, a field per entry
+// ("user:42", "token:<sha-256 hex>", "client:app1") holding {"b": before, "x": expires, "c":
+// created} in Unix milliseconds; the hash expires with its last entry. A write is one script
+// on that key: it merges with the entry already there (the later before, the later expiry: a
+// write is idempotent and two writers lose nothing), extends the hash's expiry, and publishes
+// the entry on <prefix>revocations, which every agent subscribes to. Each agent reads every
+// site of its config in full at start, whenever its subscription is made again (a reconnect, a
+// failover) and at least every ResyncEvery, and applies what is published in between.
+
+// The kinds of revocation entry.
+const (
+	// RevokeUser refuses every credential of the site that names the user and was issued
+	// before Before.
+	RevokeUser = "user"
+	// RevokeToken refuses one credential, by the SHA-256 of its exact text.
+	RevokeToken = "token"
+	// RevokeClient refuses every OAuth token of the client issued before Before.
+	RevokeClient = "client"
+)
+
+// MaxSubjectLen bounds an entry's user or client id.
+const MaxSubjectLen = 512
+
+// Revocation is one entry of the list.
+type Revocation struct {
+	// Site is the site the entry is for.
+	Site string
+	// Kind is RevokeUser, RevokeToken or RevokeClient.
+	Kind string
+	// Subject is the user (as x-auth-user names it: a decimal id, "=" and a username, or an
+	// OAuth sub), the OAuth client_id, or the token's SHA-256 in lower-case hex.
+	Subject string
+	// Before is the issue time credentials must be later than (user and client entries).
+	Before time.Time
+	// Expires is when nothing the entry could refuse can still be valid: the entry is dropped
+	// then.
+	Expires time.Time
+	// Created is when the entry was first written.
+	Created time.Time
+}
+
+// TokenSubject is a token entry's subject for a credential: the SHA-256 of its exact text, in
+// lower-case hex.
+func TokenSubject(credential string) string {
+	h := sha256.Sum256([]byte(credential))
+	return hex.EncodeToString(h[:])
+}
+
+// String describes the entry without revealing a token: a token entry shows the first 8 hex
+// digits of its hash.
+func (r Revocation) String() string {
+	subject := r.Subject
+	if r.Kind == RevokeToken && len(subject) > 8 {
+		subject = subject[:8] + "…"
+	}
+	s := fmt.Sprintf("site=%s kind=%s %s=%s", r.Site, r.Kind, r.Kind, subject)
+	if r.Kind != RevokeToken {
+		s += " before=" + r.Before.UTC().Format(time.RFC3339)
+	}
+	return s + " expires=" + r.Expires.UTC().Format(time.RFC3339) + " created=" + r.Created.UTC().Format(time.RFC3339)
+}
+
+// check reports what is wrong with the entry, naming the field (the revoke command's flags).
+func (r *Revocation) check() error {
+	switch {
+	case r.Site == "" || !utf8.ValidString(r.Site) || strings.ContainsAny(r.Site, ":\n"):
+		return fmt.Errorf("site: %q is not a site id", r.Site)
+	case r.Expires.IsZero():
+		return errors.New("expires: required")
+	}
+	switch r.Kind {
+	case RevokeUser, RevokeClient:
+		if r.Subject == "" || len(r.Subject) > MaxSubjectLen || !printable(r.Subject) {
+			return fmt.Errorf("%s: %q is empty, longer than %d bytes or holds control characters", r.Kind, r.Subject, MaxSubjectLen)
+		}
+		if r.Before.IsZero() {
+			return fmt.Errorf("before: required for a %s entry", r.Kind)
+		}
+	case RevokeToken:
+		if len(r.Subject) != 64 || strings.Trim(r.Subject, "0123456789abcdef") != "" {
+			return errors.New("token: the subject is not a SHA-256 in lower-case hex")
+		}
+	default:
+		return fmt.Errorf("kind: %q is not user, token or client", r.Kind)
+	}
+	return nil
+}
+
+func printable(s string) bool {
+	for _, c := range s {
+		if c < 0x20 || c == 0x7f || c == utf8.RuneError {
+			return false
+		}
+	}
+	return true
+}
+
+// record is an entry as Redis holds it (times in Unix milliseconds).
+type record struct {
+	Before  int64 `json:"b"`
+	Expires int64 `json:"x"`
+	Created int64 `json:"c"`
+}
+
+// message is what is published for each write.
+type message struct {
+	Site  string `json:"s"`
+	Field string `json:"f"`
+	record
+}
+
+// revokeScript merges an entry into the site's hash (the later before and expiry, the first
+// creation), extends the hash's expiry, and publishes the merged entry. KEYS[1] the hash;
+// ARGV: field, before, expires, created, channel, site.
+var revokeScript = redis.NewScript(`
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local b, x, c = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if old then
+  local o = cjson.decode(old)
+  if o.b > b then b = o.b end
+  if o.x > x then x = o.x end
+  if o.c < c then c = o.c end
+end
+local rec = cjson.encode({b = b, x = x, c = c})
+redis.call('HSET', KEYS[1], ARGV[1], rec)
+local t = redis.call('PEXPIRETIME', KEYS[1])
+if t < x then redis.call('PEXPIREAT', KEYS[1], x) end
+redis.call('PUBLISH', ARGV[5], cjson.encode({s = ARGV[6], f = ARGV[1], b = b, x = x, c = c}))
+return rec
+`)
+
+// RevocationOptions configure a RevocationList.
+type RevocationOptions struct {
+	// Redis is the fleet's Redis (config revocation.redis, else replay.redis).
+	Redis RedisOptions
+	// MaxStale is how long the list may go without a confirmed sync before it is stale (default
+	// 5 min; config revocation.max_stale).
+	MaxStale time.Duration
+	// ResyncEvery is how often the whole list is read again even when the subscription holds
+	// (default MaxStale/2).
+	ResyncEvery time.Duration
+	// CallTimeout bounds one call to Redis (default 2 s).
+	CallTimeout time.Duration
+	// Registerer receives the list's metrics (nil: none).
+	Registerer prometheus.Registerer
+	// Logger receives sync failures and recoveries (default: nothing is logged).
+	Logger *slog.Logger
+	// Now is the clock entries expire by (default time.Now).
+	Now func() time.Time
+}
+
+// RevocationList is the fleet's revocation list: writes and listings go to Redis, checks read
+// an in-memory snapshot that a background subscription keeps current. Build it with
+// NewRevocationList, give it the sites with SetSites, start it with Start, close it with Close.
+type RevocationList struct {
+	c       redis.UniversalClient
+	addr    string
+	prefix  string // <key prefix>revocations:
+	channel string
+	opts    RevocationOptions
+	log     *slog.Logger
+
+	snap      atomic.Pointer[snapshot]
+	confirmed atomic.Int64 // unix nanos of the last confirmed sync (0: never)
+	sitesMu   sync.Mutex
+	sites     []string
+	resync    chan struct{} // a new set of sites asks for a full read
+
+	started  sync.Once
+	cancel   context.CancelFunc
+	psMu     sync.Mutex
+	ps       *redis.PubSub // the current subscription: Close closes it to end a blocked read
+	done     chan struct{}
+	closed   sync.Once
+	failMu   sync.Mutex
+	failing  error
+	entries  *prometheus.GaugeVec
+	syncAges prometheus.GaugeFunc
+}
+
+// NewRevocationList checks opts and returns a list that has not connected: Start begins the
+// subscription and the first full read.
+func NewRevocationList(opts RevocationOptions) (*RevocationList, error) {
+	if opts.MaxStale <= 0 {
+		opts.MaxStale = 5 * time.Minute
+	}
+	if opts.ResyncEvery <= 0 {
+		opts.ResyncEvery = opts.MaxStale / 2
+	}
+	if opts.CallTimeout <= 0 {
+		opts.CallTimeout = 2 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	c, err := opts.Redis.client("revocation.redis", clientTimeouts{call: opts.CallTimeout, retries: 2})
+	if err != nil {
+		return nil, err
+	}
+	l := &RevocationList{c: c, addr: opts.Redis.Address, prefix: opts.Redis.KeyPrefix + "revocations:",
+		channel: opts.Redis.KeyPrefix + "revocations", opts: opts,
+		log:    opts.Logger.With("component", "revocation", "redis", opts.Redis.Address),
+		resync: make(chan struct{}, 1), done: make(chan struct{})}
+	l.snap.Store(&snapshot{})
+	l.entries = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tokenagent_revocations",
+		Help: "Revocation entries in force, by site and kind (user, token, client)."}, []string{"site", "kind"})
+	l.syncAges = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tokenagent_revocation_sync_age_seconds",
+		Help: "Seconds since the revocation list was last confirmed in sync with Redis (a full read, or the subscription answering)."},
+		func() float64 { return l.SyncAge(time.Now()).Seconds() })
+	if opts.Registerer != nil {
+		for _, col := range []prometheus.Collector{l.entries, l.syncAges} {
+			if err := opts.Registerer.Register(col); err != nil {
+				c.Close()
+				return nil, fmt.Errorf("revocation metrics: %w", err)
+			}
+		}
+	}
+	return l, nil
+}
+
+func (l *RevocationList) key(site string) string { return l.prefix + site }
+
+// Revoke writes r (its Created set now, when zero) and returns the entry as Redis holds it
+// after the merge. It is idempotent: writing the same entry again changes nothing, and an
+// entry already there with a later before or expiry keeps them.
+func (l *RevocationList) Revoke(ctx context.Context, r Revocation) (Revocation, error) {
+	if r.Created.IsZero() {
+		r.Created = l.opts.Now()
+	}
+	if err := r.check(); err != nil {
+		return Revocation{}, err
+	}
+	var before int64
+	if r.Kind != RevokeToken {
+		before = r.Before.UnixMilli()
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*l.opts.CallTimeout)
+	defer cancel()
+	out, err := revokeScript.Run(ctx, l.c, []string{l.key(r.Site)}, r.Kind+":"+r.Subject, before,
+		r.Expires.UnixMilli(), r.Created.UnixMilli(), l.channel, r.Site).Text()
+	if err != nil {
+		return Revocation{}, &UnavailableError{Store: "revocation list", Addr: l.addr, Err: err}
+	}
+	var rec record
+	if err := json.Unmarshal([]byte(out), &rec); err != nil {
+		return Revocation{}, fmt.Errorf("revocation list: the stored entry: %w", err)
+	}
+	return rec.revocation(r.Site, r.Kind+":"+r.Subject)
+}
+
+// List returns the site's entries in force (not expired), sorted by kind and subject.
+func (l *RevocationList) List(ctx context.Context, site string) ([]Revocation, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*l.opts.CallTimeout)
+	defer cancel()
+	m, err := l.c.HGetAll(ctx, l.key(site)).Result()
+	if err != nil {
+		return nil, &UnavailableError{Store: "revocation list", Addr: l.addr, Err: err}
+	}
+	now := l.opts.Now()
+	var out []Revocation
+	for field, v := range m {
+		var rec record
+		if json.Unmarshal([]byte(v), &rec) != nil {
+			continue
+		}
+		r, err := rec.revocation(site, field)
+		if err != nil || !r.Expires.After(now) {
+			continue
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Kind != out[j].Kind {
+			return out[i].Kind < out[j].Kind
+		}
+		return out[i].Subject < out[j].Subject
+	})
+	return out, nil
+}
+
+func (rec record) revocation(site, field string) (Revocation, error) {
+	kind, subject, ok := strings.Cut(field, ":")
+	r := Revocation{Site: site, Kind: kind, Subject: subject, Expires: time.UnixMilli(rec.Expires),
+		Created: time.UnixMilli(rec.Created)}
+	if rec.Before != 0 {
+		r.Before = time.UnixMilli(rec.Before)
+	}
+	if !ok {
+		return Revocation{}, fmt.Errorf("revocation list: field %q is not kind:subject", field)
+	}
+	return r, r.check()
+}
+
+// SetSites names the sites whose entries this agent applies (its config's): a change reads the
+// list again. Call it before Start and after every config reload.
+func (l *RevocationList) SetSites(ids []string) {
+	ids = append([]string(nil), ids...)
+	sort.Strings(ids)
+	l.sitesMu.Lock()
+	same := slicesEqual(l.sites, ids)
+	l.sites = ids
+	l.sitesMu.Unlock()
+	if !same {
+		select {
+		case l.resync <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func slicesEqual(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (l *RevocationList) siteIDs() []string {
+	l.sitesMu.Lock()
+	defer l.sitesMu.Unlock()
+	return l.sites
+}
+
+// Start begins the subscription and the first full read, in a goroutine that runs until ctx is
+// done or Close is called. Only the first call starts it.
+func (l *RevocationList) Start(ctx context.Context) {
+	l.started.Do(func() {
+		ctx, l.cancel = context.WithCancel(ctx)
+		go l.run(ctx)
+	})
+}
+
+// Close stops the subscription and releases the connections. Entries already read stay in
+// force in memory (a list that stops syncing is stale, not empty).
+func (l *RevocationList) Close() error {
+	var err error
+	l.closed.Do(func() {
+		started := true
+		l.started.Do(func() { started = false })
+		if started {
+			l.cancel()
+			l.psMu.Lock()
+			if l.ps != nil {
+				_ = l.ps.Close() // a read waiting for the next message ends now
+			}
+			l.psMu.Unlock()
+			<-l.done
+		}
+		err = l.c.Close()
+	})
+	return err
+}
+
+// pingEvery is how often an idle subscription is pinged: a pong confirms that nothing was
+// missed since the last one.
+const pingEvery = time.Second
+
+// run keeps the snapshot current: subscribe, read everything, apply what is published, read
+// everything again after any reconnection and every ResyncEvery.
+func (l *RevocationList) run(ctx context.Context) {
+	defer close(l.done)
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		err := l.follow(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		l.fail(err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, time.Second) // a Redis that comes back is followed within a second
+	}
+}
+
+// follow runs one subscription until it fails.
+func (l *RevocationList) follow(ctx context.Context) error {
+	ps := l.c.Subscribe(ctx, l.channel)
+	defer ps.Close()
+	l.psMu.Lock()
+	l.ps = ps
+	l.psMu.Unlock()
+	if ctx.Err() != nil { // Close ran before l.ps was set
+		return ctx.Err()
+	}
+	// The first full read waits for the subscription's confirmation (a *redis.Subscription
+	// message), so nothing published after the read can be missed.
+	lastResync, needResync := time.Now(), false
+	for {
+		if needResync || time.Since(lastResync) >= l.opts.ResyncEvery {
+			if err := l.readAll(ctx); err != nil {
+				return err
+			}
+			lastResync, needResync = time.Now(), false
+		}
+		msg, err := ps.ReceiveTimeout(ctx, pingEvery)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			var nerr interface{ Timeout() bool }
+			if errors.As(err, &nerr) && nerr.Timeout() {
+				if err := ps.Ping(ctx); err != nil {
+					return err
+				}
+				continue
+			}
+			return err
+		}
+		select {
+		case <-l.resync:
+			needResync = true
+		default:
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			// (Re)subscribed: whatever was published while the subscription was down is read
+			// in full.
+			needResync = true
+		case *redis.Pong:
+			l.confirm()
+		case *redis.Message:
+			l.apply(m.Payload)
+			l.confirm()
+		}
+	}
+}
+
+// readAll reads every configured site's entries and swaps in a snapshot of them united with
+// the entries already in memory (an entry is never forgotten because Redis lost it: a failover
+// that dropped an unreplicated write, a Redis that restarted empty), without the expired ones.
+// Entries Redis is missing are written back, and expired fields are pruned from Redis.
+func (l *RevocationList) readAll(ctx context.Context) error {
+	sites := l.siteIDs()
+	ctx, cancel := context.WithTimeout(ctx, 4*l.opts.CallTimeout)
+	defer cancel()
+	cmds := make([]*redis.MapStringStringCmd, len(sites))
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, s := range sites {
+			cmds[i] = p.HGetAll(ctx, l.key(s))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	now := l.opts.Now().UnixMilli()
+	old := l.snap.Load()
+	snap := &snapshot{base: make(map[string]*siteList, len(sites))}
+	type heal struct {
+		site, field string
+		rec         record
+	}
+	var heals []heal
+	for i, s := range sites {
+		stored := map[string]bool{}
+		sl := newSiteList()
+		var expired []string
+		for field, v := range cmds[i].Val() {
+			var rec record
+			if json.Unmarshal([]byte(v), &rec) != nil {
+				continue
+			}
+			if rec.Expires <= now {
+				expired = append(expired, field)
+				continue
+			}
+			stored[field] = true
+			sl.add(field, rec)
+		}
+		for _, mem := range []*siteList{old.base[s], old.delta[s]} {
+			if mem == nil {
+				continue
+			}
+			mem.each(func(field string, rec record) {
+				if rec.Expires <= now {
+					return
+				}
+				sl.add(field, rec)
+				if !stored[field] {
+					heals = append(heals, heal{s, field, rec})
+				}
+			})
+		}
+		if sl.len() > 0 {
+			snap.base[s] = sl
+		}
+		if len(expired) > 0 {
+			_ = l.c.HDel(ctx, l.key(s), expired...).Err() // any agent may prune; the next read retries
+		}
+	}
+	l.snap.Store(snap)
+	l.entries.Reset() // sites no longer configured drop out
+	l.publishCounts(snap, sites)
+	l.confirm()
+	if len(heals) > 0 {
+		l.log.Warn("revocation entries missing from Redis are written back", "entries", len(heals))
+		_, _ = l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, h := range heals {
+				created := h.rec.Created
+				if created == 0 {
+					created = now
+				}
+				revokeScript.Eval(ctx, p, []string{l.key(h.site)}, h.field, h.rec.Before, h.rec.Expires, created,
+					l.channel, h.site)
+			}
+			return nil
+		})
+	}
+	return nil
+}
+
+// apply adds a published entry to the snapshot: to the small delta of its site, merged into
+// the base when the delta grows (so a burst of revocations costs a copy of the delta each,
+// not of the whole list).
+func (l *RevocationList) apply(payload string) {
+	var m message
+	if json.Unmarshal([]byte(payload), &m) != nil || m.Site == "" {
+		return
+	}
+	if !slicesContains(l.siteIDs(), m.Site) {
+		return
+	}
+	if _, err := m.record.revocation(m.Site, m.Field); err != nil {
+		return
+	}
+	old := l.snap.Load()
+	next := &snapshot{base: old.base, delta: make(map[string]*siteList, len(old.delta)+1)}
+	for s, d := range old.delta {
+		next.delta[s] = d
+	}
+	d := old.delta[m.Site].clone()
+	d.add(m.Field, m.record)
+	if d.len() >= mergeAt {
+		next.base = make(map[string]*siteList, len(old.base)+1)
+		for s, b := range old.base {
+			next.base[s] = b
+		}
+		b := old.base[m.Site].clone()
+		b.merge(d)
+		next.base[m.Site] = b
+		delete(next.delta, m.Site)
+	} else {
+		next.delta[m.Site] = d
+	}
+	l.snap.Store(next)
+	l.publishCounts(next, []string{m.Site})
+}
+
+// mergeAt is the size at which a site's delta is merged into its base.
+const mergeAt = 256
+
+func slicesContains(s []string, v string) bool {
+	i := sort.SearchStrings(s, v)
+	return i < len(s) && s[i] == v
+}
+
+func (l *RevocationList) publishCounts(s *snapshot, sites []string) {
+	for _, site := range sites {
+		u, t, c := s.counts(site)
+		l.entries.WithLabelValues(site, RevokeUser).Set(float64(u))
+		l.entries.WithLabelValues(site, RevokeToken).Set(float64(t))
+		l.entries.WithLabelValues(site, RevokeClient).Set(float64(c))
+	}
+}
+
+func (l *RevocationList) confirm() {
+	l.confirmed.Store(time.Now().UnixNano())
+	l.failMu.Lock()
+	if l.failing != nil {
+		l.log.Info("revocation list in sync again")
+		l.failing = nil
+	}
+	l.failMu.Unlock()
+}
+
+func (l *RevocationList) fail(err error) {
+	l.failMu.Lock()
+	defer l.failMu.Unlock()
+	if l.failing == nil {
+		l.log.Warn("revocation list cannot sync; the entries already read stay in force", "error", err.Error())
+	}
+	l.failing = err
+}
+
+// SyncAge is how long ago at now the list was last confirmed in sync (a very long time when it
+// never was).
+func (l *RevocationList) SyncAge(now time.Time) time.Duration {
+	c := l.confirmed.Load()
+	if c == 0 {
+		return time.Duration(1<<63 - 1)
+	}
+	return now.Sub(time.Unix(0, c))
+}
+
+// Stale reports whether the list was last confirmed in sync more than MaxStale before now.
+func (l *RevocationList) Stale(now time.Time) bool { return l.SyncAge(now) > l.opts.MaxStale }
+
+// Warnings reports a stale list, for /readyz.
+func (l *RevocationList) Warnings() []string {
+	now := time.Now()
+	if !l.Stale(now) {
+		return nil
+	}
+	l.failMu.Lock()
+	cause := l.failing
+	l.failMu.Unlock()
+	age := "never synced"
+	if c := l.confirmed.Load(); c != 0 {
+		age = "last in sync " + time.Unix(0, c).UTC().Format(time.RFC3339)
+	}
+	msg := fmt.Sprintf("revocation list (redis %s): %s, over max_stale %s; the entries already read stay in force", l.addr, age, l.opts.MaxStale)
+	if cause != nil {
+		msg += ": " + cause.Error()
+	}
+	return []string{msg}
+}
+
+// Revoked reports whether site's list refuses the verified identity id or one of the
+// credentials as presented (SPEC §9): a user entry for id.User with a before later than
+// id.IssuedAt (or any before when it is zero), a client entry likewise for an OAuth token's
+// client, a token entry for the SHA-256 of a credential. A site without entries costs two
+// small map lookups; a user or client check one more each; a credential is hashed only when
+// the site has token entries.
+func (l *RevocationList) Revoked(site string, id *token.Identity, credentials [2]string) bool {
+	s := l.snap.Load()
+	b, d := s.base[site], s.delta[site]
+	if b == nil && d == nil {
+		return false
+	}
+	issued := int64(0)
+	if !id.IssuedAt.IsZero() {
+		issued = id.IssuedAt.UnixMilli()
+	}
+	if id.User != "" && (b.refusesUser(id.User, issued) || d.refusesUser(id.User, issued)) {
+		return true
+	}
+	if id.Kind == token.KindOAuth && id.ClientID != "" &&
+		(b.refusesClient(id.ClientID, issued) || d.refusesClient(id.ClientID, issued)) {
+		return true
+	}
+	if b.hasTokens() || d.hasTokens() {
+		for _, cred := range credentials {
+			if cred == "" {
+				continue
+			}
+			h := sha256.Sum256(unsafe.Slice(unsafe.StringData(cred), len(cred)))
+			if b.hasToken(h) || d.hasToken(h) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// snapshot is the list in memory: immutable, swapped whole. Each site's entries are a base
+// (read in full) and a small delta (published since).
+type snapshot struct {
+	base, delta map[string]*siteList
+}
+
+func (s *snapshot) counts(site string) (users, tokens, clients int) {
+	for _, l := range []*siteList{s.base[site], s.delta[site]} {
+		if l != nil {
+			users, tokens, clients = users+len(l.users), tokens+len(l.tokens), clients+len(l.clients)
+		}
+	}
+	return
+}
+
+// siteList is one site's entries: each user's and client's before, and the hashes of revoked
+// tokens, each with its expiry (Unix ms). A nil *siteList has none.
+type siteList struct {
+	users, clients map[string]span
+	tokens         map[[sha256.Size]byte]int64 // expiry
+}
+
+// span is a user or client entry: credentials issued before before are refused, until expires.
+type span struct{ before, expires int64 }
+
+func newSiteList() *siteList {
+	return &siteList{users: map[string]span{}, clients: map[string]span{}, tokens: map[[sha256.Size]byte]int64{}}
+}
+
+func (l *siteList) len() int { return len(l.users) + len(l.clients) + len(l.tokens) }
+
+func (l *siteList) clone() *siteList {
+	n := newSiteList()
+	if l != nil {
+		n.merge(l)
+	}
+	return n
+}
+
+func (l *siteList) merge(o *siteList) {
+	for u, e := range o.users {
+		l.users[u] = e.union(l.users[u])
+	}
+	for c, e := range o.clients {
+		l.clients[c] = e.union(l.clients[c])
+	}
+	for t, x := range o.tokens {
+		l.tokens[t] = max(l.tokens[t], x)
+	}
+}
+
+func (e span) union(o span) span { return span{max(e.before, o.before), max(e.expires, o.expires)} }
+
+// add adds the entry of a field ("kind:subject").
+func (l *siteList) add(field string, rec record) {
+	kind, subject, _ := strings.Cut(field, ":")
+	switch kind {
+	case RevokeUser:
+		l.users[subject] = span{rec.Before, rec.Expires}.union(l.users[subject])
+	case RevokeClient:
+		l.clients[subject] = span{rec.Before, rec.Expires}.union(l.clients[subject])
+	case RevokeToken:
+		var h [sha256.Size]byte
+		if n, err := hex.Decode(h[:], []byte(subject)); err == nil && n == sha256.Size {
+			l.tokens[h] = max(l.tokens[h], rec.Expires)
+		}
+	}
+}
+
+// each calls f with every entry as a field and a record.
+func (l *siteList) each(f func(field string, rec record)) {
+	for u, e := range l.users {
+		f(RevokeUser+":"+u, record{Before: e.before, Expires: e.expires})
+	}
+	for c, e := range l.clients {
+		f(RevokeClient+":"+c, record{Before: e.before, Expires: e.expires})
+	}
+	for t, x := range l.tokens {
+		f(RevokeToken+":"+hex.EncodeToString(t[:]), record{Expires: x})
+	}
+}
+
+func (l *siteList) refusesUser(user string, issued int64) bool {
+	if l == nil {
+		return false
+	}
+	e, ok := l.users[user]
+	return ok && (issued == 0 || issued < e.before)
+}
+
+func (l *siteList) refusesClient(client string, issued int64) bool {
+	if l == nil {
+		return false
+	}
+	e, ok := l.clients[client]
+	return ok && (issued == 0 || issued < e.before)
+}
+
+func (l *siteList) hasTokens() bool { return l != nil && len(l.tokens) > 0 }
+
+func (l *siteList) hasToken(h [sha256.Size]byte) bool {
+	if l == nil {
+		return false
+	}
+	_, ok := l.tokens[h]
+	return ok
+}
