@@ -111,7 +111,9 @@ func TestRevocationEveryKind(t *testing.T) {
 	r := startRevocationEnv(t, "")
 	cut := time.Now().Truncate(time.Second)
 	before, after := cut.Add(-30*time.Second), cut.Add(2*time.Second)
-	auth := func(user string, at time.Time) string { return token.MintAuthToken(vault.NewSecret(r.authKey), user, at) }
+	auth := func(user string, at time.Time) string {
+		return token.MintAuthToken(vault.NewSecret(r.authKey), user, at)
+	}
 	server := func(user string, at time.Time) string {
 		return token.MintServerToken("k1", vault.NewSecret([]byte("s3cret")), user, at)
 	}
