@@ -469,6 +469,37 @@ func TestSettingsWindowWakesWriter(t *testing.T) {
 	}
 }
 
+// A peer that sends a PING after every answer (gRPC-Go's client does, for its BDP estimate)
+// never runs out of the abuse budget, also when its calls had to wait and were answered off the
+// reader's goroutine: each answered call gives a frame back.
+func TestPingPerAnsweredCall(t *testing.T) {
+	ts := startServer(t, Limits{AbuseBudget: 10, AbuseRefill: 1})
+	p := h2test.Dial(t, ts.addr)
+	for i := range 40 {
+		id := uint32(2*i + 1)
+		path := echoPath
+		if i%2 == 0 {
+			path = blockPath // answered by the goroutine that waited
+			ts.release <- struct{}{}
+		}
+		p.Call(id, path, []byte("x"))
+		got, _ := p.Answers(id)
+		if got[id].GRPCStatus() != "0" {
+			t.Fatalf("call %d: %+v", i, got[id])
+		}
+		p.Must(p.Fr.WritePing(false, [8]byte{byte(i)}))
+		for {
+			f := p.Read()
+			if g, ok := f.(*http2.GoAwayFrame); ok {
+				t.Fatalf("GOAWAY %v after %d calls", g.ErrCode, i+1)
+			}
+			if pf, ok := f.(*http2.PingFrame); ok && pf.IsAck() {
+				break
+			}
+		}
+	}
+}
+
 // Without a fallback, a gRPC call to another method is UNIMPLEMENTED and anything else 404.
 func TestNoFallback(t *testing.T) {
 	ts := startServer(t, Limits{}, func(o *Options) { o.Fallback = nil })

@@ -2,6 +2,7 @@ package h2
 
 import (
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -17,6 +18,9 @@ import (
 type abuse struct {
 	tokens, burst, rate float64
 	last                time.Time
+	// handedOff counts calls answered by a goroutine that had given the reader role away:
+	// their credit, taken by the reader at its next spend (the rest of abuse is the reader's).
+	handedOff atomic.Int64
 }
 
 func (a *abuse) init(budget, refill int) {
@@ -31,6 +35,9 @@ func (a *abuse) spend(kind string) error {
 		a.tokens = min(a.burst, a.tokens+now.Sub(a.last).Seconds()*a.rate)
 	}
 	a.last = now
+	if n := a.handedOff.Swap(0); n > 0 {
+		a.tokens = min(a.burst, a.tokens+float64(n))
+	}
 	a.tokens--
 	if a.tokens < 0 {
 		return abuseErr(kind, "too many "+kind+" frames that serve no call")
@@ -38,7 +45,12 @@ func (a *abuse) spend(kind string) error {
 	return nil
 }
 
-// credit gives back one token for an answered call.
+// creditHandedOff gives back one token for a call answered off the reader's goroutine (a check
+// that had to wait): a peer that answers each response with a frame of its own (gRPC-Go's
+// BDP pings) must not run out because its calls waited.
+func (a *abuse) creditHandedOff() { a.handedOff.Add(1) }
+
+// credit gives back one token for an answered call (the reader's goroutine only).
 func (a *abuse) credit() {
 	if a.tokens < a.burst {
 		a.tokens++

@@ -440,6 +440,7 @@ func (c *conn) runUnary(s *stream) error {
 	}
 	c.mu.Unlock()
 	if !inline {
+		c.abuse.creditHandedOff()
 		return errHandedOff
 	}
 	c.abuse.credit()
