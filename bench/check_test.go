@@ -68,22 +68,8 @@ var ckKeys = sync.OnceValues(func() ([]jose.JSONWebKey, error) {
 // a browser key, and an OAuth issuer trusting the three JWT keys.
 func ckAgent(b *testing.B) (*agent.Agent, []jose.JSONWebKey) {
 	b.Helper()
-	keys, err := ckKeys()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var pubs []string
-	for _, k := range keys {
-		j, err := k.Public().MarshalJSON()
-		if err != nil {
-			b.Fatal(err)
-		}
-		pubs = append(pubs, string(j))
-	}
-	yaml := hmKeys() + "    browser-tokens:\n      pub1: {origins: [\"https://app.example.org\"]}\n" +
-		"    oauth:\n      issuer: \"https://docs.example.com\"\n      audience: docs\n" +
-		"      jwks: {keys: [" + strings.Join(pubs, ", ") + "]}\n"
-	store := filetest.Store(b, yaml, vault.StoreOptions{Logger: slog.New(slog.DiscardHandler)})
+	keys, pubs := ckJWTKeys(b)
+	store := ckStore(b, pubs)
 	cfg, err := config.Parse([]byte(`
 keys: {source: file, file: keys.yaml}
 sites:
@@ -98,6 +84,33 @@ sites:
 	}
 	a := agenttest.New(b, cfg, agent.RuntimeOptions{Keys: store, Logger: slog.New(slog.DiscardHandler)})
 	return a, keys
+}
+
+// ckJWTKeys are the three JWT keys and their public halves as JWK JSON.
+func ckJWTKeys(b *testing.B) ([]jose.JSONWebKey, []string) {
+	b.Helper()
+	keys, err := ckKeys()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var pubs []string
+	for _, k := range keys {
+		j, err := k.Public().MarshalJSON()
+		if err != nil {
+			b.Fatal(err)
+		}
+		pubs = append(pubs, string(j))
+	}
+	return keys, pubs
+}
+
+// ckStore is a key store for docs with every kind's keys, the OAuth issuer trusting pubs.
+func ckStore(b *testing.B, pubs []string) *vault.Store {
+	b.Helper()
+	yaml := hmKeys() + "    browser-tokens:\n      pub1: {origins: [\"https://app.example.org\"]}\n" +
+		"    oauth:\n      issuer: \"https://docs.example.com\"\n      audience: docs\n" +
+		"      jwks: {keys: [" + strings.Join(pubs, ", ") + "]}\n"
+	return filetest.Store(b, yaml, vault.StoreOptions{Logger: slog.New(slog.DiscardHandler)})
 }
 
 // ckJWT mints an access token for user i.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -100,7 +101,7 @@ func (r *Replay) validate(dir string) error {
 		r.Store = ReplayLocal
 	case ReplayLocal:
 	case ReplayRedis:
-		if err := checkAddr("replay.redis.address", r.Redis.Address); err != nil {
+		if err := checkRedisAddr("replay.redis.address", r.Redis.Address); err != nil {
 			return err
 		}
 		r.Redis.PasswordFile = resolve(dir, r.Redis.PasswordFile)
@@ -145,6 +146,20 @@ func (c *Config) validateProduction() error {
 		return err
 	}
 	return c.Revocation.validate(c.Dir, &c.Replay.Redis)
+}
+
+// checkRedisAddr checks a Redis address: host:port, or a comma-separated list of Redis Cluster
+// seed nodes, each host:port.
+func checkRedisAddr(field, addr string) error {
+	if addr == "" {
+		return fmt.Errorf("%s: required", field)
+	}
+	for _, a := range strings.Split(addr, ",") {
+		if err := checkAddr(field, a); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Revocation is the fleet's revocation list (SPEC §9).
@@ -195,7 +210,7 @@ func (r *Revocation) validate(dir string, replay *Redis) error {
 		copied := *replay
 		r.Redis = &copied
 	} else {
-		if err := checkAddr("revocation.redis.address", r.Redis.Address); err != nil {
+		if err := checkRedisAddr("revocation.redis.address", r.Redis.Address); err != nil {
 			return err
 		}
 		r.Redis.PasswordFile = resolve(dir, r.Redis.PasswordFile)

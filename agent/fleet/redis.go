@@ -75,7 +75,7 @@ func (o *RedisOptions) client(field string, t clientTimeouts) (redis.UniversalCl
 	if retries == 0 {
 		retries = -1 // go-redis: 0 is its default (3), -1 is none
 	}
-	return redis.NewUniversalClient(&redis.UniversalOptions{
+	u := &redis.UniversalOptions{
 		Addrs:    addrs,
 		Username: o.Username, CredentialsProviderContext: creds,
 		TLSConfig: tlsCfg,
@@ -90,8 +90,20 @@ func (o *RedisOptions) client(field string, t clientTimeouts) (redis.UniversalCl
 		PoolTimeout:              t.call,
 		DisableIdentity:          true, // no CLIENT SETINFO round trip at each connection
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-	}), nil
+	}
+	if len(addrs) == 1 {
+		return redis.NewClient(u.Simple()), nil
+	}
+	// A cluster: the slot map is read again every second. go-redis reloads it on MOVED, but not
+	// when a dead master refuses connections, so without this a failover would leave the
+	// client dialling the dead node for a minute (its default interval).
+	co := u.Cluster()
+	co.ClusterStateReloadInterval = clusterReload
+	return redis.NewClusterClient(co), nil
 }
+
+// clusterReload is how often a cluster client reads the slot map again.
+const clusterReload = time.Second
 
 func readPassword(path string) (string, error) {
 	b, err := os.ReadFile(path)

@@ -2,8 +2,9 @@
 // Server API Tokens (ReplayStore, SPEC §3.2, §8 replay.store: redis): a token accepted by one
 // agent is refused (replayed_token) by all the others for the rest of its window.
 //
-// Each first use is one atomic SET key 1 NX PX <the token's remaining window>, keyed by site,
-// key and the signature (lower-case hex of the decoded bytes), under a prefix:
+// Each first use is one atomic SET key 1 NX PX <the token's remaining window> (followed by WAIT
+// 1 when the master has replicas: durable.go), keyed by site, key and the signature (lower-case
+// hex of the decoded bytes), under a prefix:
 //
 //	tokenagent:replay:docs:k1:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 //
@@ -64,6 +65,7 @@ type ReplayStore struct {
 	seconds prometheus.Observer
 
 	firstUse, replayed, failed prometheus.Counter
+	replicas                   replicaCounts
 
 	lastOK  atomic.Int64 // unix nanos of the last call that Redis answered
 	mu      sync.Mutex
@@ -128,7 +130,13 @@ func (r *ReplayStore) FirstUse(ctx context.Context, site, key, sigHex string, ex
 	ctx, cancel := context.WithTimeout(ctx, r.budget)
 	defer cancel()
 	start := time.Now()
-	set, err := r.c.SetNX(ctx, r.Key(site, key, sigHex), 1, ttl).Result()
+	var cmd *redis.BoolCmd
+	k := r.Key(site, key, sigHex)
+	err := durable(ctx, r.c, &r.replicas, k, func(p redis.Pipeliner) { cmd = p.SetNX(ctx, k, 1, ttl) })
+	set := cmd != nil && cmd.Val()
+	if err == nil && cmd != nil {
+		err = cmd.Err()
+	}
 	r.seconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		r.failed.Inc()

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"unicode/utf8"
 	"unsafe"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -30,7 +32,8 @@ import (
 // created} in Unix milliseconds; the hash expires with its last entry. A write is one script
 // on that key: it merges with the entry already there (the later before, the later expiry: a
 // write is idempotent and two writers lose nothing), extends the hash's expiry, and publishes
-// the entry on <prefix>revocations, which every agent subscribes to. Each agent reads every
+// the entry on <prefix>revocations, which every agent subscribes to; the write returns once a
+// replica holds it, when the master has any (durable.go). Each agent reads every
 // site of its config in full at start, whenever its subscription is made again (a reconnect, a
 // failover) and at least every ResyncEvery, and applies what is published in between.
 
@@ -64,6 +67,17 @@ type Revocation struct {
 	Expires time.Time
 	// Created is when the entry was first written.
 	Created time.Time
+	// Filter is a token entry's fast fingerprint of the credential (xxhash64 of its text), which
+	// agents compare before the SHA-256: a check at a site with token entries then costs one
+	// fast hash, and a SHA-256 only on a match. 0: unknown (every check hashes with SHA-256).
+	Filter uint64
+}
+
+// RevokeCredential is the token entry for a credential of site, by its exact text: its
+// SHA-256 and its filter, never the text.
+func RevokeCredential(site, credential string, expires time.Time) Revocation {
+	return Revocation{Site: site, Kind: RevokeToken, Subject: TokenSubject(credential), Expires: expires,
+		Filter: xxhash.Sum64String(credential)}
 }
 
 // TokenSubject is a token entry's subject for a credential: the SHA-256 of its exact text, in
@@ -124,35 +138,55 @@ func printable(s string) bool {
 
 // record is an entry as Redis holds it (times in Unix milliseconds).
 type record struct {
-	Before  int64 `json:"b"`
-	Expires int64 `json:"x"`
-	Created int64 `json:"c"`
+	Before  int64  `json:"b"`
+	Expires int64  `json:"x"`
+	Created int64  `json:"c"`
+	Filter  string `json:"f,omitempty"` // a token entry's filter, 16 hex digits
+}
+
+func filterString(f uint64) string {
+	if f == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%016x", f)
+}
+
+func (rec record) filter() uint64 {
+	f, err := strconv.ParseUint(rec.Filter, 16, 64)
+	if err != nil {
+		return 0
+	}
+	return f
 }
 
 // message is what is published for each write.
 type message struct {
 	Site  string `json:"s"`
-	Field string `json:"f"`
+	Field string `json:"k"`
 	record
 }
 
 // revokeScript merges an entry into the site's hash (the later before and expiry, the first
-// creation), extends the hash's expiry, and publishes the merged entry. KEYS[1] the hash;
-// ARGV: field, before, expires, created, channel, site.
+// creation, a filter when either has one), extends the hash's expiry, and publishes the merged
+// entry. KEYS[1] the hash; ARGV: field, before, expires, created, channel, site, filter.
 var revokeScript = redis.NewScript(`
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-local b, x, c = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local b, x, c, f = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[7]
 if old then
   local o = cjson.decode(old)
   if o.b > b then b = o.b end
   if o.x > x then x = o.x end
   if o.c < c then c = o.c end
+  if f == '' and o.f then f = o.f end
 end
-local rec = cjson.encode({b = b, x = x, c = c})
+local r = {b = b, x = x, c = c}
+if f ~= '' then r.f = f end
+local rec = cjson.encode(r)
 redis.call('HSET', KEYS[1], ARGV[1], rec)
 local t = redis.call('PEXPIRETIME', KEYS[1])
 if t < x then redis.call('PEXPIREAT', KEYS[1], x) end
-redis.call('PUBLISH', ARGV[5], cjson.encode({s = ARGV[6], f = ARGV[1], b = b, x = x, c = c}))
+r.s, r.k = ARGV[6], ARGV[1]
+redis.call('PUBLISH', ARGV[5], cjson.encode(r))
 return rec
 `)
 
@@ -201,6 +235,7 @@ type RevocationList struct {
 	closed   sync.Once
 	failMu   sync.Mutex
 	failing  error
+	replicas replicaCounts
 	entries  *prometheus.GaugeVec
 	syncAges prometheus.GaugeFunc
 }
@@ -266,8 +301,16 @@ func (l *RevocationList) Revoke(ctx context.Context, r Revocation) (Revocation, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*l.opts.CallTimeout)
 	defer cancel()
-	out, err := revokeScript.Run(ctx, l.c, []string{l.key(r.Site)}, r.Kind+":"+r.Subject, before,
-		r.Expires.UnixMilli(), r.Created.UnixMilli(), l.channel, r.Site).Text()
+	var cmd *redis.Cmd
+	key := l.key(r.Site)
+	err := durable(ctx, l.c, &l.replicas, key, func(p redis.Pipeliner) {
+		cmd = revokeScript.Eval(ctx, p, []string{key}, r.Kind+":"+r.Subject, before,
+			r.Expires.UnixMilli(), r.Created.UnixMilli(), l.channel, r.Site, filterString(r.Filter))
+	})
+	var out string
+	if err == nil {
+		out, err = cmd.Text()
+	}
 	if err != nil {
 		return Revocation{}, &UnavailableError{Store: "revocation list", Addr: l.addr, Err: err}
 	}
@@ -311,7 +354,7 @@ func (l *RevocationList) List(ctx context.Context, site string) ([]Revocation, e
 func (rec record) revocation(site, field string) (Revocation, error) {
 	kind, subject, ok := strings.Cut(field, ":")
 	r := Revocation{Site: site, Kind: kind, Subject: subject, Expires: time.UnixMilli(rec.Expires),
-		Created: time.UnixMilli(rec.Created)}
+		Created: time.UnixMilli(rec.Created), Filter: rec.filter()}
 	if rec.Before != 0 {
 		r.Before = time.UnixMilli(rec.Before)
 	}
@@ -541,7 +584,7 @@ func (l *RevocationList) readAll(ctx context.Context) error {
 					created = now
 				}
 				revokeScript.Eval(ctx, p, []string{l.key(h.site)}, h.field, h.rec.Before, h.rec.Expires, created,
-					l.channel, h.site)
+					l.channel, h.site, h.rec.Filter)
 			}
 			return nil
 		})
@@ -659,8 +702,8 @@ func (l *RevocationList) Warnings() []string {
 // credentials as presented (SPEC §9): a user entry for id.User with a before later than
 // id.IssuedAt (or any before when it is zero), a client entry likewise for an OAuth token's
 // client, a token entry for the SHA-256 of a credential. A site without entries costs two
-// small map lookups; a user or client check one more each; a credential is hashed only when
-// the site has token entries.
+// small map lookups; a user or client check one more each; at a site with token entries a
+// credential costs a fast hash (xxhash64, its filter) and a SHA-256 only when a filter matches.
 func (l *RevocationList) Revoked(site string, id *token.Identity, credentials [2]string) bool {
 	s := l.snap.Load()
 	b, d := s.base[site], s.delta[site]
@@ -679,9 +722,16 @@ func (l *RevocationList) Revoked(site string, id *token.Identity, credentials [2
 		return true
 	}
 	if b.hasTokens() || d.hasTokens() {
+		filtered := b.allFiltered() && d.allFiltered()
 		for _, cred := range credentials {
 			if cred == "" {
 				continue
+			}
+			if filtered {
+				f := xxhash.Sum64String(cred)
+				if !b.hasFilter(f) && !d.hasFilter(f) {
+					continue // no token entry can be this credential
+				}
 			}
 			h := sha256.Sum256(unsafe.Slice(unsafe.StringData(cred), len(cred)))
 			if b.hasToken(h) || d.hasToken(h) {
@@ -711,14 +761,24 @@ func (s *snapshot) counts(site string) (users, tokens, clients int) {
 // tokens, each with its expiry (Unix ms). A nil *siteList has none.
 type siteList struct {
 	users, clients map[string]span
-	tokens         map[[sha256.Size]byte]int64 // expiry
+	tokens         map[[sha256.Size]byte]tokenEntry
+	// filters are the token entries' filters; unfiltered counts the token entries without one.
+	filters    map[uint64]int
+	unfiltered int
+}
+
+// tokenEntry is a token entry's expiry and filter.
+type tokenEntry struct {
+	expires int64
+	filter  uint64
 }
 
 // span is a user or client entry: credentials issued before before are refused, until expires.
 type span struct{ before, expires int64 }
 
 func newSiteList() *siteList {
-	return &siteList{users: map[string]span{}, clients: map[string]span{}, tokens: map[[sha256.Size]byte]int64{}}
+	return &siteList{users: map[string]span{}, clients: map[string]span{}, tokens: map[[sha256.Size]byte]tokenEntry{},
+		filters: map[uint64]int{}}
 }
 
 func (l *siteList) len() int { return len(l.users) + len(l.clients) + len(l.tokens) }
@@ -738,8 +798,36 @@ func (l *siteList) merge(o *siteList) {
 	for c, e := range o.clients {
 		l.clients[c] = e.union(l.clients[c])
 	}
-	for t, x := range o.tokens {
-		l.tokens[t] = max(l.tokens[t], x)
+	for t, e := range o.tokens {
+		l.addToken(t, e)
+	}
+}
+
+// addToken adds or merges a token entry, keeping the filter counts.
+func (l *siteList) addToken(h [sha256.Size]byte, e tokenEntry) {
+	old, had := l.tokens[h]
+	if had {
+		e.expires = max(e.expires, old.expires)
+		if e.filter == 0 {
+			e.filter = old.filter
+		}
+		l.dropFilter(old.filter)
+	}
+	l.tokens[h] = e
+	if e.filter == 0 {
+		l.unfiltered++
+	} else {
+		l.filters[e.filter]++
+	}
+}
+
+func (l *siteList) dropFilter(f uint64) {
+	if f == 0 {
+		l.unfiltered--
+		return
+	}
+	if l.filters[f]--; l.filters[f] <= 0 {
+		delete(l.filters, f)
 	}
 }
 
@@ -756,7 +844,7 @@ func (l *siteList) add(field string, rec record) {
 	case RevokeToken:
 		var h [sha256.Size]byte
 		if n, err := hex.Decode(h[:], []byte(subject)); err == nil && n == sha256.Size {
-			l.tokens[h] = max(l.tokens[h], rec.Expires)
+			l.addToken(h, tokenEntry{expires: rec.Expires, filter: rec.filter()})
 		}
 	}
 }
@@ -769,8 +857,8 @@ func (l *siteList) each(f func(field string, rec record)) {
 	for c, e := range l.clients {
 		f(RevokeClient+":"+c, record{Before: e.before, Expires: e.expires})
 	}
-	for t, x := range l.tokens {
-		f(RevokeToken+":"+hex.EncodeToString(t[:]), record{Expires: x})
+	for t, e := range l.tokens {
+		f(RevokeToken+":"+hex.EncodeToString(t[:]), record{Expires: e.expires, Filter: filterString(e.filter)})
 	}
 }
 
@@ -791,6 +879,16 @@ func (l *siteList) refusesClient(client string, issued int64) bool {
 }
 
 func (l *siteList) hasTokens() bool { return l != nil && len(l.tokens) > 0 }
+
+func (l *siteList) allFiltered() bool { return l == nil || l.unfiltered == 0 }
+
+func (l *siteList) hasFilter(f uint64) bool {
+	if l == nil {
+		return false
+	}
+	_, ok := l.filters[f]
+	return ok
+}
 
 func (l *siteList) hasToken(h [sha256.Size]byte) bool {
 	if l == nil {

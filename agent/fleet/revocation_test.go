@@ -166,9 +166,11 @@ func TestRevokedRules(t *testing.T) {
 	revoke(t, writer, userEntry("=jane%20doe", cut))
 	revoke(t, writer, fleet.Revocation{Site: "docs", Kind: fleet.RevokeClient, Subject: "portal", Before: cut, Expires: cut.Add(time.Hour)})
 	revoke(t, writer, fleet.Revocation{Site: "docs", Kind: fleet.RevokeToken, Subject: fleet.TokenSubject("leaked-token"), Expires: cut.Add(time.Hour)})
+	revoke(t, writer, fleet.RevokeCredential("other", "filtered-token", cut.Add(time.Hour)))
 	eventually(t, "the entries applied", func() bool {
 		return l.Revoked("docs", &token.Identity{Kind: token.KindOAuth, ClientID: "portal"}, [2]string{}) &&
-			l.Revoked("docs", &token.Identity{}, [2]string{"leaked-token"})
+			l.Revoked("docs", &token.Identity{}, [2]string{"leaked-token"}) &&
+			l.Revoked("other", &token.Identity{}, [2]string{"filtered-token"})
 	})
 	before, after := cut.Add(-time.Second), cut.Add(time.Second)
 	tests := []struct {
@@ -191,6 +193,8 @@ func TestRevokedRules(t *testing.T) {
 		{"token by hash", "docs", token.Identity{Kind: token.KindBrowser}, [2]string{"leaked-token"}, true},
 		{"token as the second credential", "docs", token.Identity{Kind: token.KindBrowser, User: "7", IssuedAt: after}, [2]string{"browserkey", "leaked-token"}, true},
 		{"another token", "docs", token.Identity{Kind: token.KindBrowser}, [2]string{"leaked-token2"}, false},
+		{"token by hash, written with its filter", "other", token.Identity{Kind: token.KindServer, User: "x", IssuedAt: after}, [2]string{"filtered-token"}, true},
+		{"another token where every entry has a filter", "other", token.Identity{Kind: token.KindServer, User: "x", IssuedAt: after}, [2]string{"filtered-token2"}, false},
 		{"anonymous", "docs", token.Identity{Kind: token.KindAnonymous}, [2]string{}, false},
 	}
 	for _, tc := range tests {

@@ -150,12 +150,12 @@ func cmdRevoke(args []string, stdout, stderr io.Writer) error {
 		if cred == "" {
 			return errors.New("--token-file: the file is empty")
 		}
-		r.Kind, r.Subject = fleet.RevokeToken, fleet.TokenSubject(cred)
+		expires := now.Add(noTokenLifetime)
 		if until, ok := token.ValidUntil(cred, &settings); ok {
-			r.Expires = until
-		} else {
-			r.Expires = now.Add(noTokenLifetime)
+			expires = until
 		}
+		r = fleet.RevokeCredential(site.ID, cred, expires)
+		r.Created = now
 		if !r.Expires.After(now) {
 			fmt.Fprintln(stderr, "tokenagent revoke: the token has expired already; writing the entry anyway")
 			r.Expires = now.Add(time.Minute)

@@ -28,6 +28,10 @@ type Options struct {
 	User, Password string
 	// CertFile, KeyFile and CAFile serve TLS only (the plain port is off).
 	CertFile, KeyFile, CAFile string
+	// cluster runs the server as a Redis Cluster node (StartCluster).
+	cluster bool
+	// port is the port to listen on (0: a free one).
+	port int
 }
 
 // Server is a running redis-server.
@@ -59,14 +63,17 @@ func Start(t testing.TB, opts Options) *Server {
 	}
 	s := &Server{opts: opts, dir: t.TempDir()}
 	for attempt := 0; ; attempt++ {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+		s.port = opts.port
+		if s.port == 0 {
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.port = lis.Addr().(*net.TCPAddr).Port
+			lis.Close()
 		}
-		s.port = lis.Addr().(*net.TCPAddr).Port
-		lis.Close()
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
-		err = s.start()
+		err := s.start()
 		if err == nil {
 			break
 		}
@@ -99,10 +106,15 @@ func (s *Server) start() error {
 	} else {
 		args = append(args, "--port", strconv.Itoa(s.port))
 	}
+	if s.opts.cluster {
+		// A node that notices a dead master within a second, so a failover takes a few.
+		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(s.dir, "nodes.conf"),
+			"--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0")
+	}
 	if s.opts.User != "" {
 		// What tokenagent needs, and nothing else (agent/token/README.md, Server API Token: the ACL).
 		args = append(args, "--user", "default", "off", "--user", s.opts.User, "on", ">"+s.opts.Password,
-			"~tokenagent:*", "-@all", "+set", "+ping")
+			"~tokenagent:*", "-@all", "+set", "+ping", "+info", "+wait")
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
