@@ -125,6 +125,14 @@ func TestParseConfigErrors(t *testing.T) {
 		{"negative sample ratio", base + site + "tracing: {otlp_endpoint: \"127.0.0.1:4317\", sample_ratio: -0.1}\n", "tracing.sample_ratio"},
 		{"unknown replay store", base + site + "replay: {store: memcached}\n", "replay.store"},
 		{"redis without an address", base + site + "replay: {store: redis}\n", "replay.redis.address"},
+		{"a cluster seed that is not host:port", base + site + "replay: {store: redis, redis: {address: \"127.0.0.1:1,nowhere\"}}\n", "replay.redis.address"},
+		{"unknown revocation store", base + site + "revocation: {store: etcd}\n", "revocation.store"},
+		{"revocation settings without a store", base + site + "revocation: {on_stale: deny}\n", "revocation.store"},
+		{"revocation without any redis", base + site + "revocation: {store: redis}\n", "revocation.redis.address"},
+		{"revocation redis without an address", base + site + "revocation: {store: redis, redis: {tls: true}}\n", "revocation.redis.address"},
+		{"unknown on_stale", base + site + "revocation: {store: redis, redis: {address: \"r:6379\"}, on_stale: ignore}\n", "revocation.on_stale"},
+		{"max_stale under 2s", base + site + "revocation: {store: redis, redis: {address: \"r:6379\"}, max_stale: 500ms}\n", "revocation.max_stale"},
+		{"negative jwt_lifetime", base + site + "revocation: {store: redis, redis: {address: \"r:6379\"}, jwt_lifetime: -1h}\n", "revocation.jwt_lifetime"},
 		{"unknown mode", base + "sites: [{id: a, hosts: [a.b], mode: audit}]\n", "mode"},
 		{"entrypoint without a policy", base + "sites: [{id: a, hosts: [a.b], policy_entrypoint: authz/allow}]\n", "policy_entrypoint"},
 	}
@@ -248,5 +256,30 @@ func TestParseListener(t *testing.T) {
 	cfg.GRPCAddr = "unix://relative.sock" // the command line's override is checked as the file is
 	if err := cfg.CheckListeners(); err == nil || !strings.Contains(err.Error(), "grpc_addr") {
 		t.Errorf("CheckListeners: %v", err)
+	}
+}
+
+// TestRevocationDefaults: a revocation list takes replay.redis when it names no Redis of its own,
+// and its defaults; a Redis Cluster's seed list is an address.
+func TestRevocationDefaults(t *testing.T) {
+	cfg, err := Parse([]byte("keys: {source: file, file: k}\nsites: [{id: a, hosts: [a.b]}]\n"+
+		"replay: {store: redis, redis: {address: \"r1:6379,r2:6379\", username: ta, key_prefix: \"fleet:\"}}\n"+
+		"revocation: {store: redis}\n"), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Revocation
+	if !r.Enabled() || r.Redis == nil || r.Redis.Address != "r1:6379,r2:6379" || r.Redis.Username != "ta" ||
+		r.Redis.KeyPrefix != "fleet:" || r.MaxStale.D() != DefaultRevocationMaxStale || r.OnStale != OnStaleServe ||
+		r.JWTLifetime.D() != DefaultJWTLifetime {
+		t.Fatalf("revocation = %+v (redis %+v)", r, r.Redis)
+	}
+	r.Redis.Address = "elsewhere:6379"
+	if cfg.Replay.Redis.Address != "r1:6379,r2:6379" {
+		t.Fatal("the revocation list's Redis settings share memory with the replay store's")
+	}
+	none, err := Parse([]byte("keys: {source: file, file: k}\nsites: [{id: a, hosts: [a.b]}]\n"), t.TempDir())
+	if err != nil || none.Revocation.Enabled() {
+		t.Fatalf("no revocation section: %+v, %v", none.Revocation, err)
 	}
 }

@@ -196,7 +196,7 @@ func TestRedisDownAndSlow(t *testing.T) {
 	}
 }
 
-// With an ACL user allowed only SET and PING on tokenagent:* keys (agent/token/README.md's ACL) and the
+// With an ACL user allowed only SET, PING, INFO and WAIT on tokenagent:* keys (agent/token/README.md's ACL) and the
 // password in a file; a wrong password fails every call.
 func TestRedisACL(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{User: "tokenagent", Password: "s3cret-redis"})

@@ -238,6 +238,7 @@ type RevocationList struct {
 	replicas replicaCounts
 	entries  *prometheus.GaugeVec
 	syncAges prometheus.GaugeFunc
+	maxStale prometheus.Gauge
 }
 
 // NewRevocationList checks opts and returns a list that has not connected: Start begins the
@@ -272,8 +273,11 @@ func NewRevocationList(opts RevocationOptions) (*RevocationList, error) {
 	l.syncAges = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tokenagent_revocation_sync_age_seconds",
 		Help: "Seconds since the revocation list was last confirmed in sync with Redis (a full read, or the subscription answering)."},
 		func() float64 { return l.SyncAge(time.Now()).Seconds() })
+	l.maxStale = prometheus.NewGauge(prometheus.GaugeOpts{Name: "tokenagent_revocation_max_stale_seconds",
+		Help: "The revocation list's max_stale: a sync age over it makes the list stale (alerts compare the two)."})
+	l.maxStale.Set(opts.MaxStale.Seconds())
 	if opts.Registerer != nil {
-		for _, col := range []prometheus.Collector{l.entries, l.syncAges} {
+		for _, col := range []prometheus.Collector{l.entries, l.syncAges, l.maxStale} {
 			if err := opts.Registerer.Register(col); err != nil {
 				c.Close()
 				return nil, fmt.Errorf("revocation metrics: %w", err)

@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/fleet"
 	"github.com/tokenagent/tokenagent/agent/fleet/redistest"
 	"github.com/tokenagent/tokenagent/agent/token"
@@ -338,4 +340,25 @@ func TestRevocationSites(t *testing.T) {
 	}
 	l.SetSites([]string{"docs", "other", "third"})
 	eventually(t, "the new site's entries read", func() bool { return l.Revoked("third", id, [2]string{}) })
+}
+
+// TestRevocationACL: the list works with a Redis user allowed only the documented commands and
+// the "tokenagent:" keys and channels.
+func TestRevocationACL(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{User: "tokenagent", Password: "pw-0123456789", ACL: redistest.RevocationACL})
+	pw := filepath.Join(t.TempDir(), "redis-password")
+	daemontest.WriteFile(t, pw, "pw-0123456789\n")
+	acl := func(o *fleet.RevocationOptions) { o.Redis.Username, o.Redis.PasswordFile = "tokenagent", pw }
+	writer := newList(t, srv.Addr, acl)
+	l := following(t, srv.Addr, acl)
+	cut := time.Now()
+	revoke(t, writer, userEntry("42", cut))
+	revoke(t, writer, fleet.RevokeCredential("docs", "leaked", cut.Add(time.Hour)))
+	eventually(t, "the entries applied", func() bool {
+		return l.Revoked("docs", &token.Identity{User: "42", IssuedAt: cut.Add(-time.Second)}, [2]string{}) &&
+			l.Revoked("docs", &token.Identity{}, [2]string{"leaked"})
+	})
+	if got, err := writer.List(context.Background(), "docs"); err != nil || len(got) != 2 {
+		t.Fatalf("List = %v, %v", got, err)
+	}
 }

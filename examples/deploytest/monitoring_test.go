@@ -21,6 +21,7 @@ import (
 
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon"
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
+	"github.com/tokenagent/tokenagent/agent/fleet/redistest"
 	"github.com/tokenagent/tokenagent/agent/token"
 	"github.com/tokenagent/tokenagent/plugins/plugintest"
 	"github.com/tokenagent/tokenagent/vault"
@@ -169,7 +170,7 @@ const trapPolicy = `(module
   (func (export "tokenagent_evaluate") (param i32 i32) (result i64) unreachable))`
 
 // TestMonitoringMetricsServed runs a real agent (keys in a real Vault dev server, a policy,
-// traces to an OTLP receiver, a site in shadow mode), sends it the checks that make each kind
+// traces to an OTLP receiver, a site in shadow mode, a revocation list on a real Redis), sends it the checks that make each kind
 // of event, scrapes its /metrics over HTTP, and checks that every metric the alerts and the
 // dashboard name is served.
 func TestMonitoringMetricsServed(t *testing.T) {
@@ -202,6 +203,7 @@ func TestMonitoringMetricsServed(t *testing.T) {
 		}
 	}
 	rx := daemontest.StartOTLP(t)
+	redis := redistest.Start(t, redistest.Options{})
 	dir := t.TempDir()
 	policy := plugintest.WAT(t, "trap", trapPolicy)
 	daemontest.WriteFile(t, filepath.Join(dir, "vault-token"), v.Token)
@@ -210,6 +212,7 @@ keys:
   source: vault
   vault: {address: %q, auth: {method: token, token_file: vault-token}}
 tracing: {otlp_endpoint: %q, insecure: true, sample_ratio: 1}
+revocation: {store: redis, redis: {address: %q}}
 sites:
   - id: docs
     hosts: [docs.example.com]
@@ -221,7 +224,7 @@ sites:
   - id: scripted
     hosts: [scripted.example.com]
     policy: %q
-`, v.Addr, rx.Addr, policy)
+`, v.Addr, rx.Addr, redis.Addr, policy)
 	t.Setenv("VAULT_TOKEN", "")
 	e := daemontest.Start(t, cfg, daemontest.Options{Files: map[string]string{"vault-token": v.Token},
 		Daemon: daemon.Options{Logger: slog.New(slog.DiscardHandler)}})

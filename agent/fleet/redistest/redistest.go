@@ -23,9 +23,11 @@ import (
 
 // Options configure the server.
 type Options struct {
-	// User and Password make an ACL user allowed only what tokenagent needs (keys under
-	// "tokenagent:", SET and PING), and turn the default user off.
+	// User and Password make an ACL user allowed only what tokenagent needs (keys and channels
+	// under "tokenagent:", the commands of ACL), and turn the default user off.
 	User, Password string
+	// ACL are the user's commands (default ReplayACL).
+	ACL []string
 	// CertFile, KeyFile and CAFile serve TLS only (the plain port is off).
 	CertFile, KeyFile, CAFile string
 	// cluster runs the server as a Redis Cluster node (StartCluster).
@@ -33,6 +35,14 @@ type Options struct {
 	// port is the port to listen on (0: a free one).
 	port int
 }
+
+// The commands each of tokenagent's stores needs (agent/token/README.md and
+// agent/cmd/daemon/README.md document the same lists).
+var (
+	ReplayACL     = []string{"+set", "+ping", "+info", "+wait"}
+	RevocationACL = []string{"+hget", "+hset", "+hgetall", "+hdel", "+pexpiretime", "+pexpireat", "+publish",
+		"+subscribe", "+ping", "+eval", "+evalsha", "+info", "+wait"}
+)
 
 // Server is a running redis-server.
 type Server struct {
@@ -113,8 +123,13 @@ func (s *Server) start() error {
 	}
 	if s.opts.User != "" {
 		// What tokenagent needs, and nothing else (agent/token/README.md, Server API Token: the ACL).
+		acl := s.opts.ACL
+		if acl == nil {
+			acl = ReplayACL
+		}
 		args = append(args, "--user", "default", "off", "--user", s.opts.User, "on", ">"+s.opts.Password,
-			"~tokenagent:*", "-@all", "+set", "+ping", "+info", "+wait")
+			"~tokenagent:*", "&tokenagent:*", "-@all")
+		args = append(args, acl...)
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
