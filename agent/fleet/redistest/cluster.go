@@ -149,15 +149,23 @@ func (c *Cluster) MasterOf(t testing.TB, key string) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	slots, err := cc.ClusterSlots(ctx).Result()
+	shards, err := cc.ClusterShards(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range slots {
-		if int64(r.Start) <= slot && slot <= int64(r.End) && len(r.Nodes) > 0 {
-			for _, s := range c.Nodes {
-				if s.Addr == r.Nodes[0].Addr {
-					return s
+	for _, sh := range shards {
+		for _, r := range sh.Slots {
+			if r.Start > slot || slot > r.End {
+				continue
+			}
+			for _, n := range sh.Nodes {
+				if n.Role != "master" || n.Health != "online" {
+					continue
+				}
+				for _, s := range c.Nodes {
+					if s.Addr == fmt.Sprintf("%s:%d", n.IP, n.Port) {
+						return s
+					}
 				}
 			}
 		}
