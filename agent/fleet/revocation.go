@@ -67,9 +67,10 @@ type Revocation struct {
 	Expires time.Time
 	// Created is when the entry was first written.
 	Created time.Time
-	// Filter is a token entry's fast fingerprint of the credential (xxhash64 of its text), which
-	// agents compare before the SHA-256: a check at a site with token entries then costs one
-	// fast hash, and a SHA-256 only on a match. 0: unknown (every check hashes with SHA-256).
+	// Filter is a token entry's fast fingerprint of the credential (xxhash64 of its last 32
+	// bytes and its length), which agents compare before the SHA-256: a check at a site with
+	// token entries then costs one hash of a few bytes, and a SHA-256 only on a match. 0:
+	// unknown (every check at the site hashes its credentials with SHA-256).
 	Filter uint64
 }
 
@@ -77,7 +78,24 @@ type Revocation struct {
 // SHA-256 and its filter, never the text.
 func RevokeCredential(site, credential string, expires time.Time) Revocation {
 	return Revocation{Site: site, Kind: RevokeToken, Subject: TokenSubject(credential), Expires: expires,
-		Filter: xxhash.Sum64String(credential)}
+		Filter: fingerprint(credential)}
+}
+
+// fingerprintTail is how many of a credential's last bytes its fingerprint reads.
+const fingerprintTail = 32
+
+// fingerprint is a token entry's filter for a credential: xxhash64 of its last 32 bytes, mixed
+// with its length. Every signed credential ends with its signature (a JWT, an Auth Token, a
+// tkn_ token) and a key is random throughout, so the tail tells credentials apart as well as
+// the whole text does, at a cost that does not grow with a 2 KB JWT. It is a pre-filter only:
+// a match is confirmed by the SHA-256 of the whole text, so a collision costs one SHA-256 and
+// never refuses a credential that was not revoked.
+func fingerprint(credential string) uint64 {
+	tail := credential
+	if len(tail) > fingerprintTail {
+		tail = tail[len(tail)-fingerprintTail:]
+	}
+	return xxhash.Sum64String(tail) ^ uint64(len(credential))*0x9e3779b97f4a7c15
 }
 
 // TokenSubject is a token entry's subject for a credential: the SHA-256 of its exact text, in
@@ -707,7 +725,7 @@ func (l *RevocationList) Warnings() []string {
 // id.IssuedAt (or any before when it is zero), a client entry likewise for an OAuth token's
 // client, a token entry for the SHA-256 of a credential. A site without entries costs two
 // small map lookups; a user or client check one more each; at a site with token entries a
-// credential costs a fast hash (xxhash64, its filter) and a SHA-256 only when a filter matches.
+// credential costs its fingerprint and a map lookup, and a SHA-256 only when a filter matches.
 func (l *RevocationList) Revoked(site string, id *token.Identity, credentials [2]string) bool {
 	s := l.snap.Load()
 	b, d := s.base[site], s.delta[site]
@@ -732,7 +750,7 @@ func (l *RevocationList) Revoked(site string, id *token.Identity, credentials [2
 				continue
 			}
 			if filtered {
-				f := xxhash.Sum64String(cred)
+				f := fingerprint(cred)
 				if !b.hasFilter(f) && !d.hasFilter(f) {
 					continue // no token entry can be this credential
 				}

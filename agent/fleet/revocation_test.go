@@ -169,10 +169,14 @@ func TestRevokedRules(t *testing.T) {
 	revoke(t, writer, fleet.Revocation{Site: "docs", Kind: fleet.RevokeClient, Subject: "portal", Before: cut, Expires: cut.Add(time.Hour)})
 	revoke(t, writer, fleet.Revocation{Site: "docs", Kind: fleet.RevokeToken, Subject: fleet.TokenSubject("leaked-token"), Expires: cut.Add(time.Hour)})
 	revoke(t, writer, fleet.RevokeCredential("other", "filtered-token", cut.Add(time.Hour)))
+	// A long credential: its filter reads only its tail, which another credential can share.
+	sig := strings.Repeat("s", 48)
+	revoke(t, writer, fleet.RevokeCredential("other", "header-one."+sig, cut.Add(time.Hour)))
 	eventually(t, "the entries applied", func() bool {
 		return l.Revoked("docs", &token.Identity{Kind: token.KindOAuth, ClientID: "portal"}, [2]string{}) &&
 			l.Revoked("docs", &token.Identity{}, [2]string{"leaked-token"}) &&
-			l.Revoked("other", &token.Identity{}, [2]string{"filtered-token"})
+			l.Revoked("other", &token.Identity{}, [2]string{"filtered-token"}) &&
+			l.Revoked("other", &token.Identity{}, [2]string{"header-one." + sig})
 	})
 	before, after := cut.Add(-time.Second), cut.Add(time.Second)
 	tests := []struct {
@@ -197,6 +201,9 @@ func TestRevokedRules(t *testing.T) {
 		{"another token", "docs", token.Identity{Kind: token.KindBrowser}, [2]string{"leaked-token2"}, false},
 		{"token by hash, written with its filter", "other", token.Identity{Kind: token.KindServer, User: "x", IssuedAt: after}, [2]string{"filtered-token"}, true},
 		{"another token where every entry has a filter", "other", token.Identity{Kind: token.KindServer, User: "x", IssuedAt: after}, [2]string{"filtered-token2"}, false},
+		{"a long token, revoked with its filter", "other", token.Identity{Kind: token.KindOAuth, User: "x", IssuedAt: after}, [2]string{"header-one." + sig}, true},
+		{"another long token with the same tail and length (the filter matches, the SHA-256 does not)", "other", token.Identity{Kind: token.KindOAuth, User: "x", IssuedAt: after}, [2]string{"header-two." + sig}, false},
+		{"the same tail, another length", "other", token.Identity{Kind: token.KindOAuth, User: "x", IssuedAt: after}, [2]string{"header-three." + sig}, false},
 		{"anonymous", "docs", token.Identity{Kind: token.KindAnonymous}, [2]string{}, false},
 	}
 	for _, tc := range tests {
