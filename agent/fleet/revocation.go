@@ -587,6 +587,7 @@ func (l *RevocationList) readAll(ctx context.Context) error {
 			})
 		}
 		if sl.len() > 0 {
+			sl.seal()
 			snap.base[s] = sl
 		}
 		if len(expired) > 0 {
@@ -642,9 +643,11 @@ func (l *RevocationList) apply(payload string) {
 		}
 		b := old.base[m.Site].clone()
 		b.merge(d)
+		b.seal()
 		next.base[m.Site] = b
 		delete(next.delta, m.Site)
 	} else {
+		d.seal()
 		next.delta[m.Site] = d
 	}
 	l.snap.Store(next)
@@ -784,9 +787,12 @@ func (s *snapshot) counts(site string) (users, tokens, clients int) {
 type siteList struct {
 	users, clients map[string]span
 	tokens         map[[sha256.Size]byte]tokenEntry
-	// filters are the token entries' filters; unfiltered counts the token entries without one.
-	filters    map[uint64]int
+	// unfiltered counts the token entries without a filter.
 	unfiltered int
+	// bloom is a Bloom filter of the token entries' filters (two bits each, at least 16 bits
+	// per entry), built by seal once the list is complete: a check probes two bits of a small
+	// array. nil: not sealed, and every credential passes (the SHA-256 decides).
+	bloom []uint64
 }
 
 // tokenEntry is a token entry's expiry and filter.
@@ -799,8 +805,7 @@ type tokenEntry struct {
 type span struct{ before, expires int64 }
 
 func newSiteList() *siteList {
-	return &siteList{users: map[string]span{}, clients: map[string]span{}, tokens: map[[sha256.Size]byte]tokenEntry{},
-		filters: map[uint64]int{}}
+	return &siteList{users: map[string]span{}, clients: map[string]span{}, tokens: map[[sha256.Size]byte]tokenEntry{}}
 }
 
 func (l *siteList) len() int { return len(l.users) + len(l.clients) + len(l.tokens) }
@@ -825,7 +830,7 @@ func (l *siteList) merge(o *siteList) {
 	}
 }
 
-// addToken adds or merges a token entry, keeping the filter counts.
+// addToken adds or merges a token entry, keeping the count of entries without a filter.
 func (l *siteList) addToken(h [sha256.Size]byte, e tokenEntry) {
 	old, had := l.tokens[h]
 	if had {
@@ -833,23 +838,14 @@ func (l *siteList) addToken(h [sha256.Size]byte, e tokenEntry) {
 		if e.filter == 0 {
 			e.filter = old.filter
 		}
-		l.dropFilter(old.filter)
+		if old.filter == 0 {
+			l.unfiltered--
+		}
 	}
 	l.tokens[h] = e
+	l.bloom = nil // a changed list lets every credential through to the SHA-256 until sealed
 	if e.filter == 0 {
 		l.unfiltered++
-	} else {
-		l.filters[e.filter]++
-	}
-}
-
-func (l *siteList) dropFilter(f uint64) {
-	if f == 0 {
-		l.unfiltered--
-		return
-	}
-	if l.filters[f]--; l.filters[f] <= 0 {
-		delete(l.filters, f)
 	}
 }
 
@@ -904,12 +900,48 @@ func (l *siteList) hasTokens() bool { return l != nil && len(l.tokens) > 0 }
 
 func (l *siteList) allFiltered() bool { return l == nil || l.unfiltered == 0 }
 
+// bloomBitsPerEntry is the Bloom filter's size per token entry: with two bits per entry, a
+// credential that was not revoked passes it about 1.4 % of the time (and then costs a SHA-256).
+const bloomBitsPerEntry = 16
+
+// seal builds the Bloom filter of the token entries' filters. A list is sealed once complete,
+// before it is published in a snapshot; a change after that drops the filter (addToken).
+func (l *siteList) seal() {
+	l.bloom = nil
+	if len(l.tokens) == 0 {
+		return
+	}
+	n := 64
+	for n < bloomBitsPerEntry*len(l.tokens) {
+		n <<= 1
+	}
+	l.bloom = make([]uint64, n/64)
+	for _, e := range l.tokens {
+		if e.filter == 0 {
+			continue // an entry without a filter: every check hashes (allFiltered)
+		}
+		b1, b2 := bloomBits(e.filter, n)
+		l.bloom[b1/64] |= 1 << (b1 % 64)
+		l.bloom[b2/64] |= 1 << (b2 % 64)
+	}
+}
+
+// bloomBits are a filter's two bits in a Bloom filter of n bits (a power of two): from its low
+// and its high 32 bits, both already uniform (xxhash64).
+func bloomBits(f uint64, n int) (uint64, uint64) {
+	mask := uint64(n - 1)
+	return f & mask, (f >> 32) & mask
+}
+
 func (l *siteList) hasFilter(f uint64) bool {
 	if l == nil {
 		return false
 	}
-	_, ok := l.filters[f]
-	return ok
+	if l.bloom == nil {
+		return len(l.tokens) > 0 // not sealed: the SHA-256 decides
+	}
+	b1, b2 := bloomBits(f, len(l.bloom)*64)
+	return l.bloom[b1/64]&(1<<(b1%64)) != 0 && l.bloom[b2/64]&(1<<(b2%64)) != 0
 }
 
 func (l *siteList) hasToken(h [sha256.Size]byte) bool {

@@ -26,6 +26,7 @@ func benchList(users, clients, tokens int) *RevocationList {
 		r := RevokeCredential("docs", fmt.Sprintf("token %d", i), time.UnixMilli(exp))
 		sl.add("token:"+r.Subject, record{Expires: exp, Filter: filterString(r.Filter)})
 	}
+	sl.seal()
 	other := newSiteList()
 	other.add("user:1", record{Before: before, Expires: exp})
 	l := &RevocationList{}
