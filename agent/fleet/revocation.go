@@ -728,7 +728,8 @@ func (l *RevocationList) Warnings() []string {
 // id.IssuedAt (or any before when it is zero), a client entry likewise for an OAuth token's
 // client, a token entry for the SHA-256 of a credential. A site without entries costs two
 // small map lookups; a user or client check one more each; at a site with token entries a
-// credential costs its fingerprint and two bits of a Bloom filter, and a SHA-256 only when they match.
+// credential costs its fingerprint and two bits of a Bloom filter, and a SHA-256 only when
+// they match.
 func (l *RevocationList) Revoked(site string, id *token.Identity, credentials [2]string) bool {
 	s := l.snap.Load()
 	b, d := s.base[site], s.delta[site]
