@@ -260,7 +260,8 @@ func TestParseListener(t *testing.T) {
 }
 
 // TestRevocationDefaults: a revocation list takes replay.redis when it names no Redis of its own,
-// and its defaults; a Redis Cluster's seed list is an address.
+// and its defaults; a Redis Cluster's seed list is an address; Sentinel's settings, the password
+// file relative to the config's folder.
 func TestRevocationDefaults(t *testing.T) {
 	cfg, err := Parse([]byte("keys: {source: file, file: k}\nsites: [{id: a, hosts: [a.b]}]\n"+
 		"replay: {store: redis, redis: {address: \"r1:6379,r2:6379\", username: ta, key_prefix: \"fleet:\"}}\n"+
@@ -277,6 +278,16 @@ func TestRevocationDefaults(t *testing.T) {
 	r.Redis.Address = "elsewhere:6379"
 	if cfg.Replay.Redis.Address != "r1:6379,r2:6379" {
 		t.Fatal("the revocation list's Redis settings share memory with the replay store's")
+	}
+	dir := t.TempDir()
+	sentinel, err := Parse([]byte("keys: {source: file, file: k}\nsites: [{id: a, hosts: [a.b]}]\n"+
+		"revocation: {store: redis, redis: {address: \"s1:26379,s2:26379\", sentinel_master: mymaster, "+
+		"sentinel_password_file: sentinel.pw}}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sr := sentinel.Revocation.Redis; sr.SentinelMaster != "mymaster" || sr.SentinelPasswordFile != filepath.Join(dir, "sentinel.pw") {
+		t.Fatalf("sentinel settings = %+v", sr)
 	}
 	none, err := Parse([]byte("keys: {source: file, file: k}\nsites: [{id: a, hosts: [a.b]}]\n"), t.TempDir())
 	if err != nil || none.Revocation.Enabled() {

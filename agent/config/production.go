@@ -76,10 +76,15 @@ type Replay struct {
 	Redis Redis `yaml:"redis"`
 }
 
-// Redis is the replay store's Redis.
+// Redis is a fleet store's Redis (replay.redis, revocation.redis).
 type Redis struct {
-	// Address is host:port (required with store redis).
+	// Address is host:port, a comma-separated list of Redis Cluster seed nodes, or with
+	// sentinel_master the sentinels' addresses (required with store redis).
 	Address string `yaml:"address"`
+	// SentinelMaster is the master's name at the Redis Sentinels listed in address.
+	SentinelMaster string `yaml:"sentinel_master"`
+	// SentinelPasswordFile holds the sentinels' own password (optional; read at start).
+	SentinelPasswordFile string `yaml:"sentinel_password_file"`
 	// Username and PasswordFile are the ACL credentials (optional).
 	Username     string `yaml:"username"`
 	PasswordFile string `yaml:"password_file"`
@@ -101,15 +106,30 @@ func (r *Replay) validate(dir string) error {
 		r.Store = ReplayLocal
 	case ReplayLocal:
 	case ReplayRedis:
-		if err := checkRedisAddr("replay.redis.address", r.Redis.Address); err != nil {
+		if err := r.Redis.validate("replay.redis", dir); err != nil {
 			return err
 		}
-		r.Redis.PasswordFile = resolve(dir, r.Redis.PasswordFile)
 	default:
 		return fmt.Errorf("replay.store: %q is not local or redis", r.Store)
 	}
 	if r.Redis.KeyPrefix == "" {
 		r.Redis.KeyPrefix = "tokenagent:"
+	}
+	return nil
+}
+
+// validate checks a Redis section named field, resolves its files against dir and sets the
+// key prefix's default.
+func (r *Redis) validate(field, dir string) error {
+	if err := checkRedisAddr(field+".address", r.Address); err != nil {
+		return err
+	}
+	// How the fields combine (sentinel_master with tls, for example) is fleet.RedisOptions'
+	// to check, when the store is made at start.
+	r.PasswordFile = resolve(dir, r.PasswordFile)
+	r.SentinelPasswordFile = resolve(dir, r.SentinelPasswordFile)
+	if r.KeyPrefix == "" {
+		r.KeyPrefix = "tokenagent:"
 	}
 	return nil
 }
@@ -149,7 +169,7 @@ func (c *Config) validateProduction() error {
 }
 
 // checkRedisAddr checks a Redis address: host:port, or a comma-separated list of Redis Cluster
-// seed nodes, each host:port.
+// seed nodes or sentinels, each host:port.
 func checkRedisAddr(field, addr string) error {
 	if addr == "" {
 		return fmt.Errorf("%s: required", field)
@@ -209,14 +229,8 @@ func (r *Revocation) validate(dir string, replay *Redis) error {
 		}
 		copied := *replay
 		r.Redis = &copied
-	} else {
-		if err := checkRedisAddr("revocation.redis.address", r.Redis.Address); err != nil {
-			return err
-		}
-		r.Redis.PasswordFile = resolve(dir, r.Redis.PasswordFile)
-		if r.Redis.KeyPrefix == "" {
-			r.Redis.KeyPrefix = "tokenagent:"
-		}
+	} else if err := r.Redis.validate("revocation.redis", dir); err != nil {
+		return err
 	}
 	switch {
 	case r.MaxStale < 0:

@@ -14,11 +14,19 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
-// RedisOptions say how to reach the fleet's Redis: one server, or a Redis Cluster through a
-// comma-separated list of seed nodes (config: replay.redis, revocation.redis).
+// RedisOptions say how to reach the fleet's Redis: one server, a Redis Cluster through a
+// comma-separated list of seed nodes, or the master a set of Redis Sentinels names (config:
+// replay.redis, revocation.redis).
 type RedisOptions struct {
-	// Address is host:port, or a comma-separated list of Redis Cluster seed nodes (required).
+	// Address is host:port, or a comma-separated list of Redis Cluster seed nodes, or with
+	// SentinelMaster the sentinels' addresses (required).
 	Address string
+	// SentinelMaster is the name the sentinels know the master by: with it, the client asks
+	// the sentinels at Address for the master and follows it through a failover.
+	SentinelMaster string
+	// SentinelPasswordFile holds the sentinels' own password (their requirepass), read when
+	// the client is made; "" when they have none.
+	SentinelPasswordFile string
 	// Username and PasswordFile are the ACL credentials; the file is read at every new
 	// connection, so a rotated password needs no restart.
 	Username, PasswordFile string
@@ -67,6 +75,12 @@ func (o *RedisOptions) client(field string, t clientTimeouts) (redis.UniversalCl
 		}
 	}
 	tlsCfg := o.TLSConfig
+	if o.SentinelMaster != "" && (o.TLS || tlsCfg != nil) {
+		return nil, fmt.Errorf("%s.tls: not supported with sentinel_master", field)
+	}
+	if o.SentinelMaster == "" && o.SentinelPasswordFile != "" {
+		return nil, fmt.Errorf("%s.sentinel_password_file: needs sentinel_master", field)
+	}
 	if o.TLS && tlsCfg == nil {
 		host, _, _ := net.SplitHostPort(addrs[0])
 		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
@@ -90,6 +104,19 @@ func (o *RedisOptions) client(field string, t clientTimeouts) (redis.UniversalCl
 		PoolTimeout:              t.call,
 		DisableIdentity:          true, // no CLIENT SETINFO round trip at each connection
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	}
+	if o.SentinelMaster != "" {
+		u.MasterName = o.SentinelMaster
+		if o.SentinelPasswordFile != "" {
+			p, err := readPassword(o.SentinelPasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("%s.sentinel_password_file: %w", field, err)
+			}
+			u.SentinelPassword = p
+		}
+		// The master's client: the sentinels tell it where the master is, and it drops its
+		// connections when they announce another (+switch-master).
+		return redis.NewFailoverClient(u.Failover()), nil
 	}
 	if len(addrs) == 1 {
 		return redis.NewClient(u.Simple()), nil

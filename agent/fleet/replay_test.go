@@ -235,6 +235,10 @@ func TestNewReplayStoreRefuses(t *testing.T) {
 		{"no address", fleet.ReplayOptions{}, "address"},
 		{"missing password file", fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: "127.0.0.1:6379", PasswordFile: filepath.Join(dir, "none")}}, "password_file"},
 		{"empty password file", fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: "127.0.0.1:6379", PasswordFile: empty}}, "empty"},
+		{"sentinel with tls", fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: "127.0.0.1:26379", SentinelMaster: "m", TLS: true}}, "replay.redis.tls"},
+		{"sentinel password without a master name", fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: "127.0.0.1:26379", SentinelPasswordFile: empty}}, "replay.redis.sentinel_password_file: needs sentinel_master"},
+		{"missing sentinel password file", fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: "127.0.0.1:26379", SentinelMaster: "m", SentinelPasswordFile: filepath.Join(dir, "none")}}, "replay.redis.sentinel_password_file"},
+		{"a sentinel address without a port", fleet.ReplayOptions{Redis: fleet.RedisOptions{Address: "127.0.0.1:26379,sentinel2", SentinelMaster: "m"}}, "sentinel2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := fleet.NewReplayStore(tc.opts)

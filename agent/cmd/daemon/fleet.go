@@ -12,7 +12,8 @@ import (
 // RedisOptions are the fleet store options of a config's Redis section (replay.redis,
 // revocation.redis).
 func RedisOptions(rc *config.Redis) fleet.RedisOptions {
-	return fleet.RedisOptions{Address: rc.Address, Username: rc.Username, PasswordFile: rc.PasswordFile,
+	return fleet.RedisOptions{Address: rc.Address, SentinelMaster: rc.SentinelMaster,
+		SentinelPasswordFile: rc.SentinelPasswordFile, Username: rc.Username, PasswordFile: rc.PasswordFile,
 		TLS: rc.TLS, KeyPrefix: rc.KeyPrefix}
 }
 

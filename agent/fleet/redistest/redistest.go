@@ -32,6 +32,10 @@ type Options struct {
 	CertFile, KeyFile, CAFile string
 	// cluster runs the server as a Redis Cluster node (StartCluster).
 	cluster bool
+	// replicaOf makes the server a replica of this host:port (StartSentinel).
+	replicaOf string
+	// sentinel runs a Redis Sentinel with these configuration lines (StartSentinel).
+	sentinel string
 	// port is the port to listen on (0: a free one).
 	port int
 }
@@ -110,11 +114,24 @@ func (s *Server) start() error {
 	}
 	args := []string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir,
 		"--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log")}
-	if s.opts.CertFile != "" {
+	if s.opts.sentinel != "" {
+		// A sentinel rewrites its configuration file, so it gets one of its own.
+		conf := filepath.Join(s.dir, "sentinel.conf")
+		text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\n%s", s.port, s.dir,
+			filepath.Join(s.dir, "redis.log"), s.opts.sentinel)
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			return err
+		}
+		args = []string{conf, "--sentinel"}
+	} else if s.opts.CertFile != "" {
 		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(s.port), "--tls-cert-file", s.opts.CertFile,
 			"--tls-key-file", s.opts.KeyFile, "--tls-ca-cert-file", s.opts.CAFile, "--tls-auth-clients", "no")
 	} else {
 		args = append(args, "--port", strconv.Itoa(s.port))
+	}
+	if s.opts.replicaOf != "" {
+		host, port, _ := net.SplitHostPort(s.opts.replicaOf)
+		args = append(args, "--replicaof", host, port)
 	}
 	if s.opts.cluster {
 		// A node that notices a dead master within a second, so a failover takes a few.
