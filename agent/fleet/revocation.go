@@ -237,6 +237,8 @@ type RevocationList struct {
 	log     *slog.Logger
 
 	snap      atomic.Pointer[snapshot]
+	snapMu    sync.Mutex // serialises the snapshot's writers (the follower, SetSites); checks never take it
+	running   atomic.Bool
 	confirmed atomic.Int64 // unix nanos of the last confirmed sync (0: never)
 	sitesMu   sync.Mutex
 	sites     []string
@@ -383,21 +385,42 @@ func (rec record) revocation(site, field string) (Revocation, error) {
 	return r, r.check()
 }
 
-// SetSites names the sites whose entries this agent applies (its config's): a change reads the
-// list again. Call it before Start and after every config reload.
-func (l *RevocationList) SetSites(ids []string) {
+// SetSites names the sites whose entries this agent applies (its config's). Call it before
+// Start, and after every config reload before the new config serves: once the list is started,
+// the entries of the sites it did not have are read before SetSites returns (within ctx and
+// the list's call timeout), so a site added by a reload serves with its entries in force. An
+// error says they could not be read now; the list reads them with its next full read (at once
+// when Redis answers again).
+func (l *RevocationList) SetSites(ctx context.Context, ids []string) error {
 	ids = append([]string(nil), ids...)
 	sort.Strings(ids)
 	l.sitesMu.Lock()
-	same := slicesEqual(l.sites, ids)
+	old := l.sites
 	l.sites = ids
 	l.sitesMu.Unlock()
-	if !same {
-		select {
-		case l.resync <- struct{}{}:
-		default:
+	if slicesEqual(old, ids) {
+		return nil
+	}
+	select { // a full read also drops the sites no longer served
+	case l.resync <- struct{}{}:
+	default:
+	}
+	if !l.running.Load() {
+		return nil // Start's first full read reads them
+	}
+	var added []string
+	for _, s := range ids {
+		if !slicesContains(old, s) {
+			added = append(added, s)
 		}
 	}
+	if len(added) == 0 {
+		return nil
+	}
+	if err := l.readSites(ctx, added); err != nil {
+		return fmt.Errorf("revocation list: reading the entries of %s: %w", strings.Join(added, ", "), err)
+	}
+	return nil
 }
 
 func slicesEqual(a, b []string) bool {
@@ -423,6 +446,7 @@ func (l *RevocationList) siteIDs() []string {
 func (l *RevocationList) Start(ctx context.Context) {
 	l.started.Do(func() {
 		ctx, l.cancel = context.WithCancel(ctx)
+		l.running.Store(true)
 		go l.run(ctx)
 	})
 }

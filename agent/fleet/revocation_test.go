@@ -30,7 +30,9 @@ func newList(t *testing.T, addr string, mutate ...func(*fleet.RevocationOptions)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.SetSites([]string{"docs", "other"})
+	if err := l.SetSites(context.Background(), []string{"docs", "other"}); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = l.Close() })
 	return l
 }
@@ -328,7 +330,8 @@ func TestRevocationExpiry(t *testing.T) {
 }
 
 // TestRevocationSites: entries of a site the agent does not serve are not applied; a site added
-// (a config reload) is read at once.
+// (a config reload) has its entries in force when SetSites returns; with Redis down SetSites
+// says so, and the entries are applied once Redis answers.
 func TestRevocationSites(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	writer := newList(t, srv.Addr)
@@ -345,8 +348,29 @@ func TestRevocationSites(t *testing.T) {
 	if l.Revoked("third", id, [2]string{}) {
 		t.Fatal("an entry of a site not served applied")
 	}
-	l.SetSites([]string{"docs", "other", "third"})
-	eventually(t, "the new site's entries read", func() bool { return l.Revoked("third", id, [2]string{}) })
+	if err := l.SetSites(context.Background(), []string{"docs", "other", "third"}); err != nil {
+		t.Fatal(err)
+	}
+	if !l.Revoked("third", id, [2]string{}) {
+		t.Fatal("a site added by SetSites serves without its entries")
+	}
+	if !l.Revoked("docs", &token.Identity{User: "sync-marker", IssuedAt: cut.Add(-time.Second)}, [2]string{}) {
+		t.Fatal("a site already served lost its entries")
+	}
+	// A site removed and Redis down: adding one again says its entries could not be read, and
+	// they are applied once Redis answers.
+	r.Site, r.Subject = "fourth", "44"
+	revoke(t, writer, r)
+	srv.Kill()
+	err := l.SetSites(context.Background(), []string{"docs", "fourth"})
+	if err == nil || !strings.Contains(err.Error(), "fourth") {
+		t.Fatalf("SetSites with Redis down: %v, want an error naming the site", err)
+	}
+	srv.Restart(t)
+	revoke(t, writer, r) // the restarted Redis is empty: the entry is written again
+	eventually(t, "the site's entries read once Redis answers", func() bool {
+		return l.Revoked("fourth", &token.Identity{User: "44", IssuedAt: cut.Add(-time.Second)}, [2]string{})
+	})
 }
 
 // TestRevocationACL: the list works with a Redis user allowed only the documented commands and

@@ -60,6 +60,20 @@ type snapshot struct {
 	base, delta map[string]*siteList
 }
 
+// merged is site's entries, base and delta as one sealed list (nil when it has none).
+func (s *snapshot) merged(site string) *siteList {
+	b, d := s.base[site], s.delta[site]
+	if b == nil && d == nil {
+		return nil
+	}
+	m := b.clone()
+	if d != nil {
+		m.merge(d)
+	}
+	m.seal()
+	return m
+}
+
 func (s *snapshot) counts(site string) (users, tokens, clients int) {
 	for _, l := range []*siteList{s.base[site], s.delta[site]} {
 		if l != nil {

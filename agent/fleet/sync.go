@@ -97,40 +97,23 @@ func (l *RevocationList) readAll(ctx context.Context) error {
 	sites := l.siteIDs()
 	ctx, cancel := context.WithTimeout(ctx, 4*l.opts.CallTimeout)
 	defer cancel()
-	cmds := make([]*redis.MapStringStringCmd, len(sites))
-	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, s := range sites {
-			cmds[i] = p.HGetAll(ctx, l.key(s))
-		}
-		return nil
-	})
+	hashes, err := l.readHashes(ctx, sites)
 	if err != nil {
 		return err
 	}
 	now := l.opts.Now().UnixMilli()
-	old := l.snap.Load()
-	snap := &snapshot{base: make(map[string]*siteList, len(sites))}
 	type heal struct {
 		site, field string
 		rec         record
 	}
 	var heals []heal
+	expired := map[string][]string{}
+	l.snapMu.Lock()
+	old := l.snap.Load()
+	snap := &snapshot{base: make(map[string]*siteList, len(sites))}
 	for i, s := range sites {
-		stored := map[string]bool{}
-		sl := newSiteList()
-		var expired []string
-		for field, v := range cmds[i].Val() {
-			var rec record
-			if json.Unmarshal([]byte(v), &rec) != nil {
-				continue
-			}
-			if rec.Expires <= now {
-				expired = append(expired, field)
-				continue
-			}
-			stored[field] = true
-			sl.add(field, rec)
-		}
+		sl, stored, gone := decodeSite(hashes[i], now)
+		expired[s] = gone
 		for _, mem := range []*siteList{old.base[s], old.delta[s]} {
 			if mem == nil {
 				continue
@@ -149,14 +132,26 @@ func (l *RevocationList) readAll(ctx context.Context) error {
 			sl.seal()
 			snap.base[s] = sl
 		}
-		if len(expired) > 0 {
-			_ = l.c.HDel(ctx, l.key(s), expired...).Err() // any agent may prune; the next read retries
+	}
+	// A site SetSites added while this read ran keeps what SetSites read for it.
+	current := l.siteIDs()
+	for _, s := range current {
+		if !slicesContains(sites, s) {
+			if m := old.merged(s); m != nil {
+				snap.base[s] = m
+			}
 		}
 	}
 	l.snap.Store(snap)
+	l.snapMu.Unlock()
 	l.entries.Reset() // sites no longer configured drop out
-	l.publishCounts(snap, sites)
+	l.publishCounts(snap, current)
 	l.confirm()
+	for s, fields := range expired {
+		if len(fields) > 0 {
+			_ = l.c.HDel(ctx, l.key(s), fields...).Err() // any agent may prune; the next read retries
+		}
+	}
 	if len(heals) > 0 {
 		l.log.Warn("revocation entries missing from Redis are written back", "entries", len(heals))
 		_, _ = l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -174,6 +169,82 @@ func (l *RevocationList) readAll(ctx context.Context) error {
 	return nil
 }
 
+// readSites reads the entries of sites the list did not have (SetSites) and adds them to the
+// snapshot, with what was published for them since they were named.
+func (l *RevocationList) readSites(ctx context.Context, sites []string) error {
+	ctx, cancel := context.WithTimeout(ctx, 4*l.opts.CallTimeout)
+	defer cancel()
+	hashes, err := l.readHashes(ctx, sites)
+	if err != nil {
+		return err
+	}
+	now := l.opts.Now().UnixMilli()
+	l.snapMu.Lock()
+	old := l.snap.Load()
+	next := &snapshot{base: make(map[string]*siteList, len(old.base)+len(sites)),
+		delta: make(map[string]*siteList, len(old.delta))}
+	for s, b := range old.base {
+		next.base[s] = b
+	}
+	for s, d := range old.delta {
+		next.delta[s] = d
+	}
+	for i, s := range sites {
+		sl, _, _ := decodeSite(hashes[i], now)
+		if m := old.merged(s); m != nil {
+			sl.merge(m)
+		}
+		delete(next.delta, s)
+		delete(next.base, s)
+		if sl.len() > 0 {
+			sl.seal()
+			next.base[s] = sl
+		}
+	}
+	l.snap.Store(next)
+	l.snapMu.Unlock()
+	l.publishCounts(next, sites)
+	return nil
+}
+
+// readHashes reads the hashes of sites in one round trip.
+func (l *RevocationList) readHashes(ctx context.Context, sites []string) ([]map[string]string, error) {
+	cmds := make([]*redis.MapStringStringCmd, len(sites))
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, s := range sites {
+			cmds[i] = p.HGetAll(ctx, l.key(s))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]map[string]string, len(sites))
+	for i, c := range cmds {
+		out[i] = c.Val()
+	}
+	return out, nil
+}
+
+// decodeSite is a site's hash as read at now: its entries in force, the fields that hold them,
+// and the fields that have expired (to prune). A field that does not decode is skipped.
+func decodeSite(hash map[string]string, now int64) (sl *siteList, stored map[string]bool, expired []string) {
+	sl, stored = newSiteList(), map[string]bool{}
+	for field, v := range hash {
+		var rec record
+		if json.Unmarshal([]byte(v), &rec) != nil {
+			continue
+		}
+		if rec.Expires <= now {
+			expired = append(expired, field)
+			continue
+		}
+		stored[field] = true
+		sl.add(field, rec)
+	}
+	return sl, stored, expired
+}
+
 // apply adds a published entry to the snapshot: to the small delta of its site, merged into
 // the base when the delta grows (so a burst of revocations costs a copy of the delta each,
 // not of the whole list).
@@ -188,6 +259,8 @@ func (l *RevocationList) apply(payload string) {
 	if _, err := m.record.revocation(m.Site, m.Field); err != nil {
 		return
 	}
+	l.snapMu.Lock()
+	defer l.snapMu.Unlock()
 	old := l.snap.Load()
 	next := &snapshot{base: old.base, delta: make(map[string]*siteList, len(old.delta)+1)}
 	for s, d := range old.delta {

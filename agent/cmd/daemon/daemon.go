@@ -370,7 +370,11 @@ func (d *Daemon) reload(path string) error {
 		return err
 	}
 	if d.revoked != nil {
-		d.revoked.SetSites(siteIDs(cfg)) // a new site's entries are read at once
+		// A new site's entries are read before it serves; when Redis does not answer, the
+		// list reads them as soon as it does (and on_stale says what the agent answers).
+		if err := d.revoked.SetSites(context.Background(), siteIDs(cfg)); err != nil {
+			d.log.Warn("config reload: a new site's revocation entries are not read yet", "error", err.Error())
+		}
 	}
 	d.mu.Lock()
 	d.cfg, d.agent = cfg, a

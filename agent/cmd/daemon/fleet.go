@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,7 +27,7 @@ func OpenRevocations(cfg *config.Config, reg prometheus.Registerer, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	l.SetSites(siteIDs(cfg))
+	_ = l.SetSites(context.Background(), siteIDs(cfg)) // not started: nothing is read yet
 	return l, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -50,6 +51,9 @@ sites:
       audience: docs
       jwks: {keys: [{kty: oct, kid: hs, alg: HS256, k: "` + base64.RawURLEncoding.EncodeToString(r.hsKey) + `"}]}
     legacy: {apikey: "` + r.apiKey + `"}
+  help:
+    server-tokens:
+      k1: {secret: "s3cret"}
 `
 	cfg := fmt.Sprintf(`
 keys: {source: file, file: keys.yaml}
@@ -101,6 +105,40 @@ func (r *revocationEnv) jwt(t *testing.T, claims map[string]any) string {
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// TestRevocationReload: a reload keeps the list, and a site it adds serves with its entries in
+// force from its first check (they are read before the new config serves).
+func TestRevocationReload(t *testing.T) {
+	r := startRevocationEnv(t, "")
+	cut := time.Now().Truncate(time.Second)
+	before := cut.Add(-time.Second)
+	docs := map[string]string{"x-deki-token": token.MintServerToken("k1", vault.NewSecret([]byte("s3cret")), "42", before)}
+	r.revoke(t, fleet.RevokeUser, "42", cut)
+	daemontest.Eventually(t, "the entry in force", func() bool { return r.ask(t, "/", docs) == "revoked" })
+	if _, err := r.writer.Revoke(context.Background(), fleet.Revocation{Site: "help", Kind: fleet.RevokeUser,
+		Subject: "7", Before: cut, Expires: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := os.ReadFile(r.e.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	daemontest.WriteFile(t, r.e.ConfigPath, string(cfg)+"  - id: help\n    hosts: [help.example.com]\n")
+	if err := r.e.D.Reload(r.e.ConfigPath); err != nil {
+		t.Fatal(err)
+	}
+	help := map[string]string{"x-deki-token": token.MintServerToken("k1", vault.NewSecret([]byte("s3cret")), "7", before)}
+	if got := daemontest.Reason(r.e.Check(t, "GET", "help.example.com", "/", help)); got != "revoked" {
+		t.Errorf("the new site's first check: %s, want revoked", got)
+	}
+	if got := r.ask(t, "/", docs); got != "revoked" {
+		t.Errorf("after the reload, the old site's entry: %s, want revoked", got)
+	}
+	help["x-deki-token"] = token.MintServerToken("k1", vault.NewSecret([]byte("s3cret")), "8", before)
+	if got := daemontest.Reason(r.e.Check(t, "GET", "help.example.com", "/", help)); got != "allowed" {
+		t.Errorf("another user at the new site: %s, want allowed", got)
+	}
 }
 
 // TestRevocationEveryKind: every credential kind that names a user is refused with revoked
