@@ -172,7 +172,7 @@ func (l *RevocationList) readAll(ctx context.Context) error {
 // readSites reads the entries of sites the list did not have (SetSites) and adds them to the
 // snapshot, with what was published for them since they were named.
 func (l *RevocationList) readSites(ctx context.Context, sites []string) error {
-	ctx, cancel := context.WithTimeout(ctx, 4*l.opts.CallTimeout)
+	ctx, cancel := context.WithTimeout(ctx, l.opts.CallTimeout) // one round trip; a reload waits on it
 	defer cancel()
 	hashes, err := l.readHashes(ctx, sites)
 	if err != nil {
