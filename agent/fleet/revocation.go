@@ -19,6 +19,8 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenagent/tokenagent/agent/token"
 )
 
 // The revocation list (SPEC §9): entries by user, by token and by OAuth client, per site, kept
@@ -82,14 +84,16 @@ func RevokeCredential(site, credential string, expires time.Time) Revocation {
 const fingerprintTail = 32
 
 // fingerprint is a token entry's filter for a credential: xxhash64 of its last 32 bytes, mixed
-// with its length. Every signed credential ends with its signature (a JWT, an Auth Token, a
-// tkn_ token) and a key is random throughout, so the tail tells credentials apart as well as
-// the whole text does, at a cost that does not grow with a 2 KB JWT. It is a pre-filter only:
-// a match is confirmed by the SHA-256 of the whole text, so a collision costs one SHA-256 and
-// never refuses a credential that was not revoked.
+// with its length. Every signed credential but one ends with its signature (a JWT, an Auth
+// Token, a tkn_ token) and a key is random throughout, so the tail tells credentials apart as
+// well as the whole text does, at a cost that does not grow with a 2 KB JWT, and no more of a
+// credential can be guessed from it than from its SHA-256. The exception, an Impersonation Auth
+// Token, ends with the user's name: it is read whole. It is a pre-filter only: a match is
+// confirmed by the SHA-256 of the whole text, so a collision costs one SHA-256 and never
+// refuses a credential that was not revoked.
 func fingerprint(credential string) uint64 {
 	tail := credential
-	if len(tail) > fingerprintTail {
+	if len(tail) > fingerprintTail && !strings.HasPrefix(credential, token.ImpersonationPrefix) {
 		tail = tail[len(tail)-fingerprintTail:]
 	}
 	return xxhash.Sum64String(tail) ^ uint64(len(credential))*0x9e3779b97f4a7c15

@@ -2,10 +2,12 @@ package fleet
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/tokenagent/tokenagent/agent/token"
+	"github.com/tokenagent/tokenagent/vault"
 )
 
 // TestSealedTokenFilter: a site's token entries are found through the sealed Bloom filter for
@@ -61,4 +63,23 @@ func TestSealedTokenFilter(t *testing.T) {
 			t.Fatal("an entry added after sealing is not found")
 		}
 	})
+}
+
+// TestFingerprint: the fingerprint reads a signed credential's tail (its signature), but an
+// Impersonation Auth Token whole, as it ends with the user's name: two of the same user differ.
+func TestFingerprint(t *testing.T) {
+	key := vault.NewSecret([]byte("legacy-api-key-0123456789"))
+	user := "a-user-name-longer-than-the-thirty-two-byte-tail"
+	a := token.MintImpersonationToken(key, user, time.Unix(1_700_000_000, 0))
+	b := token.MintImpersonationToken(key, user, time.Unix(1_700_000_001, 0))
+	if len(a) != len(b) || a[len(a)-fingerprintTail:] != b[len(b)-fingerprintTail:] {
+		t.Fatal("the test needs two tokens of one length that share their last 32 bytes")
+	}
+	if fingerprint(a) == fingerprint(b) {
+		t.Error("two Impersonation Auth Tokens of one user share a fingerprint")
+	}
+	jwt := "eyJhbGciOiJSUzI1NiJ9.e30." + strings.Repeat("s", 64)
+	if fingerprint(jwt) != fingerprint("eyJhbGciOiJSUzI1NiJ9.e31."+strings.Repeat("s", 64)) {
+		t.Error("a JWT's fingerprint reads more than its tail")
+	}
 }
