@@ -10,6 +10,7 @@ import (
 
 	"github.com/tokenagent/tokenagent/agent"
 	"github.com/tokenagent/tokenagent/agent/agenttest"
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/config"
 	"github.com/tokenagent/tokenagent/agent/fleet"
 	"github.com/tokenagent/tokenagent/agent/fleet/redistest"
@@ -49,13 +50,9 @@ func rvList(b *testing.B, users, tokens int) *fleet.RevocationList {
 	close(work)
 	wg.Wait()
 	l.Start(context.Background())
-	deadline := time.Now().Add(time.Minute)
-	for l.Stale(time.Now()) || !l.Revoked("docs", &token.Identity{User: "=user0"}, [2]string{}) {
-		if time.Now().After(deadline) {
-			b.Fatal("the list never synced")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	daemontest.Eventually(b, "the list in sync", func() bool {
+		return !l.Stale(time.Now()) && l.Revoked("docs", &token.Identity{User: "=user0"}, [2]string{})
+	})
 	return l
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/fleet"
 	"github.com/tokenagent/tokenagent/agent/fleet/redistest"
 	"github.com/tokenagent/tokenagent/agent/token"
@@ -45,7 +46,7 @@ func TestClusterStores(t *testing.T) {
 		revoke(t, writer, e)
 	}
 	id := &token.Identity{User: "42", IssuedAt: cut.Add(-time.Second)}
-	eventually(t, "both sites' entries applied", func() bool {
+	daemontest.Eventually(t, "both sites' entries applied", func() bool {
 		return l.Revoked("docs", id, [2]string{}) && l.Revoked("other", id, [2]string{})
 	})
 }

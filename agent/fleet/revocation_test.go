@@ -42,19 +42,8 @@ func following(t *testing.T, addr string, mutate ...func(*fleet.RevocationOption
 	t.Helper()
 	l := newList(t, addr, mutate...)
 	l.Start(context.Background())
-	eventually(t, "the list in sync", func() bool { return !l.Stale(time.Now()) })
+	daemontest.Eventually(t, "the list in sync", func() bool { return !l.Stale(time.Now()) })
 	return l
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 30 s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func userEntry(user string, before time.Time) fleet.Revocation {
@@ -174,7 +163,7 @@ func TestRevokedRules(t *testing.T) {
 	// A long credential: its filter reads only its tail, which another credential can share.
 	sig := strings.Repeat("s", 48)
 	revoke(t, writer, fleet.RevokeCredential("other", "header-one."+sig, cut.Add(time.Hour)))
-	eventually(t, "the entries applied", func() bool {
+	daemontest.Eventually(t, "the entries applied", func() bool {
 		return l.Revoked("docs", &token.Identity{Kind: token.KindOAuth, ClientID: "portal"}, [2]string{}) &&
 			l.Revoked("docs", &token.Identity{}, [2]string{"leaked-token"}) &&
 			l.Revoked("other", &token.Identity{}, [2]string{"filtered-token"}) &&
@@ -226,7 +215,7 @@ func TestRevokedBurst(t *testing.T) {
 	for i := range 700 {
 		revoke(t, writer, userEntry(fmt.Sprint(i), cut))
 	}
-	eventually(t, "700 entries applied", func() bool {
+	daemontest.Eventually(t, "700 entries applied", func() bool {
 		return gauge(t, reg, "docs", "user") == 700
 	})
 	for i := range 700 {
@@ -271,13 +260,13 @@ func TestRevocationOutage(t *testing.T) {
 	cut := time.Now()
 	revoke(t, writer, userEntry("42", cut))
 	old := &token.Identity{User: "42", IssuedAt: cut.Add(-time.Second)}
-	eventually(t, "the entry applied", func() bool { return l.Revoked("docs", old, [2]string{}) })
+	daemontest.Eventually(t, "the entry applied", func() bool { return l.Revoked("docs", old, [2]string{}) })
 	if w := l.Warnings(); len(w) != 0 {
 		t.Fatalf("warnings while in sync: %v", w)
 	}
 
 	srv.Kill()
-	eventually(t, "the list stale after max_stale", func() bool { return l.Stale(time.Now()) && len(l.Warnings()) == 1 })
+	daemontest.Eventually(t, "the list stale after max_stale", func() bool { return l.Stale(time.Now()) && len(l.Warnings()) == 1 })
 	if !l.Revoked("docs", old, [2]string{}) {
 		t.Fatal("an entry forgotten while Redis is down")
 	}
@@ -287,25 +276,25 @@ func TestRevocationOutage(t *testing.T) {
 
 	srv.Restart(t) // empty: the entry is gone from Redis
 	var written atomic.Int64
-	eventually(t, "a write after the restart", func() bool {
+	daemontest.Eventually(t, "a write after the restart", func() bool {
 		_, err := writer.Revoke(context.Background(), userEntry("43", cut))
 		if err == nil {
 			written.Store(time.Now().UnixNano())
 		}
 		return err == nil
 	})
-	eventually(t, "the entry written during the outage applied", func() bool {
+	daemontest.Eventually(t, "the entry written during the outage applied", func() bool {
 		return l.Revoked("docs", &token.Identity{User: "43", IssuedAt: cut.Add(-time.Second)}, [2]string{})
 	})
 	t.Logf("in force %v after the write that followed the restart", time.Since(time.Unix(0, written.Load())).Round(time.Millisecond))
 	if !l.Revoked("docs", old, [2]string{}) {
 		t.Fatal("the entry Redis lost is forgotten")
 	}
-	eventually(t, "the lost entry written back to Redis", func() bool {
+	daemontest.Eventually(t, "the lost entry written back to Redis", func() bool {
 		got, err := writer.List(context.Background(), "docs")
 		return err == nil && len(got) == 2
 	})
-	eventually(t, "in sync again", func() bool { return !l.Stale(time.Now()) && len(l.Warnings()) == 0 })
+	daemontest.Eventually(t, "in sync again", func() bool { return !l.Stale(time.Now()) && len(l.Warnings()) == 0 })
 }
 
 // TestRevocationExpiry: an expired entry refuses nothing once the list is read again, and is
@@ -320,10 +309,10 @@ func TestRevocationExpiry(t *testing.T) {
 	cut := time.Now()
 	revoke(t, writer, userEntry("42", cut)) // expires an hour after cut
 	id := &token.Identity{User: "42", IssuedAt: cut.Add(-time.Second)}
-	eventually(t, "the entry applied", func() bool { return l.Revoked("docs", id, [2]string{}) })
+	daemontest.Eventually(t, "the entry applied", func() bool { return l.Revoked("docs", id, [2]string{}) })
 	now.Store(cut.Add(2 * time.Hour).UnixNano())
-	eventually(t, "the expired entry dropped", func() bool { return !l.Revoked("docs", id, [2]string{}) })
-	eventually(t, "the expired entry pruned from Redis", func() bool {
+	daemontest.Eventually(t, "the expired entry dropped", func() bool { return !l.Revoked("docs", id, [2]string{}) })
+	daemontest.Eventually(t, "the expired entry pruned from Redis", func() bool {
 		n, err := srv.Client(t).HLen(context.Background(), "tokenagent:revocations:docs").Result()
 		return err == nil && n == 0
 	})
@@ -342,7 +331,7 @@ func TestRevocationSites(t *testing.T) {
 	revoke(t, writer, r)
 	id := &token.Identity{User: "42", IssuedAt: cut.Add(-time.Second)}
 	revoke(t, writer, userEntry("sync-marker", cut))
-	eventually(t, "the marker applied", func() bool {
+	daemontest.Eventually(t, "the marker applied", func() bool {
 		return l.Revoked("docs", &token.Identity{User: "sync-marker", IssuedAt: cut.Add(-time.Second)}, [2]string{})
 	})
 	if l.Revoked("third", id, [2]string{}) {
@@ -368,7 +357,7 @@ func TestRevocationSites(t *testing.T) {
 	}
 	srv.Restart(t)
 	revoke(t, writer, r) // the restarted Redis is empty: the entry is written again
-	eventually(t, "the site's entries read once Redis answers", func() bool {
+	daemontest.Eventually(t, "the site's entries read once Redis answers", func() bool {
 		return l.Revoked("fourth", &token.Identity{User: "44", IssuedAt: cut.Add(-time.Second)}, [2]string{})
 	})
 }
@@ -385,7 +374,7 @@ func TestRevocationACL(t *testing.T) {
 	cut := time.Now()
 	revoke(t, writer, userEntry("42", cut))
 	revoke(t, writer, fleet.RevokeCredential("docs", "leaked", cut.Add(time.Hour)))
-	eventually(t, "the entries applied", func() bool {
+	daemontest.Eventually(t, "the entries applied", func() bool {
 		return l.Revoked("docs", &token.Identity{User: "42", IssuedAt: cut.Add(-time.Second)}, [2]string{}) &&
 			l.Revoked("docs", &token.Identity{}, [2]string{"leaked"})
 	})

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/fleet"
 	"github.com/tokenagent/tokenagent/agent/fleet/redistest"
 	"github.com/tokenagent/tokenagent/agent/token"
@@ -40,7 +41,7 @@ func TestSentinelStores(t *testing.T) {
 	cut := time.Now()
 	revoke(t, writer, userEntry("42", cut))
 	before := &token.Identity{User: "42", IssuedAt: cut.Add(-time.Second)}
-	eventually(t, "the entry applied", func() bool { return l.Revoked("docs", before, [2]string{}) })
+	daemontest.Eventually(t, "the entry applied", func() bool { return l.Revoked("docs", before, [2]string{}) })
 
 	old := st.MasterAddr(t)
 	if old != st.Master.Addr {
@@ -49,7 +50,7 @@ func TestSentinelStores(t *testing.T) {
 	st.Master.Kill()
 	st.WaitFailover(t, old)
 
-	eventually(t, "the replay store answers through the new master", func() bool {
+	daemontest.Eventually(t, "the replay store answers through the new master", func() bool {
 		first, err := r.FirstUse(ctx, "docs", "k1", sig, exp)
 		if err == nil && first {
 			t.Fatal("a single-use token used before the failover was accepted again after it")
@@ -59,12 +60,12 @@ func TestSentinelStores(t *testing.T) {
 	if !l.Revoked("docs", before, [2]string{}) {
 		t.Error("the entry written before the failover is no longer in force")
 	}
-	eventually(t, "a revocation written through the new master", func() bool {
+	daemontest.Eventually(t, "a revocation written through the new master", func() bool {
 		_, err := writer.Revoke(ctx, userEntry("43", time.Now()))
 		return err == nil
 	})
 	after := &token.Identity{User: "43", IssuedAt: cut.Add(-time.Second)}
-	eventually(t, "the entry written after the failover applied", func() bool { return l.Revoked("docs", after, [2]string{}) })
+	daemontest.Eventually(t, "the entry written after the failover applied", func() bool { return l.Revoked("docs", after, [2]string{}) })
 	fresh := following(t, "", viaSentinel)
 	if !fresh.Revoked("docs", before, [2]string{}) || !fresh.Revoked("docs", after, [2]string{}) {
 		t.Error("a list reading the new master misses an entry")
