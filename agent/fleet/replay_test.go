@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tokenagent/tokenagent/agent/cmd/daemon/daemontest"
 	"github.com/tokenagent/tokenagent/agent/fleet"
@@ -77,10 +76,10 @@ func TestRedisFirstUse(t *testing.T) {
 	if err != nil || ttl <= window-time.Minute || ttl > window {
 		t.Fatalf("PTTL %v (%v), want the remaining window (just under %v)", ttl, err, window)
 	}
-	if n := testutil.ToFloat64(prometheusCounter(t, reg, "first_use")); n != 3 {
+	if n := metric(t, reg, "tokenagent_replay_store_requests_total", map[string]string{"result": "first_use"}); n != 3 {
 		t.Errorf("first_use = %v, want 3", n)
 	}
-	if n := testutil.ToFloat64(prometheusCounter(t, reg, "replayed")); n != 2 {
+	if n := metric(t, reg, "tokenagent_replay_store_requests_total", map[string]string{"result": "replayed"}); n != 2 {
 		t.Errorf("replayed = %v, want 2", n)
 	}
 
@@ -98,25 +97,31 @@ func TestRedisFirstUse(t *testing.T) {
 	}
 }
 
-func prometheusCounter(t *testing.T, reg *prometheus.Registry, result string) prometheus.Collector {
+// metric reads the counter or gauge name{labels} from reg (-1 when absent).
+func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "tokenagent_replay_store_requests_total" {
+		if mf.GetName() != name {
 			continue
 		}
+	metrics:
 		for _, m := range mf.GetMetric() {
-			if m.GetLabel()[0].GetValue() == result {
-				c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
-				c.Add(m.GetCounter().GetValue())
-				return c
+			for _, lp := range m.GetLabel() {
+				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
+					continue metrics
+				}
 			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
 		}
 	}
-	return prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
+	return -1
 }
 
 // Concurrent first uses of one token from many goroutines: exactly one wins.

@@ -216,37 +216,13 @@ func TestRevokedBurst(t *testing.T) {
 		revoke(t, writer, userEntry(fmt.Sprint(i), cut))
 	}
 	daemontest.Eventually(t, "700 entries applied", func() bool {
-		return gauge(t, reg, "docs", "user") == 700
+		return metric(t, reg, "tokenagent_revocations", map[string]string{"site": "docs", "kind": "user"}) == 700
 	})
 	for i := range 700 {
 		if !l.Revoked("docs", &token.Identity{User: fmt.Sprint(i), IssuedAt: cut.Add(-time.Second)}, [2]string{}) {
 			t.Fatalf("user %d not refused", i)
 		}
 	}
-}
-
-// gauge reads tokenagent_revocations{site,kind} from reg (-1 when absent).
-func gauge(t *testing.T, reg *prometheus.Registry, site, kind string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "tokenagent_revocations" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				labels[lp.GetName()] = lp.GetValue()
-			}
-			if labels["site"] == site && labels["kind"] == kind {
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	return -1
 }
 
 // TestRevocationOutage: with Redis down the list keeps refusing what it holds, turns stale after
